@@ -1,0 +1,34 @@
+"""The ``timetuning`` command: run one stage, the whole pipeline, or serve the Prefect flow."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import subprocess
+import sys
+
+STAGES = ("demo_data", "shard_videos", "shard_eval", "train", "extract_features", "fit_probes", "evaluate")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="timetuning", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    st = sub.add_parser("stage", help="run one stage's entry point directly (no DVC caching)")
+    st.add_argument("name", choices=STAGES)
+    st.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the stage")
+    sub.add_parser("repro", help="run the whole pipeline through DVC (dvc repro)")
+    sv = sub.add_parser("serve", help="start a Prefect server on 127.0.0.1 and serve the flow")
+    sv.add_argument("args", nargs=argparse.REMAINDER)
+    ns = parser.parse_args(argv)
+
+    if ns.command == "stage":
+        module = importlib.import_module(f"stages.{ns.name}")
+        return int(module.main(ns.args) or 0)
+    if ns.command == "repro":
+        return subprocess.call([sys.executable, "-m", "dvc", "repro"])
+    module = importlib.import_module("pipeline.serve")
+    return int(module.main(ns.args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
