@@ -1,0 +1,30 @@
+"""DVC stage `shard_videos`: raw videos (any folder of mp4/avi/mkv/webm/mov) -> WebDataset clip shards."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from timetuning.config import Params
+from timetuning.ingest import shard_videos
+from timetuning.stage import run_stage
+
+log = logging.getLogger("timetuning.stages.shard_videos")
+
+
+def run(params: Params, args: argparse.Namespace) -> None:
+    manifest = shard_videos(params.shard_videos, params.seed)
+    log.info("%d clips from %d/%d videos -> %d shard(s) in %s; skipped %d",
+             manifest["clips_written"], manifest["videos_used"], manifest["videos_seen"],
+             len(manifest["shards"]), params.shard_videos.output_dir, len(manifest["videos_skipped"]))
+    for item in manifest["videos_skipped"]:
+        log.warning("skipped: %s", item["reason"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage(run, __doc__, argv=argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Raw videos -> training clip shards: find videos, cut clips per video, write shards and a manifest.
+
+The per-video work (:func:`video_to_clips`) is a pure top-level function, so any executor can map it over videos:
+a local process pool (default), or Dask through Prefect's task runner (``pipeline/``). Results are consumed in
+sorted video order, so the shards are byte-identical whatever the executor or worker count.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from timetuning.config import ShardVideosParams
+from timetuning.files import write_json_atomic
+from timetuning.sampling import min_frames_needed, sample_clips, video_rng
+from timetuning.shards import ShardWriter, encode_jpeg, sanitize_key
+from timetuning.video import VideoError, decode_video, probe_video
+
+log = logging.getLogger(__name__)
+
+Mapper = Callable[[Callable[..., Any], list[Any]], Iterable[Any]]
+
+
+@dataclass
+class VideoResult:
+    """What one video gave: encoded clip samples, or the reason it was skipped."""
+
+    path: str
+    video_id: str
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    frames_decoded: int = 0
+    skipped: str | None = None
+
+
+def find_videos(root: str | Path, extensions: Iterable[str]) -> list[Path]:
+    """Every file under ``root`` (recursively) with one of ``extensions`` (case-insensitive), sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"shard_videos.input_dir: {root} is not a directory")
+    exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in exts and not p.is_dir())
+
+
+def video_to_clips(path: str, video_id: str, params: ShardVideosParams, seed: int) -> VideoResult:
+    """Decode one video (one ffmpeg process), sample its clips and encode them as shard samples."""
+    result = VideoResult(path=path, video_id=video_id)
+    try:
+        info = probe_video(path)
+        video = decode_video(path, params.fps, params.size, params.crop, info=info)
+    except VideoError as err:
+        result.skipped = str(err)
+        return result
+    result.frames_decoded = video.num_frames
+    clips = sample_clips(video.num_frames, sampler=params.sampler, frames_per_clip=params.frames_per_clip,
+                         stride=params.stride, clips_per_video=params.clips_per_video,
+                         rng=video_rng(seed, video_id))
+    if not clips:
+        need = min_frames_needed(params.sampler, params.frames_per_clip, params.stride)
+        result.skipped = (f"{path}: too short: {video.num_frames} frames at {params.fps:g} fps, "
+                          f"a {params.sampler} clip needs {need}")
+        return result
+    h, w = video.frames.shape[1:3]
+    for c, indices in enumerate(clips):
+        key = f"{video_id}__c{c:03d}"
+        sample: dict[str, Any] = {"__key__": key}
+        for t, i in enumerate(indices):
+            sample[f"f{t}.jpg"] = encode_jpeg(video.frames[i], params.jpeg_quality)
+        sample["json"] = json.dumps({
+            "video_id": video_id, "source": path, "clip_index": c,
+            "frame_indices": [int(i) for i in indices],
+            "timestamps": [round(float(video.timestamps[i]), 6) for i in indices],
+            "fps": video.fps, "source_size": [info.width, info.height], "size": [int(w), int(h)],
+        }, sort_keys=True).encode()
+        result.samples.append(sample)
+    return result
+
+
+def _video_to_clips_star(args: tuple) -> VideoResult:
+    return video_to_clips(*args)
+
+
+def process_pool_mapper(workers: int) -> Mapper:
+    """An ordered map over a local process pool (``workers`` processes; 1 = in this process)."""
+
+    def mapper(fn: Callable[..., Any], items: list[Any]) -> Iterator[Any]:
+        if workers <= 1:
+            yield from map(fn, items)
+            return
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            yield from pool.map(fn, items, chunksize=1)
+
+    return mapper
+
+
+def video_ids(paths: list[Path], root: Path) -> list[str]:
+    """Unique, stable ids from paths relative to ``root``."""
+    ids, seen = [], set()
+    for p in paths:
+        base = sanitize_key(str(p.relative_to(root).with_suffix("")).replace(os.sep, "_"))
+        vid, n = base, 1
+        while vid in seen:
+            n += 1
+            vid = f"{base}_{n}"
+        seen.add(vid)
+        ids.append(vid)
+    return ids
+
+
+def shard_videos(params: ShardVideosParams, seed: int, mapper: Mapper | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """Turn every video under ``params.input_dir`` into clip shards in ``params.output_dir``; return the manifest.
+
+    Bad videos are skipped and listed with their reason; fails only if no clip at all could be written.
+    """
+    root = Path(params.input_dir)
+    paths = find_videos(root, params.extensions)
+    if not paths:
+        raise FileNotFoundError(f"shard_videos.input_dir: no videos with extensions {params.extensions} under {root}")
+    workers = params.workers or os.cpu_count() or 1
+    mapper = mapper or process_pool_mapper(min(workers, len(paths)))
+    jobs = [(str(p), vid, params, seed) for p, vid in zip(paths, video_ids(paths, root))]
+    out_dir = Path(params.output_dir)
+    for old in out_dir.glob("clips-*.tar"):
+        old.unlink()  # a rerun replaces the previous shards entirely
+    skipped, frames_decoded, clips = [], 0, 0
+    with ShardWriter(out_dir, prefix="clips", maxcount=params.maxcount, maxsize=params.maxsize) as writer:
+        bar = tqdm(mapper(_video_to_clips_star, jobs), total=len(jobs), desc="shard_videos", unit="video",
+                   disable=not progress)
+        for result in bar:
+            if result.skipped:
+                log.warning("skipped %s", result.skipped)
+                skipped.append({"path": result.path, "reason": result.skipped})
+                continue
+            frames_decoded += result.frames_decoded
+            for sample in result.samples:
+                writer.write(sample)
+                clips += 1
+            bar.set_postfix(clips=clips, skipped=len(skipped))
+        if clips == 0:
+            reasons = "; ".join(s["reason"] for s in skipped[:5])
+            raise RuntimeError(f"shard_videos: no clip written from {len(paths)} video(s) under {root}: {reasons}")
+    manifest = {
+        "input_dir": str(root), "videos_seen": len(paths), "videos_used": len(paths) - len(skipped),
+        "videos_skipped": skipped, "clips_written": clips, "frames_decoded": frames_decoded,
+        "shards": [vars(r) for r in writer.records], "params": params.model_dump(mode="json"), "seed": seed,
+    }
+    write_json_atomic(out_dir / "manifest.json", manifest)
+    return manifest
