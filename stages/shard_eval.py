@@ -1,0 +1,35 @@
+"""DVC stage `shard_eval@<set>`: a labeled set (DAVIS-2017, YouTube-VOS or Pascal VOC layout) -> eval shards."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from timetuning.config import Params
+from timetuning.eval_shards import shard_eval_set
+from timetuning.stage import run_stage, stage_parser
+
+log = logging.getLogger("timetuning.stages.shard_eval")
+
+
+def run(params: Params, args: argparse.Namespace) -> None:
+    section = params.shard_eval
+    sets = {s.name: s for s in section.sets}
+    chosen = [args.set] if args.set else list(sets)
+    for name in chosen:
+        if name not in sets:
+            raise ValueError(f"shard_eval.sets: no set named {name!r} (have {sorted(sets)})")
+        manifest = shard_eval_set(sets[name], section.output_dir, section.on_error, section.maxcount)
+        log.info("%s: %s samples per split, %d sequence(s) skipped", name, manifest["splits"],
+                 len(manifest["skipped"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--set", default=None, help="the set name (default: every set in params.yaml)")
+    return run_stage(run, __doc__, parser=parser, argv=argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

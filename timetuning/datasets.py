@@ -1,0 +1,202 @@
+"""Readers for labeled evaluation sets on disk (DAVIS-2017, YouTube-VOS, Pascal VOC) and their shard samples.
+
+Each reader lists *sequences*: a video (or a single image) as frame paths with their mask paths, plus the set's
+label map. :func:`sequence_samples` turns a sequence into evaluation clips (frames resized so the short side is
+``size``, masks resized with nearest neighbour, class ids checked against the label map).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from timetuning.config import EvalSetParams
+from timetuning.shards import encode_jpeg, encode_png, sanitize_key
+
+IGNORE_INDEX = 255
+VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+               "tvmonitor")
+
+
+class DatasetError(Exception):
+    """A labeled set that does not match its layout; the message names the file and what is wrong."""
+
+
+@dataclass
+class Sequence:
+    video_id: str
+    frames: list[Path]
+    masks: list[Path]
+    # maps raw mask values to class ids (YouTube-VOS instance ids -> categories); None = values are class ids
+    value_to_class: dict[int, int] | None = None
+
+
+def _read_split(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DatasetError(f"{path}: split file not found")
+    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def _paired(video_id: str, frame_dir: Path, mask_dir: Path) -> Sequence:
+    if not frame_dir.is_dir():
+        raise DatasetError(f"{frame_dir}: frame folder of sequence {video_id!r} not found")
+    frames = sorted(frame_dir.glob("*.jpg"))
+    if not frames:
+        raise DatasetError(f"{frame_dir}: no .jpg frames")
+    masks = [mask_dir / f"{f.stem}.png" for f in frames]
+    return Sequence(video_id, frames, masks)
+
+
+def davis_sequences(params: EvalSetParams, split: str) -> tuple[list[Sequence], list[str]]:
+    """DAVIS-2017: ``JPEGImages/<res>/<seq>/*.jpg``, ``Annotations/<res>/<seq>/*.png``, ``ImageSets/2017/<split>.txt``.
+
+    Palette indices are class ids. Class names come from ``classes.json`` at the root when present (semantic
+    annotations); otherwise the indices found are the classes.
+    """
+    root = Path(params.root)
+    names = _read_split(root / "ImageSets" / "2017" / f"{split}.txt")
+    seqs = [_paired(n, root / "JPEGImages" / params.resolution / n, root / "Annotations" / params.resolution / n)
+            for n in names]
+    classes_file = root / "classes.json"
+    if classes_file.is_file():
+        classes = [str(c) for c in json.loads(classes_file.read_text())]
+    else:
+        found: set[int] = set()
+        for s in seqs:
+            for m in s.masks:
+                if m.is_file():
+                    found |= set(np.unique(np.array(Image.open(m))).tolist())
+        found.discard(IGNORE_INDEX)
+        classes = ["background"] + [f"object_{i}" for i in range(1, max(found | {0}) + 1)]
+    return seqs, classes
+
+
+def ytvos_categories(root: Path) -> list[str]:
+    """All categories named in any split's meta.json, sorted, background first."""
+    cats: set[str] = set()
+    for meta_path in sorted(root.glob("*/meta.json")):
+        meta = json.loads(meta_path.read_text())
+        for video in meta.get("videos", {}).values():
+            cats |= {str(o["category"]) for o in video.get("objects", {}).values()}
+    return ["background"] + sorted(cats)
+
+
+def ytvos_sequences(params: EvalSetParams, split: str) -> tuple[list[Sequence], list[str]]:
+    """YouTube-VOS: ``<split>/JPEGImages/<vid>/*.jpg``, ``<split>/Annotations/<vid>/*.png``, ``<split>/meta.json``.
+
+    Masks hold per-video instance ids; meta.json maps them to categories. Only annotated frames are used.
+    """
+    root = Path(params.root)
+    meta_path = root / split / "meta.json"
+    if not meta_path.is_file():
+        raise DatasetError(f"{meta_path}: meta.json not found")
+    meta = json.loads(meta_path.read_text())
+    classes = ytvos_categories(root)
+    class_id = {c: i for i, c in enumerate(classes)}
+    seqs = []
+    for vid in sorted(meta.get("videos", {})):
+        objects = meta["videos"][vid].get("objects", {})
+        mapping = {0: 0} | {int(k): class_id[str(o["category"])] for k, o in objects.items()}
+        mask_dir = root / split / "Annotations" / vid
+        masks = sorted(mask_dir.glob("*.png"))
+        if not masks:
+            raise DatasetError(f"{mask_dir}: no annotated frames for video {vid!r}")
+        frames = [root / split / "JPEGImages" / vid / f"{m.stem}.jpg" for m in masks]
+        seqs.append(Sequence(vid, frames, masks, mapping))
+    return seqs, classes
+
+
+def voc_sequences(params: EvalSetParams, split: str) -> tuple[list[Sequence], list[str]]:
+    """Pascal VOC: ``JPEGImages/<id>.jpg``, ``SegmentationClass/<id>.png``, ``ImageSets/Segmentation/<split>.txt``."""
+    root = Path(params.root)
+    ids = _read_split(root / "ImageSets" / "Segmentation" / f"{split}.txt")
+    seqs = [Sequence(i, [root / "JPEGImages" / f"{i}.jpg"], [root / "SegmentationClass" / f"{i}.png"]) for i in ids]
+    return seqs, list(VOC_CLASSES)
+
+
+READERS = {"davis": davis_sequences, "ytvos": ytvos_sequences, "voc": voc_sequences}
+
+
+def read_sequences(params: EvalSetParams, split: str) -> tuple[list[Sequence], list[str]]:
+    """The sequences and class names of one split of a labeled set."""
+    if not Path(params.root).is_dir():
+        raise DatasetError(f"shard_eval.sets[{params.name}].root: {params.root} is not a directory")
+    return READERS[params.layout](params, split)
+
+
+def _resized(img: Image.Image, size: int, resample: int) -> Image.Image:
+    w, h = img.size
+    scale = size / min(w, h)
+    return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), resample)
+
+
+def load_frame_and_mask(frame_path: Path, mask_path: Path, size: int, num_classes: int,
+                        value_to_class: dict[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """A frame (RGB) and its class-id mask at short side ``size``, validated; raises :class:`DatasetError`."""
+    if not frame_path.is_file():
+        raise DatasetError(f"{frame_path}: frame not found")
+    if not mask_path.is_file():
+        raise DatasetError(f"{frame_path}: frame has no mask ({mask_path} not found)")
+    frame = Image.open(frame_path).convert("RGB")
+    mask_img = Image.open(mask_path)
+    if mask_img.mode not in ("P", "L"):
+        raise DatasetError(f"{mask_path}: mask mode {mask_img.mode!r}, expected a palette or grayscale PNG")
+    if mask_img.size != frame.size:
+        raise DatasetError(f"{mask_path}: mask size {mask_img.size} differs from frame size {frame.size}")
+    raw = np.array(mask_img)
+    if value_to_class is not None:
+        lut = np.full(256, -1, np.int32)
+        lut[IGNORE_INDEX] = IGNORE_INDEX
+        for value, cls in value_to_class.items():
+            lut[value] = cls
+        mask = lut[raw]
+    else:
+        mask = raw.astype(np.int32)
+    bad = np.unique(mask[(mask != IGNORE_INDEX) & ((mask < 0) | (mask >= num_classes))])
+    if bad.size:
+        raise DatasetError(f"{mask_path}: unknown class index/palette value(s) {sorted(raw[np.isin(mask, bad)].tolist())[:5]} "
+                           f"(label map has {num_classes} classes)")
+    frame = _resized(frame, size, Image.BILINEAR)
+    mask_out = _resized(Image.fromarray(mask.astype(np.uint8)), size, Image.NEAREST)
+    return np.asarray(frame), np.asarray(mask_out)
+
+
+def clip_starts(num_frames: int, length: int, stride: int, max_clips: int) -> list[int]:
+    """Start indices of up to ``max_clips`` clips spread evenly over the sequence."""
+    span = (length - 1) * stride + 1
+    if num_frames < span:
+        return []
+    last = num_frames - span
+    count = min(max_clips, last + 1)
+    return sorted({int(round(s)) for s in np.linspace(0, last, count)})
+
+
+def sequence_samples(seq: Sequence, params: EvalSetParams, split: str, num_classes: int,
+                     ) -> Iterator[dict[str, Any]]:
+    """Shard samples of one sequence: clips of ``frames_per_clip`` frames (1 for image sets)."""
+    length = 1 if params.layout == "voc" else params.frames_per_clip
+    base = sanitize_key(seq.video_id)
+    for c, start in enumerate(clip_starts(len(seq.frames), length, params.frame_stride, params.max_clips_per_video)):
+        idx = [start + i * params.frame_stride for i in range(length)]
+        sample: dict[str, Any] = {"__key__": base if params.layout == "voc" else f"{base}__c{c:03d}"}
+        size = None
+        for t, i in enumerate(idx):
+            frame, mask = load_frame_and_mask(seq.frames[i], seq.masks[i], params.size, num_classes,
+                                              seq.value_to_class)
+            if size is not None and size != frame.shape[:2]:
+                raise DatasetError(f"{seq.frames[i]}: frame size differs from the other frames of {seq.video_id!r}")
+            size = frame.shape[:2]
+            sample[f"f{t}.jpg"] = encode_jpeg(frame, 95)
+            sample[f"f{t}.png"] = encode_png(mask)
+        sample["json"] = json.dumps({
+            "set": params.name, "split": split, "video_id": seq.video_id,
+            "frame_names": [seq.frames[i].name for i in idx], "size": [int(size[1]), int(size[0])],
+        }, sort_keys=True).encode()
+        yield sample
