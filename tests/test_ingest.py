@@ -1,0 +1,80 @@
+import json
+import shutil
+
+import pytest
+import webdataset as wds
+
+from tests.media import make_video
+from timetuning.config import ShardVideosParams
+from timetuning.ingest import find_videos, process_pool_mapper, shard_videos, video_ids
+from timetuning.shards import list_shards
+
+
+@pytest.fixture(scope="module")
+def video_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("videos")
+    make_video(d / "a.mp4", size="80x60", seconds=2)
+    make_video(d / "sub" / "b.webm", size="64x64", seconds=2, codec="libvpx", pix_fmt="yuv420p")
+    make_video(d / "sub" / "c.MKV", size="75x49", seconds=2, codec="ffv1", pix_fmt="gray")
+    make_video(d / "short.avi", seconds=0.2, codec="mpeg4")
+    (d / "empty.mp4").write_bytes(b"")
+    (d / "readme.mov").write_text("not a video")
+    good = (d / "a.mp4").read_bytes()
+    (d / "truncated.mp4").write_bytes(good[: len(good) // 3])
+    (d / "notes.txt").write_text("ignored: not a video extension")
+    return d
+
+
+def _params(video_dir, out, **kw):
+    return ShardVideosParams(input_dir=str(video_dir), output_dir=str(out), fps=5, size=32, clips_per_video=2,
+                             maxcount=4, **kw)
+
+
+def test_find_videos_recursive_case_insensitive(video_dir):
+    names = [p.name for p in find_videos(video_dir, [".mp4", ".webm", ".mkv", ".avi", ".mov"])]
+    assert "c.MKV" in names and "b.webm" in names and "notes.txt" not in names
+    assert video_ids([video_dir / "sub" / "b.webm"], video_dir) == ["sub_b"]
+
+
+def test_bad_videos_are_skipped_with_reasons(video_dir, tmp_path):
+    manifest = shard_videos(_params(video_dir, tmp_path / "out"), seed=0, progress=False)
+    reasons = {r["path"].split("/")[-1]: r["reason"] for r in manifest["videos_skipped"]}
+    assert "empty file" in reasons["empty.mp4"]
+    assert "not a readable video" in reasons["readme.mov"]
+    assert "too short" in reasons["short.avi"]
+    assert {"a.mp4", "b.webm", "c.MKV"}.isdisjoint(reasons)
+    assert manifest["clips_written"] == 2 * manifest["videos_used"]
+    assert sum(s["samples"] for s in manifest["shards"]) == manifest["clips_written"]
+    on_disk = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert on_disk["clips_written"] == manifest["clips_written"]
+    # every shard sample is a complete clip
+    ds = wds.WebDataset([str(p) for p in list_shards(tmp_path / "out", "clips")], shardshuffle=False).decode("rgb8")
+    for sample in ds:
+        meta = sample["json"]
+        frames = [sample[f"f{t}.jpg"] for t in range(4)]
+        assert all(f.shape[:2] == (meta["size"][1], meta["size"][0]) for f in frames)
+        assert min(meta["size"]) == 32 and meta["frame_indices"] == sorted(meta["frame_indices"])
+
+
+def test_output_identical_for_any_worker_count(video_dir, tmp_path):
+    shard_videos(_params(video_dir, tmp_path / "w1", workers=1), seed=3, progress=False)
+    shard_videos(_params(video_dir, tmp_path / "w2", workers=2), seed=3, progress=False)
+    one, two = list_shards(tmp_path / "w1", "clips"), list_shards(tmp_path / "w2", "clips")
+    assert len(one) >= 2 and [p.read_bytes() for p in one] == [p.read_bytes() for p in two]
+    # a custom ordered mapper (how Dask plugs in) gives the same bytes too
+    shard_videos(_params(video_dir, tmp_path / "m"), seed=3, mapper=process_pool_mapper(1), progress=False)
+    assert [p.read_bytes() for p in list_shards(tmp_path / "m", "clips")] == [p.read_bytes() for p in one]
+
+
+def test_dense_sampler_and_no_clip_failure(video_dir, tmp_path):
+    manifest = shard_videos(_params(video_dir, tmp_path / "d", sampler="dense", stride=2), seed=0, progress=False)
+    assert manifest["clips_written"] > 0
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(video_dir / "short.avi", bad)
+    (bad / "x.mp4").write_bytes(b"")
+    with pytest.raises(RuntimeError, match="no clip written from 2 video"):
+        shard_videos(_params(bad, tmp_path / "bad_out"), seed=0, progress=False)
+    assert not list_shards(tmp_path / "bad_out", "clips")
+    with pytest.raises(FileNotFoundError, match="shard_videos.input_dir"):
+        shard_videos(_params(tmp_path / "nowhere", tmp_path / "o"), seed=0, progress=False)
