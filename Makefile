@@ -26,7 +26,7 @@ setup: $(BIN)/.installed
 
 demo: setup
 	@test -d .git || { git init -q && git add -A && git commit -qm "initial"; }
-	$(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	@echo "report: reports/report.html   metrics: reports/metrics.json"
 
 test: setup

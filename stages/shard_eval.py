@@ -15,7 +15,7 @@ log = logging.getLogger("timetuning.stages.shard_eval")
 
 def run(params: Params, args: argparse.Namespace) -> None:
     section = params.shard_eval
-    sets = {s.name: s for s in section.sets}
+    sets = section.sets
     chosen = [args.set] if args.set else list(sets)
     for name in chosen:
         if name not in sets:

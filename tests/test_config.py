@@ -45,7 +45,10 @@ def test_overrides_apply_and_validate():
         apply_overrides(Params(), {"shard_videos.sampler": "random"})
 
 
-def test_duplicate_eval_set_names_rejected():
-    sets = [{"name": "a", "layout": "davis", "root": "x"}, {"name": "a", "layout": "voc", "root": "y"}]
-    with pytest.raises(ParamsError, match="duplicate set name"):
-        validate_params({"shard_eval": {"sets": sets}})
+def test_eval_sets_are_named_by_their_key():
+    params = validate_params({"shard_eval": {"sets": {"voc12": {"layout": "voc", "root": "x"}}}})
+    assert params.shard_eval.sets["voc12"].name == "voc12"
+    with pytest.raises(ParamsError, match="set name 'bad name'"):
+        validate_params({"shard_eval": {"sets": {"bad name": {"layout": "voc", "root": "x"}}}})
+    with pytest.raises(ParamsError, match=r"shard_eval\.sets\.v\.layout"):
+        validate_params({"shard_eval": {"sets": {"v": {"layout": "coco", "root": "x"}}}})

@@ -7,6 +7,7 @@ fail with a message that names the key path and the offending value.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -65,9 +66,9 @@ class ShardVideosParams(Section):
 
 
 class EvalSetParams(Section):
-    """One labeled evaluation set in a known on-disk layout."""
+    """One labeled evaluation set in a known on-disk layout (its name is its key in ``shard_eval.sets``)."""
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")]
+    name: str = Field(default="", exclude=True)
     layout: Literal["davis", "ytvos", "voc"]
     root: str
     splits: list[str] = Field(default_factory=lambda: ["train", "val"])
@@ -85,16 +86,17 @@ class ShardEvalParams(Section):
     output_dir: str = "data/shards/eval"
     on_error: Literal["raise", "skip"] = "skip"
     maxcount: PositiveInt = 256
-    sets: list[EvalSetParams] = Field(
-        default_factory=lambda: [EvalSetParams(name="davis_demo", layout="davis", root="data/raw/davis_demo")]
+    # name -> set; DVC runs one stage per set: `dvc repro shard_eval@<name>`
+    sets: dict[str, EvalSetParams] = Field(
+        default_factory=lambda: {"davis_demo": EvalSetParams(layout="davis", root="data/raw/davis_demo")}
     )
 
     @model_validator(mode="after")
-    def _unique_names(self) -> ShardEvalParams:
-        names = [s.name for s in self.sets]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"shard_eval.sets: duplicate set name(s) {dupes}")
+    def _name_sets(self) -> ShardEvalParams:
+        for name, item in self.sets.items():
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+                raise ValueError(f"shard_eval.sets: set name {name!r} must match [A-Za-z0-9_-]+")
+            item.name = name
         return self
 
 
