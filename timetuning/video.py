@@ -101,18 +101,20 @@ def decode_video(path: str | Path, fps: float, short_side: int, crop: str = "non
     """
     info = info or probe_video(path)
     out_w, out_h = output_size(info.width, info.height, short_side, crop)
-    stream = ffmpeg.input(str(path)).video.filter("fps", fps=fps)
+    # one decoder thread: parallelism comes from decoding several videos at once (one process each)
+    stream = ffmpeg.input(str(path), threads=1).video.filter("fps", fps=fps)
     if crop == "center":
         # scale so the short side fits, then take the centre square
         scale_w, scale_h = output_size(info.width, info.height, short_side, "none")
         stream = stream.filter("scale", scale_w, scale_h).filter("crop", out_w, out_h)
     else:
         stream = stream.filter("scale", out_w, out_h)
-    stream = stream.filter("setsar", 1)
+    # converting inside the scale filter saves a second swscale pass for the rgb24 output
+    stream = stream.filter("setsar", 1).filter("format", "rgb24")
     try:
         out, err = (
             stream.output("pipe:", format="rawvideo", pix_fmt="rgb24")
-            .global_args("-nostdin", "-loglevel", "error", "-threads", "1")
+            .global_args("-nostdin", "-loglevel", "error", "-filter_complex_threads", "1")
             .run(capture_stdout=True, capture_stderr=True)
         )
     except ffmpeg.Error as e:
