@@ -1,0 +1,85 @@
+"""Clip-consistent augmentation (METHOD.md): one crop box, flip and photometric draw per clip, all frames alike.
+
+Geometry: short side to ``resize``, RandomResizedCrop to ``size`` (scale 0.4-1, ratio 3/4-4/3) with the same box
+for every frame, horizontal flip p=0.5. Photometric, drawn once per clip: ColorJitter(0.8, 0.8, 0.8, 0.2) with
+p=0.8 (all four operations, random order), grayscale p=0.2, Gaussian blur p=0.5 (sigma 0.1-2), then the backbone's
+mean/std normalisation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+
+@dataclass(frozen=True)
+class ClipAugmentation:
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    scale: tuple[float, float] = (0.4, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    jitter: tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.2)
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+
+    def crop_box(self, height: int, width: int, g: torch.Generator) -> tuple[int, int, int, int]:
+        """A RandomResizedCrop box (top, left, h, w), drawn from ``g``."""
+        area = height * width
+        for _ in range(10):
+            target = area * _uniform(g, *self.scale)
+            aspect = math.exp(_uniform(g, math.log(self.ratio[0]), math.log(self.ratio[1])))
+            w = round(math.sqrt(target * aspect))
+            h = round(math.sqrt(target / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(torch.randint(0, height - h + 1, (1,), generator=g))
+                left = int(torch.randint(0, width - w + 1, (1,), generator=g))
+                return top, left, h, w
+        side = min(height, width)  # fallback: centre crop
+        return (height - side) // 2, (width - side) // 2, side, side
+
+    def __call__(self, frames: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """``frames`` uint8 ``[T, 3, H, W]`` -> normalised float ``[T, 3, size, size]``."""
+        _, _, height, width = frames.shape
+        top, left, h, w = self.crop_box(height, width, g)
+        x = TF.resized_crop(frames, top, left, h, w, [self.size, self.size], antialias=True)
+        if _uniform(g) < self.flip_p:
+            x = TF.horizontal_flip(x)
+        x = x.float() / 255.0
+        if _uniform(g) < self.jitter_p:
+            x = self._jitter(x, g)
+        if _uniform(g) < self.grayscale_p:
+            x = TF.rgb_to_grayscale(x, num_output_channels=3)
+        if _uniform(g) < self.blur_p:
+            sigma = _uniform(g, *self.blur_sigma)
+            kernel = max(3, int(2 * math.ceil(3 * sigma) + 1))
+            x = TF.gaussian_blur(x, [kernel, kernel], [sigma, sigma])
+        return TF.normalize(x.clamp(0, 1), list(self.mean), list(self.std))
+
+    def _jitter(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        b, c, s, hue = self.jitter
+        ops = [
+            lambda y: TF.adjust_brightness(y, _uniform(g, max(0, 1 - b), 1 + b)),
+            lambda y: TF.adjust_contrast(y, _uniform(g, max(0, 1 - c), 1 + c)),
+            lambda y: TF.adjust_saturation(y, _uniform(g, max(0, 1 - s), 1 + s)),
+            lambda y: TF.adjust_hue(y, _uniform(g, -hue, hue)),
+        ]
+        for i in torch.randperm(4, generator=g).tolist():  # all four, in a random order
+            x = ops[i](x).clamp(0, 1)
+        return x
+
+
+def _uniform(g: torch.Generator, low: float = 0.0, high: float = 1.0) -> float:
+    return low + (high - low) * float(torch.rand((), generator=g))
+
+
+def eval_transform(frames: torch.Tensor, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 ``[T, 3, H, W]`` -> normalised float ``[T, 3, size, size]`` (squashed to a square, as for masks)."""
+    x = TF.resize(frames, [size, size], antialias=True).float() / 255.0
+    return TF.normalize(x, list(mean), list(std))
