@@ -25,7 +25,7 @@ VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "
                "tvmonitor")
 
 
-class DatasetError(Exception):
+class DatasetError(ValueError):
     """A labeled set that does not match its layout; the message names the file and what is wrong."""
 
 

@@ -27,7 +27,7 @@ KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
 FIXED_MTIME = 0.0
 
 
-class ShardError(Exception):
+class ShardError(ValueError):
     """A shard that cannot be trusted; the message names the shard and the member."""
 
 
