@@ -156,18 +156,42 @@ class TrainParams(Section):
 
 # --------------------------------------------------------------------------- stage 3: features
 class ModelParams(Section):
-    """A model to evaluate: a backbone and its weights (a training output or a starting point)."""
+    """A model to evaluate.
+
+    ``source``: ``train_start`` = the training stage's starting backbone (``train.backbone``), ``train_result`` =
+    the time-tuned export of the training stage, ``custom`` = the ``backbone`` given here.
+    """
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")]
-    backbone: BackboneParams = Field(default_factory=BackboneParams)
+    source: Literal["train_start", "train_result", "custom"] = "custom"
+    backbone: BackboneParams | None = None  # only for source: custom
+
+    @model_validator(mode="after")
+    def _backbone_for_custom(self) -> ModelParams:
+        if self.source == "custom" and self.backbone is None:
+            raise ValueError(f"model {self.name!r}: source 'custom' needs a backbone (name, weights)")
+        if self.source != "custom" and self.backbone is not None:
+            raise ValueError(f"model {self.name!r}: backbone is taken from the train section for source "
+                             f"{self.source!r}; remove it or use source: custom")
+        return self
+
+    def resolve(self, train: TrainParams) -> BackboneParams:
+        """The backbone (name, weights) this entry stands for."""
+        if self.source == "train_start":
+            return train.backbone
+        if self.source == "train_result":
+            weights = str(Path(train.output_dir) / "timetuned.safetensors")
+            return train.backbone.model_copy(update={"weights": weights})
+        assert self.backbone is not None
+        return self.backbone
 
 
 class ExtractFeaturesParams(Section):
     output_dir: str = "data/features"
     models: list[ModelParams] = Field(
         default_factory=lambda: [
-            ModelParams(name="start"),
-            ModelParams(name="timetuned", backbone=BackboneParams(weights="models/timetuned.safetensors")),
+            ModelParams(name="start", source="train_start"),
+            ModelParams(name="timetuned", source="train_result"),
         ]
     )
     input_size: Annotated[int, Field(ge=16)] = 224
