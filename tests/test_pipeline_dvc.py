@@ -1,0 +1,47 @@
+"""The whole pipeline under `dvc repro` in a real DVC repo: demo data -> shards -> train -> features -> probes ->
+report; the report opens offline with its tables and pictures; `dvc metrics` sees the numbers."""
+
+import json
+import re
+
+import pytest
+import yaml
+
+from tests.dvc_repo import dvc, make_repo, ran_stages, tiny_full_params
+
+pytestmark = pytest.mark.slow
+
+
+def test_full_pipeline_repro_report_and_metrics(tmp_path):
+    repo = make_repo(tmp_path / "repo", tiny_full_params())
+    first = dvc(repo, "repro")
+    assert set(ran_stages(first.stdout)) == {"demo_data", "shard_videos", "shard_eval@davis_demo", "train",
+                                             "extract_features", "fit_probes", "evaluate"}
+
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    for model in ("start", "timetuned"):
+        row = metrics[model]["davis_demo"]
+        for key in ("cluster_per_frame", "cluster_per_clip", "cluster_per_dataset", "overcluster_k8", "linear",
+                    "hummingbird", "temporal_stability_per_clip", "temporal_clip_minus_frame_miou"):
+            assert key in row, key
+        assert 0.0 <= row["linear"] <= 1.0
+    assert "cluster_per_clip" in metrics["delta"]["davis_demo"]
+
+    html = (repo / "reports/report.html").read_text()
+    assert html.count("<table>") >= 2 and "Clustering per clip" in html and "Linear probe" in html
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(images) >= 4 and all(len(i) > 1000 for i in images)  # embedded: opens offline
+    assert "http://" not in html and "https://" not in html
+    md = (repo / "reports/report.md").read_text()
+    for link in re.findall(r"\]\((figures/[^)]+)\)", md):
+        assert (repo / "reports" / link).is_file()
+
+    shown = dvc(repo, "metrics", "show", "--json")
+    assert "cluster_per_clip" in shown.stdout
+    assert ran_stages(dvc(repo, "repro").stdout) == []  # everything cached
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["fit_probes"]["overclustering_k"] = [6]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    assert ran_stages(dvc(repo, "repro").stdout) == ["fit_probes", "evaluate"]
+    assert "overcluster_k6" in json.loads((repo / "reports/metrics.json").read_text())["start"]["davis_demo"]
