@@ -1,0 +1,135 @@
+"""Running DVC commands for the flows: streamed logs, stage outcomes, output hashes, one DVC process per workspace."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from filelock import FileLock, Timeout
+
+RAN = re.compile(r"^Running stage '([^']+)'")
+SKIPPED = re.compile(r"^Stage '([^']+)' didn't change, skipping")
+RESTORED = re.compile(r"^Stage '([^']+)' is cached - skipping run, checking out outputs")
+PERCENT = re.compile(r"(\d{1,3})%\|")
+TRANSIENT = ("Unable to acquire lock", "Too many open files", "Connection reset", "Temporary failure",
+             "Resource temporarily unavailable")
+
+
+class StageFailed(RuntimeError):
+    """A DVC command failed; the message carries the tail of its output (the stage's own error)."""
+
+    def __init__(self, command: str, code: int, tail: str):
+        super().__init__(f"`{command}` failed with exit code {code}:\n{tail}")
+        self.code, self.tail = code, tail
+
+    @property
+    def transient(self) -> bool:
+        """Killed by a signal, or a known passing condition (a lock, a resource limit): worth a retry."""
+        return self.code < 0 or self.code in (137, 143) or any(t in self.tail for t in TRANSIENT)
+
+
+@dataclass
+class DvcResult:
+    command: list[str]
+    ran: list[str] = field(default_factory=list)
+    up_to_date: list[str] = field(default_factory=list)
+    restored: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+
+def dvc_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dvc", *args]
+
+
+def stage_env(repo: Path) -> dict[str, str]:
+    """Environment for stage commands: `python` in dvc.yaml resolves to this interpreter, the project importable."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    project = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(project), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_dvc(repo: Path, args: list[str], on_line: Callable[[str], None] | None = None,
+            on_progress: Callable[[float], None] | None = None) -> DvcResult:
+    """Run ``dvc <args>`` in ``repo``, streaming every output line (tqdm's \\r updates included) to ``on_line``."""
+    cmd = dvc_command(*args)
+    result = DvcResult(cmd)
+    proc = subprocess.Popen(cmd, cwd=repo, env=stage_env(repo), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            bufsize=0)
+    assert proc.stdout is not None
+    for line in _lines(proc.stdout):
+        if m := PERCENT.search(line):
+            if on_progress:
+                on_progress(float(m.group(1)))
+            continue  # progress bars become a progress artifact, not log spam
+        result.lines.append(line)
+        if on_line and line.strip():
+            on_line(line)
+        for pattern, bucket in ((RAN, result.ran), (SKIPPED, result.up_to_date), (RESTORED, result.restored)):
+            if m := pattern.match(line):
+                bucket.append(m.group(1))
+    code = proc.wait()
+    if code != 0:
+        raise StageFailed("dvc " + " ".join(args), code, "\n".join(result.lines[-40:]))
+    return result
+
+
+def _lines(stream) -> Iterator[str]:
+    buf = b""
+    while chunk := stream.read(4096):
+        buf += chunk
+        *parts, buf = re.split(rb"[\r\n]", buf)
+        for p in parts:
+            yield p.decode("utf-8", "replace")
+    if buf:
+        yield buf.decode("utf-8", "replace")
+
+
+def pipeline_stages(repo: Path) -> list[str]:
+    """Stage names in dvc.yaml order (foreach/matrix groups by their group name)."""
+    path = repo / "dvc.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no dvc.yaml in the flow's repo")
+    return list((yaml.safe_load(path.read_text()) or {}).get("stages", {}))
+
+
+def stage_outputs(repo: Path, stage: str) -> list[dict[str, str]]:
+    """Outputs of ``stage`` (or of every item of a foreach group) with their hashes, from dvc.lock."""
+    lock = repo / "dvc.lock"
+    if not lock.is_file():
+        return []
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    rows = []
+    for name, entry in stages.items():
+        if name == stage or name.startswith(f"{stage}@"):
+            for out in entry.get("outs", []):
+                rows.append({"stage": name, "path": out["path"], "hash": out.get("md5") or out.get("hash", ""),
+                             "size": str(out.get("size", "")), "files": str(out.get("nfiles", 1))})
+    return rows
+
+
+@contextmanager
+def workspace_lock(repo: Path, timeout: float) -> Iterator[None]:
+    """One flow run per workspace at a time: others wait up to ``timeout`` s, then fail with a clear message."""
+    path = repo / ".dvc" / "tmp" / "timetuning-flow.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        raise RuntimeError(f"another timetuning flow run is using the workspace {repo} (lock {path}); waited "
+                           f"{timeout:g} s. Let it finish, or raise the flow's lock_timeout.") from None
+    try:
+        yield
+    finally:
+        lock.release()
