@@ -1,0 +1,85 @@
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from timetuning.backbones import build_backbone
+from timetuning.config import BackboneParams, EvalSetParams
+from timetuning.eval_shards import shard_eval_set
+from timetuning.features import extract_split, patch_labels, read_features, resize_masks
+from timetuning.synthetic import generate_video, write_davis_sequence
+
+
+def test_patch_labels_majority_and_ignore():
+    masks = np.zeros((1, 4, 4), np.uint8)
+    masks[0, :2, :2] = [[1, 1], [1, 2]]  # patch (0,0): majority 1
+    masks[0, :2, 2:] = 255  # patch (0,1): all ignored
+    masks[0, 2:, :2] = [[3, 3], [255, 255]]  # patch (1,0): tie 3 vs ignore -> first max (class 3)
+    labels = patch_labels(masks, (2, 2), num_classes=4)
+    assert labels.tolist() == [[[1, 255], [3, 0]]]
+    with pytest.raises(ValueError, match="not divisible"):
+        patch_labels(np.zeros((1, 5, 4), np.uint8), (2, 2), 4)
+
+
+def test_resize_masks_nearest():
+    m = np.arange(16, dtype=np.uint8).reshape(1, 4, 4)
+    assert resize_masks(m, 2).tolist() == [[[0, 2], [8, 10]]]
+    assert set(np.unique(resize_masks(m, 8))) == set(range(16))
+
+
+@pytest.fixture(scope="module")
+def eval_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("davis")
+    rng = np.random.default_rng(0)
+    names = []
+    for i in range(3):
+        write_davis_sequence(generate_video(rng, frames=4, width=64, height=48, num_classes=4, objects=3), root,
+                             f"s{i}")
+        names.append(f"s{i}")
+    (root / "ImageSets" / "2017").mkdir(parents=True)
+    (root / "ImageSets" / "2017" / "val.txt").write_text("\n".join(names))
+    out = tmp_path_factory.mktemp("shards")
+    shard_eval_set(EvalSetParams(name="d", layout="davis", root=str(root), splits=["val"], size=48,
+                                 frames_per_clip=2, max_clips_per_video=2), out, progress=False)
+    return out / "d"
+
+
+def test_parquet_round_trip_matches_the_model(tmp_path, eval_set):
+    backbone = build_backbone(BackboneParams(name="test_vit", weights="none"))
+    path = tmp_path / "f.parquet"
+    stats = extract_split(backbone, eval_set, "val", path, input_size=64, dtype="float32", batch_size=3,
+                          row_group_size=40, progress=False)
+    assert stats["frames"] == 12 and stats["rows"] == 12 * 16 and stats["grid"] == 4
+    meta = pq.ParquetFile(path).metadata
+    assert meta.num_row_groups >= 2  # bounded row groups
+    assert str(pq.read_schema(path).field("feature").type) == f"fixed_size_list<element: float>[{backbone.embed_dim}]"
+    cols = read_features(path)
+    assert cols["feature"].shape == (192, backbone.embed_dim)
+    # the stored vectors are the model's features of the first frame, row-major over the grid
+    from timetuning.features import dense_features, iter_eval_clips
+
+    clip = next(iter_eval_clips(eval_set, "val"))
+    expected = dense_features(backbone.eval(), clip.frames, 64)[0].permute(1, 2, 0).reshape(16, -1).numpy()
+    np.testing.assert_allclose(cols["feature"][:16], expected, rtol=1e-5, atol=1e-5)
+    assert cols["frame"][:20].tolist() == [0] * 16 + [1] * 4 and cols["col"][:5].tolist() == [0, 1, 2, 3, 0]
+    assert set(np.unique(cols["label"])) <= {0, 1, 2, 3, 255}
+
+
+def test_float16_storage_halves_the_file(tmp_path, eval_set):
+    backbone = build_backbone(BackboneParams(name="test_vit", weights="none"))
+    a = extract_split(backbone, eval_set, "val", tmp_path / "a.parquet", input_size=32, dtype="float16",
+                      progress=False)
+    b = extract_split(backbone, eval_set, "val", tmp_path / "b.parquet", input_size=32, dtype="float32",
+                      progress=False)
+    assert a["rows"] == b["rows"]
+    assert (tmp_path / "a.parquet").stat().st_size < 0.75 * (tmp_path / "b.parquet").stat().st_size
+    x16, x32 = read_features(tmp_path / "a.parquet")["feature"], read_features(tmp_path / "b.parquet")["feature"]
+    np.testing.assert_allclose(x16, x32, rtol=1e-2, atol=1e-2)
+
+
+def test_missing_inputs_are_named(tmp_path, eval_set):
+    backbone = build_backbone(BackboneParams(name="test_vit", weights="none"))
+    with pytest.raises(FileNotFoundError, match="labels.json"):
+        extract_split(backbone, tmp_path, "val", tmp_path / "x.parquet", input_size=32, progress=False)
+    with pytest.raises(ValueError, match="not a multiple of the stride"):
+        extract_split(backbone, eval_set, "val", tmp_path / "x.parquet", input_size=40, progress=False)
+    assert not (tmp_path / "x.parquet").exists()
