@@ -1,7 +1,9 @@
 import torch
 
 from timetuning.schedules import cosine
-from timetuning.transforms import ClipAugmentation, eval_transform
+from torchvision.transforms.v2 import functional as TF
+
+from timetuning.transforms import ClipAugmentation, eval_transform, separable_gaussian_blur
 
 
 def _clip():
@@ -40,3 +42,11 @@ def test_eval_transform_and_cosine():
     assert x.shape == (4, 3, 16, 16) and x.min() >= -1 and x.max() <= 1
     assert cosine(0, 10, 1.0, 0.0) == 1.0 and cosine(10, 10, 1.0, 0.0) == 0.0
     assert abs(cosine(5, 10, 0.04, 0.4) - 0.22) < 1e-9
+
+
+def test_separable_blur_equals_the_2d_gaussian():
+    x = torch.rand(2, 3, 20, 24, generator=torch.Generator().manual_seed(0))
+    for sigma in (0.3, 1.0, 2.0):
+        radius = max(1, int(torch.tensor(3 * sigma).ceil()))
+        ref = TF.gaussian_blur(x, [2 * radius + 1] * 2, [sigma, sigma])
+        assert torch.allclose(separable_gaussian_blur(x, sigma), ref, atol=1e-5)

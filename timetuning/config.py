@@ -145,7 +145,7 @@ class TrainParams(Section):
     weight_decay_start: Annotated[float, Field(ge=0)] = 0.04
     weight_decay_end: Annotated[float, Field(ge=0)] = 0.4
     grad_clip: Annotated[float, Field(ge=0)] = 3.0  # 0 = off
-    num_workers: NonNegativeInt = 1
+    num_workers: Annotated[int, Field(ge=-1)] = -1  # -1 = auto: 0 on CPU (loader steals compute), else up to 8
     shuffle_buffer: NonNegativeInt = 64
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     checkpoint_every: PositiveInt = 20

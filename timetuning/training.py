@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,7 +95,7 @@ def clip_loader(shard_dir: str | Path, p: TrainParams, aug: ClipAugmentation, se
     urls = [str(u) for u in list_shards(shard_dir, "clips")]
     if not urls:
         raise FileNotFoundError(f"train.shards: no clips-*.tar shards in {shard_dir} (run the shard_videos stage)")
-    workers = p.num_workers
+    workers = loader_workers(p.num_workers, ctx.device)
     if len(urls) >= ctx.world_size * max(1, workers):  # enough shards to split across ranks and workers
         dataset = wds.WebDataset(urls, shardshuffle=len(urls), nodesplitter=wds.split_by_node,
                                  workersplitter=wds.split_by_worker, repeat=True, seed=seed, empty_check=False)
@@ -106,6 +107,15 @@ def clip_loader(shard_dir: str | Path, p: TrainParams, aug: ClipAugmentation, se
                .with_epoch(per_worker))
     return DataLoader(dataset, batch_size=p.batch_size, num_workers=workers, drop_last=True,
                       persistent_workers=False, pin_memory=ctx.device.type == "cuda")
+
+
+def loader_workers(requested: int, device: torch.device) -> int:
+    """DataLoader workers: as requested, or (-1) none on CPU, where a worker only steals cores from compute."""
+    if requested >= 0:
+        return requested
+    if device.type != "cuda":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 def endless(loader: DataLoader) -> Iterator[torch.Tensor]:

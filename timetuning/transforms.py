@@ -57,9 +57,7 @@ class ClipAugmentation:
         if _uniform(g) < self.grayscale_p:
             x = TF.rgb_to_grayscale(x, num_output_channels=3)
         if _uniform(g) < self.blur_p:
-            sigma = _uniform(g, *self.blur_sigma)
-            kernel = max(3, int(2 * math.ceil(3 * sigma) + 1))
-            x = TF.gaussian_blur(x, [kernel, kernel], [sigma, sigma])
+            x = separable_gaussian_blur(x, _uniform(g, *self.blur_sigma))
         return TF.normalize(x.clamp(0, 1), list(self.mean), list(self.std))
 
     def _jitter(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -73,6 +71,23 @@ class ClipAugmentation:
         for i in torch.randperm(4, generator=g).tolist():  # all four, in a random order
             x = ops[i](x).clamp(0, 1)
         return x
+
+
+def separable_gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of ``[N, C, H, W]`` as two 1-D passes (kernel radius 3 sigma, reflect padding).
+
+    Same result as a 2-D Gaussian kernel at a fraction of the cost (2k instead of k^2 products per pixel).
+    """
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    n, c, h, w = x.shape
+    y = x.reshape(n * c, 1, h, w)
+    y = torch.nn.functional.pad(y, (radius, radius, radius, radius), mode="reflect")
+    y = torch.nn.functional.conv2d(y, k.view(1, 1, 1, -1))
+    y = torch.nn.functional.conv2d(y, k.view(1, 1, -1, 1))
+    return y.reshape(n, c, h, w)
 
 
 def _uniform(g: torch.Generator, low: float = 0.0, high: float = 1.0) -> float:

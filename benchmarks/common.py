@@ -1,0 +1,45 @@
+"""Shared set-up for the benchmarks: synthetic clip shards and evaluation shards in a temp dir."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timetuning.config import EvalSetParams  # noqa: E402
+from timetuning.eval_shards import shard_eval_set  # noqa: E402
+from timetuning.shards import ShardWriter, encode_jpeg  # noqa: E402
+from timetuning.synthetic import generate_video, write_davis_sequence  # noqa: E402
+
+
+def clip_shards(out: Path, videos: int = 8, clips_per_video: int = 8, size: int = 128) -> Path:
+    rng = np.random.default_rng(0)
+    with ShardWriter(out, prefix="clips", maxcount=32) as writer:
+        for v in range(videos):
+            video = generate_video(rng, frames=16, width=size * 5 // 4, height=size, num_classes=4, objects=3)
+            for c in range(clips_per_video):
+                idx = sorted(rng.choice(16, 4, replace=False))
+                sample = {"__key__": f"v{v}__c{c:03d}", "json": json.dumps({"i": [int(i) for i in idx]})}
+                for t, i in enumerate(idx):
+                    sample[f"f{t}.jpg"] = encode_jpeg(video.frames[i], 90)
+                writer.write(sample)
+    return out
+
+
+def eval_shards(out: Path, sequences: int, frames: int = 8, size: int = 224) -> Path:
+    rng = np.random.default_rng(0)
+    root = out / "davis"
+    names = []
+    for i in range(sequences):
+        write_davis_sequence(generate_video(rng, frames=frames, width=160, height=128, num_classes=4, objects=3),
+                             root, f"s{i}")
+        names.append(f"s{i}")
+    (root / "ImageSets" / "2017").mkdir(parents=True, exist_ok=True)
+    (root / "ImageSets" / "2017" / "val.txt").write_text("\n".join(names))
+    shard_eval_set(EvalSetParams(name="bench", layout="davis", root=str(root), splits=["val"], size=size,
+                                 frames_per_clip=4, max_clips_per_video=2), out / "eval", progress=False)
+    return out / "eval" / "bench"
