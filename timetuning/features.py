@@ -69,9 +69,9 @@ def patch_labels(masks: np.ndarray, grid: tuple[int, int], num_classes: int,
         raise ValueError(f"mask size {h}x{w} is not divisible into a {gh}x{gw} grid")
     blocks = masks.reshape(t, gh, h // gh, gw, w // gw).transpose(0, 1, 3, 2, 4).reshape(t * gh * gw, -1)
     codes = np.where(blocks == ignore_index, num_classes, blocks).astype(np.int64)
-    counts = np.zeros((codes.shape[0], num_classes + 1), np.int64)
-    np.add.at(counts, (np.repeat(np.arange(codes.shape[0]), codes.shape[1]), codes.reshape(-1)), 1)
-    label = counts.argmax(1)
+    index = np.arange(codes.shape[0])[:, None] * (num_classes + 1) + codes
+    counts = np.bincount(index.reshape(-1), minlength=codes.shape[0] * (num_classes + 1))
+    label = counts.reshape(codes.shape[0], num_classes + 1).argmax(1)
     label[label == num_classes] = ignore_index
     return label.reshape(t, gh, gw).astype(np.int16)
 
@@ -122,34 +122,41 @@ def extract_split(backbone: DenseBackbone, set_dir: str | Path, split: str, out_
     buffer: list[pa.RecordBatch] = []
     buffered = 0
     total = labels["splits"].get(split)
+    pending: list[EvalClip] = []
+
+    def flush_clips() -> None:
+        """One batched forward over the pending clips' frames, then their rows."""
+        nonlocal rows, frames_done, seconds, writer, buffer, buffered
+        frames = np.concatenate([c.frames for c in pending])
+        start = time.perf_counter()
+        feats = dense_features(backbone, frames, input_size, batch_size, device)  # [F, D, g, g]
+        seconds += time.perf_counter() - start
+        offset = 0
+        for clip in pending:
+            t = clip.frames.shape[0]
+            batch = _clip_rows(clip, feats[offset:offset + t], dataset, split, grid, num_classes, np_dtype, dtype,
+                               input_size)
+            offset += t
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, batch.schema, compression="zstd")
+            buffer.append(batch)
+            buffered += batch.num_rows
+            if buffered >= row_group_size:  # bounded memory: flush full row groups as we go
+                writer.write_table(pa.Table.from_batches(buffer), row_group_size=row_group_size)
+                buffer, buffered = [], 0
+            rows += batch.num_rows
+            frames_done += t
+        pending.clear()
+
     with atomic_path(out_path) as tmp:
         try:
             for clip in tqdm(iter_eval_clips(set_dir, split), total=total, desc=f"{dataset}/{split}", unit="clip",
                              disable=not progress):
-                start = time.perf_counter()
-                feats = dense_features(backbone, clip.frames, input_size, batch_size, device)  # [T, D, g, g]
-                seconds += time.perf_counter() - start
-                t, d = feats.shape[:2]
-                plabels = patch_labels(resize_masks(clip.masks, input_size), (grid, grid), num_classes)
-                n = t * grid * grid
-                vectors = feats.permute(0, 2, 3, 1).reshape(n, d).numpy().astype(np_dtype)
-                tt, rr, cc = np.meshgrid(np.arange(t), np.arange(grid), np.arange(grid), indexing="ij")
-                batch = pa.RecordBatch.from_arrays([
-                    pa.array([dataset] * n), pa.array([split] * n), pa.array([clip.clip_id] * n),
-                    pa.array([clip.video_id] * n), pa.array(tt.reshape(-1).astype(np.int16)),
-                    pa.array(rr.reshape(-1).astype(np.int16)), pa.array(cc.reshape(-1).astype(np.int16)),
-                    pa.array(plabels.reshape(-1)),
-                    pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), d),
-                ], schema=feature_schema(d, dtype))
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, batch.schema, compression="zstd")
-                buffer.append(batch)
-                buffered += n
-                if buffered >= row_group_size:  # bounded memory: flush full row groups as we go
-                    writer.write_table(pa.Table.from_batches(buffer), row_group_size=row_group_size)
-                    buffer, buffered = [], 0
-                rows += n
-                frames_done += t
+                pending.append(clip)
+                if sum(c.frames.shape[0] for c in pending) >= batch_size:
+                    flush_clips()
+            if pending:
+                flush_clips()
             if writer is None:
                 raise FileNotFoundError(f"{set_dir}: split {split!r} has no clips")
             if buffer:
@@ -159,6 +166,22 @@ def extract_split(backbone: DenseBackbone, set_dir: str | Path, split: str, out_
                 writer.close()
     return {"rows": rows, "frames": frames_done, "grid": grid, "dim": int(backbone.embed_dim),
             "forward_seconds": seconds, "frames_per_second": frames_done / seconds if seconds else 0.0}
+
+
+def _clip_rows(clip: EvalClip, feats: torch.Tensor, dataset: str, split: str, grid: int, num_classes: int,
+               np_dtype: type, dtype: str, input_size: int) -> pa.RecordBatch:
+    """The Parquet rows (one per patch) of one clip's features ``[T, D, g, g]``."""
+    t, d = feats.shape[:2]
+    plabels = patch_labels(resize_masks(clip.masks, input_size), (grid, grid), num_classes)
+    n = t * grid * grid
+    vectors = feats.permute(0, 2, 3, 1).reshape(n, d).numpy().astype(np_dtype)
+    tt, rr, cc = np.meshgrid(np.arange(t), np.arange(grid), np.arange(grid), indexing="ij")
+    return pa.RecordBatch.from_arrays([
+        pa.array([dataset] * n), pa.array([split] * n), pa.array([clip.clip_id] * n),
+        pa.array([clip.video_id] * n), pa.array(tt.reshape(-1).astype(np.int16)),
+        pa.array(rr.reshape(-1).astype(np.int16)), pa.array(cc.reshape(-1).astype(np.int16)),
+        pa.array(plabels.reshape(-1)), pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), d),
+    ], schema=feature_schema(d, dtype))
 
 
 def read_features(path: str | Path, columns: list[str] | None = None) -> dict[str, np.ndarray]:
