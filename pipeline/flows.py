@@ -6,9 +6,10 @@ A run with parameter overrides becomes a DVC experiment (`dvc exp run -S key=val
 next to CLI experiments. Prefect adds the UI, retries, streamed logs, artifacts and scale-out.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: a served deployment loads this file by path and pydantic must see
+# the real ParamsOverrides type in the flow signature, not a string it cannot resolve there.
 import json
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,8 +22,6 @@ from pydantic import BaseModel, ConfigDict, create_model
 from pipeline.dvc_runner import (DvcResult, StageFailed, pipeline_stages, run_dvc, stage_outputs,
                                  workspace_lock)
 from timetuning.config import Params, ParamsError, apply_overrides, load_params
-
-LONG_STAGES = ("shard_videos", "train", "extract_features")
 
 
 def partial_model(model: type[BaseModel], name: str | None = None) -> type[BaseModel]:
@@ -80,23 +79,35 @@ def _retry_transient(task, task_run, state) -> bool:
     return False
 
 
-def _stream(logger, stage: str):
-    progress = {"id": None, "last": -1.0}
+def artifact_key(*parts: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) from stage names like ``shard_eval@davis``."""
+    return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")
 
-    def on_line(line: str) -> None:
-        logger.info("%s", line)
 
-    def on_progress(pct: float) -> None:
-        if stage not in LONG_STAGES or pct == progress["last"]:
+class _Stream:
+    """Stage output to the run's log, line by line; tqdm bars to one progress artifact per stage instead."""
+
+    def __init__(self, logger, stage: str):
+        self.logger, self.stage = logger, stage
+        self.progress_id = None
+        self.last = -1.0
+
+    def line(self, line: str) -> None:
+        self.logger.info("%s", line)
+
+    def progress(self, pct: float) -> None:
+        if pct == self.last:
             return
-        progress["last"] = pct
-        if progress["id"] is None:
-            progress["id"] = create_progress_artifact(pct, key=f"progress-{stage.replace('_', '-')}",
-                                                      description=f"{stage}: progress of the running stage")
+        self.last = pct
+        if self.progress_id is None:
+            self.progress_id = create_progress_artifact(pct, key=artifact_key("progress", self.stage),
+                                                        description=f"{self.stage}: progress of the stage")
         else:
-            update_progress_artifact(progress["id"], pct)
+            update_progress_artifact(self.progress_id, pct)
 
-    return on_line, on_progress
+    def done(self) -> None:
+        if self.progress_id is not None and self.last < 100:
+            update_progress_artifact(self.progress_id, 100.0)
 
 
 @task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE, persist_result=False,
@@ -104,13 +115,14 @@ def _stream(logger, stage: str):
 def run_stage_task(repo: str, stage: str, force: bool = False) -> dict[str, Any]:
     """`dvc repro --single-item <stage>`: DVC runs it, or says it is up to date."""
     logger = get_run_logger()
-    on_line, on_progress = _stream(logger, stage)
+    stream = _Stream(logger, stage)
     args = ["repro", "--single-item", *(["--force"] if force else []), stage]
-    result = run_dvc(Path(repo), args, on_line, on_progress)
+    result = run_dvc(Path(repo), args, stream.line, stream.progress)
+    stream.done()
     status = _status(result)
     outputs = stage_outputs(Path(repo), stage)
     if outputs:
-        create_table_artifact(outputs, key=f"outputs-{stage.replace('_', '-').replace('@', '-')}",
+        create_table_artifact(outputs, key=artifact_key("outputs", stage),
                               description=f"{stage}: outputs and their DVC hashes ({status})")
     logger.info("%s: %s", stage, status)
     return {"stage": stage, "status": status, "ran": result.ran, "outputs": outputs}
@@ -121,12 +133,13 @@ def run_experiment_task(repo: str, overrides: dict[str, Any], stages: list[str],
                         name: str | None) -> dict[str, Any]:
     """`dvc exp run -S key=value ...`: the overridden run, as a DVC experiment."""
     logger = get_run_logger()
-    on_line, on_progress = _stream(logger, "experiment")
+    stream = _Stream(logger, "experiment")
     args = ["exp", "run", *(["--force"] if force else []), *(["--name", name] if name else [])]
     for key, value in overrides.items():
         args += ["-S", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
     args += stages
-    result = run_dvc(Path(repo), args, on_line, on_progress)
+    result = run_dvc(Path(repo), args, stream.line, stream.progress)
+    stream.done()
     exp_name = next((ln.split(":", 1)[1].strip() for ln in result.lines if ln.startswith("Ran experiment")), "")
     rows = [{"stage": s, "status": "ran"} for s in result.ran] + \
            [{"stage": s, "status": "up to date"} for s in result.up_to_date + result.restored]

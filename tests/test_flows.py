@@ -17,19 +17,27 @@ from timetuning.config import ShardVideosParams
 pytestmark = pytest.mark.slow
 
 FIRST = """
-import os, yaml
+import os, time, yaml
+from tqdm import tqdm
 p = yaml.safe_load(open("params.yaml"))
+for _ in tqdm(range(4), desc="first", mininterval=0):
+    time.sleep(0.05)
 os.makedirs("out", exist_ok=True)
 open("out/a.txt", "w").write(str(p["train"]["steps"]))
 """
 SECOND = """
-import sys, yaml
+import json, os, sys, yaml
 p = yaml.safe_load(open("params.yaml"))
 n = p["evaluate"]["num_example_clips"]
 print("second: num_example_clips", n, flush=True)
 if n == 13:
     sys.exit("second: refusing num_example_clips=13")
-open("out/b.txt", "w").write(str(2 * int(open("out/a.txt").read())))
+b = 2 * int(open("out/a.txt").read())
+open("out/b.txt", "w").write(str(b))
+os.makedirs("reports", exist_ok=True)
+json.dump({"start": {"davis_demo": {"miou": 0.25}}, "timetuned": {"davis_demo": {"miou": 0.5}}},
+          open("reports/metrics.json", "w"))
+open("reports/report.md", "w").write(f"# Tiny report\\n\\nb = {b}\\n")
 """
 
 
@@ -96,9 +104,9 @@ def tiny_repo(tmp_path):
             cmd: python second.py
             deps: [second.py, out/a.txt]
             params: [evaluate.num_example_clips]
-            outs: [out/b.txt]
+            outs: [out/b.txt, reports]
         """))
-    (repo / ".gitignore").write_text("/out/\n")
+    (repo / ".gitignore").write_text("/out/\n/reports/\n")
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "tiny pipeline"], repo)
     return repo
@@ -120,6 +128,9 @@ def test_flow_runs_stages_through_dvc_and_reports_to_the_server(prefect_api, tin
     artifacts = _api(prefect_api, "/artifacts/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
     outputs = [a for a in artifacts if a["key"] == "outputs-first"]
     assert outputs and "out/a.txt" in json.dumps(outputs[0]["data"])
+    by_key = {a["key"]: a for a in artifacts}
+    assert by_key["progress-first"]["type"] == "progress" and by_key["progress-first"]["data"] == 100.0
+    assert "0.5000" in json.dumps(by_key["metrics"]["data"]) and "b = 120" in by_key["report"]["data"]
     assert any("second: num_example_clips" in m for m in _logs(prefect_api, flow_run_id))  # stage output streamed
 
     again = timetuning(repo=str(tiny_repo))
@@ -181,3 +192,41 @@ def test_ingest_fans_out_on_a_local_dask_cluster(prefect_api, tmp_path):
     assert on_dask["clips_written"] == local["clips_written"] == 6
     a, b = list_shards(tmp_path / "local", "clips"), list_shards(tmp_path / "dask", "clips")
     assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]  # same shards as a local run
+
+
+def test_serve_publishes_a_deployment_that_runs_from_the_api(prefect_api, tiny_repo, tmp_path):
+    """`timetuning serve --api-url ...`: the deployment appears, and a run started like the UI's Run button completes."""
+    import os
+    import sys
+    import time
+    from pathlib import Path
+
+    env = dict(os.environ, PREFECT_API_URL=prefect_api, PREFECT_HOME=str(tmp_path / "serve-home"),
+               PREFECT_RUNNER_POLL_FREQUENCY="1")
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "timetuning.cli", "serve", "--api-url", prefect_api,
+                                 "--repo", str(tiny_repo)], cwd=Path(__file__).parents[1], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        deployments: list = []
+        while not deployments and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            deployments = _api(prefect_api, "/deployments/filter", {"deployments": {"name": {"any_": ["timetuning"]}}})
+        assert deployments, log.read_text()
+        assert deployments[0]["parameters"]["repo"] == str(tiny_repo.resolve())
+        run_ = _api(prefect_api, f"/deployments/{deployments[0]['id']}/create_flow_run", {})
+        state = None
+        while time.time() < deadline and state not in ("COMPLETED", "FAILED", "CRASHED"):
+            time.sleep(1)
+            state = _api(prefect_api, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [run_["id"]]}}})[0][
+                "state"]["type"]
+        assert state == "COMPLETED", log.read_text()
+        assert (tiny_repo / "out/b.txt").read_text() == "120"
+    finally:
+        proc.terminate()  # stopped by PID
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -19,7 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("repro", help="run the whole pipeline through DVC (dvc repro)")
     sv = sub.add_parser("serve", help="start a Prefect server on 127.0.0.1 and serve the flow")
     sv.add_argument("args", nargs=argparse.REMAINDER)
-    ns = parser.parse_args(argv)
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["serve"]:  # its options go to pipeline.serve whole (argparse's REMAINDER drops leading --flags)
+        return int(importlib.import_module("pipeline.serve").main(args[1:]) or 0)
+    ns = parser.parse_args(args)
 
     if ns.command == "stage":
         module = importlib.import_module(f"stages.{ns.name}")
