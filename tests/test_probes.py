@@ -4,7 +4,6 @@ import torch
 from timetuning.metrics import mean_iou
 from timetuning.probes import (hummingbird_predict, pixel_confusion, predict_linear_probe, soft_patch_labels,
                                train_linear_probe)
-from timetuning.temporal import label_stability, mean_stability
 
 
 def _separable(frames=12, grid=4, size=16, dim=8, seed=0):
@@ -41,16 +40,3 @@ def test_soft_labels_fractions_and_ignore():
     soft = soft_patch_labels(masks, 1, 2)
     np.testing.assert_allclose(soft[0, 0, 0], [1 / 3, 2 / 3])
 
-
-def test_temporal_stability():
-    labels = np.zeros((3, 2, 2), int)
-    labels[:, 0, 0] = 1
-    steady = labels.copy()
-    flicker = labels.copy()
-    flicker[1] = 1 - flicker[1]
-    assert label_stability(steady, labels) == 1.0
-    assert label_stability(flicker, labels) == 0.0
-    labels_ign = labels.copy()
-    labels_ign[1] = 255
-    assert np.isnan(label_stability(steady, labels_ign))
-    assert mean_stability([(steady, labels), (flicker, labels)]) == 0.5
