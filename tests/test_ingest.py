@@ -1,13 +1,20 @@
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import webdataset as wds
+import yaml
 
 from tests.media import make_video
 from timetuning.config import ShardVideosParams
 from timetuning.ingest import find_videos, process_pool_mapper, shard_videos, video_ids
-from timetuning.shards import list_shards
+from timetuning.shards import iter_shard, list_shards
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +85,35 @@ def test_dense_sampler_and_no_clip_failure(video_dir, tmp_path):
     assert not list_shards(tmp_path / "bad_out", "clips")
     with pytest.raises(FileNotFoundError, match="shard_videos.input_dir"):
         shard_videos(_params(tmp_path / "nowhere", tmp_path / "o"), seed=0, progress=False)
+
+
+def test_sigkilled_stage_leaves_only_complete_shards(tmp_path):
+    """A real `kill -9` of the stage mid-run: final names hold complete shards only; the rerun cleans up."""
+    videos = tmp_path / "videos"
+    for i in range(4):
+        make_video(videos / f"v{i}.mp4", size="96x64", seconds=3)
+    out = tmp_path / "out"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"shard_videos": {
+        "input_dir": str(videos), "output_dir": str(out), "fps": 10, "size": 64, "clips_per_video": 3,
+        "maxcount": 1, "workers": 1}}))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen([sys.executable, "-m", "stages.shard_videos", "--params", str(tmp_path / "params.yaml")],
+                            cwd=Path(__file__).resolve().parents[1], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if list_shards(out, "clips") and list(out.glob(".clips-*.tmp")):
+            os.kill(proc.pid, signal.SIGKILL)  # at least one shard done, the next one half-written
+            break
+        time.sleep(0.002)
+    assert proc.wait(timeout=30) == -signal.SIGKILL, "the stage finished before it could be killed mid-shard"
+    assert not (out / "manifest.json").exists()
+    complete = list_shards(out, "clips")
+    assert complete and list(out.glob(".clips-*.tmp"))  # the partial shard sits under a temporary name only
+    for shard in complete:
+        samples = list(iter_shard(shard))
+        assert len(samples) == 1 and {f"f{t}.jpg" for t in range(4)} | {"json"} <= set(samples[0])
+    manifest = shard_videos(ShardVideosParams(input_dir=str(videos), output_dir=str(out), fps=10, size=64,
+                                              clips_per_video=3, maxcount=1, workers=1), seed=0, progress=False)
+    assert manifest["clips_written"] == 12 and len(list_shards(out, "clips")) == 12
+    assert not list(out.glob(".*.tmp"))

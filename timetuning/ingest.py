@@ -128,8 +128,11 @@ def shard_videos(params: ShardVideosParams, seed: int, mapper: Mapper | None = N
     mapper = mapper or process_pool_mapper(min(workers, len(paths)))
     jobs = [(str(p), vid, params, seed) for p, vid in zip(paths, video_ids(paths, root))]
     out_dir = Path(params.output_dir)
+    # a rerun replaces the previous shards entirely; the manifest goes first, so a killed run never leaves one
+    # that describes shards of an earlier run
+    (out_dir / "manifest.json").unlink(missing_ok=True)
     for old in out_dir.glob("clips-*.tar"):
-        old.unlink()  # a rerun replaces the previous shards entirely
+        old.unlink()
     skipped, frames_decoded, clips = [], 0, 0
     with ShardWriter(out_dir, prefix="clips", maxcount=params.maxcount, maxsize=params.maxsize) as writer:
         bar = tqdm(mapper(_video_to_clips_star, jobs), total=len(jobs), desc="shard_videos", unit="video",
