@@ -1,0 +1,103 @@
+"""The clustering objective: head + prototypes, FF targets, cross-entropy on the last frame, optimiser groups."""
+
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from timetuning.head import ClusteringHead
+from timetuning.loss import LossConfig, propagated_targets, time_tuning_loss
+from timetuning.sinkhorn import sinkhorn_knopp
+from timetuning.training import TimeTuner, apply_schedules, build_optimizer
+from timetuning.config import TrainParams
+
+
+def test_head_shapes_and_scores_are_cosines():
+    head = ClusteringHead(24, num_prototypes=10, hidden_dim=32, bottleneck_dim=16, out_dim=8,
+                          generator=torch.Generator().manual_seed(0))
+    scores = head(torch.randn(3, 24, 5, 6))
+    assert scores.shape == (3, 30, 10)
+    assert scores.abs().max() <= 1.0 + 1e-5
+    assert torch.allclose(head.prototypes.weight.norm(dim=1), torch.ones(10), atol=1e-6)  # unit at init
+
+
+def test_prototypes_are_renormalised_after_a_step():
+    head = ClusteringHead(8, num_prototypes=6, hidden_dim=16, bottleneck_dim=16, out_dim=4)
+    opt = torch.optim.SGD(head.parameters(), lr=10.0)
+    head(torch.randn(2, 8, 3, 3)).sum().backward()
+    opt.step()
+    assert not torch.allclose(head.prototypes.weight.norm(dim=1), torch.ones(6), atol=1e-3)
+    head.prototypes.renormalize()
+    assert torch.allclose(head.prototypes.weight.norm(dim=1), torch.ones(6), atol=1e-6)
+
+
+def test_loss_is_cross_entropy_over_temperature():
+    scores = torch.tensor([[[1.0, 0.0, -1.0], [0.0, 0.5, 0.0]]])  # [B=1, N=2, K=3]
+    targets = torch.tensor([[0, 2]])
+    expected = (-F.log_softmax(scores[0, 0] / 0.1, 0)[0] - F.log_softmax(scores[0, 1] / 0.1, 0)[2]) / 2
+    assert time_tuning_loss(scores, targets, 0.1).item() == pytest.approx(expected.item(), rel=1e-6)
+    confident = F.one_hot(targets, 3).float() * 2 - 1  # cos +1 on the target, -1 elsewhere
+    assert time_tuning_loss(confident, targets, 0.1).item() < 1e-8
+
+
+def test_static_clip_carries_frame0_sinkhorn_labels_unchanged():
+    """Identical frames with near-orthogonal patch features: every patch's label survives to the last frame."""
+    g = torch.Generator().manual_seed(0)
+    b, t, d, h, w, k = 2, 4, 256, 4, 5, 7
+    frame = torch.randn(b, d, h, w, generator=g)
+    features = frame[:, None].expand(b, t, d, h, w).contiguous()
+    first_scores = torch.randn(b, h * w, k, generator=g).clamp(-1, 1)
+    cfg = LossConfig()
+    targets = propagated_targets(features, first_scores, cfg)
+    q0 = sinkhorn_knopp(first_scores.reshape(-1, k), cfg.sinkhorn_epsilon, cfg.sinkhorn_iterations)
+    assert targets.shape == (b, h * w)
+    assert torch.equal(targets, q0.argmax(1).reshape(b, h * w))
+
+
+def test_targets_follow_a_translated_frame():
+    """Frame t is frame 0 shifted right by t patches: the last frame's labels are frame 0's labels shifted."""
+    g = torch.Generator().manual_seed(1)
+    b, t, d, h, w, k = 1, 3, 128, 4, 8, 5
+    base = torch.randn(b, d, h, w + t, generator=g)
+    features = torch.stack([base[..., t - i:t - i + w] for i in range(t)], 1)  # content moves right
+    first_scores = torch.randn(b, h * w, k, generator=g).clamp(-1, 1)
+    cfg = LossConfig()
+    q0 = sinkhorn_knopp(first_scores.reshape(-1, k), cfg.sinkhorn_epsilon, cfg.sinkhorn_iterations)
+    labels0 = q0.argmax(1).reshape(h, w)
+    last = propagated_targets(features, first_scores, cfg).reshape(h, w)
+    assert torch.equal(last[:, t - 1:], labels0[:, :w - (t - 1)])
+
+
+def test_gradient_reaches_only_the_last_frame_and_the_head():
+    head = ClusteringHead(16, num_prototypes=6, hidden_dim=16, bottleneck_dim=16, out_dim=8)
+    feats = torch.randn(2, 3, 16, 4, 4, requires_grad=True)
+    with torch.no_grad():
+        first = head(feats[:, 0])
+    targets = propagated_targets(feats, first, LossConfig())
+    loss = time_tuning_loss(head(feats[:, -1]), targets)
+    loss.backward()
+    assert math.isfinite(loss.item())
+    assert feats.grad[:, :-1].abs().sum() == 0 and feats.grad[:, -1].abs().sum() > 0
+    assert head.prototypes.weight.grad is not None and head.prototypes.weight.grad.abs().sum() > 0
+
+
+def test_adamw_groups_and_per_iteration_cosine_schedules():
+    p = TrainParams(steps=10, lr_backbone=1e-5, lr_head=1e-4, weight_decay_start=0.04, weight_decay_end=0.4,
+                    backbone={"name": "test_vit", "weights": "none"}, hidden_dim=16, bottleneck_dim=16,
+                    projection_dim=8, num_prototypes=4)
+    backbone = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    frozen = torch.nn.Linear(4, 4).requires_grad_(False)
+    tuner = TimeTuner(torch.nn.Sequential(backbone, frozen), ClusteringHead(4, 4, 16, 16, 8), LossConfig())
+    opt = build_optimizer(tuner, p)
+    trained = {id(q) for g in opt.param_groups for q in g["params"]}
+    assert all(id(q) not in trained for q in frozen.parameters())
+    for g in opt.param_groups:
+        assert all(q.ndim >= 2 for q in g["params"]) == g["apply_wd"]  # no decay on biases / 1-D params
+    first = apply_schedules(opt, 0, p)
+    assert first == pytest.approx({"lr_backbone": 1e-5, "lr_head": 1e-4, "weight_decay": 0.04})
+    mid = apply_schedules(opt, 5, p)
+    assert mid["lr_head"] == pytest.approx(5e-5) and mid["weight_decay"] == pytest.approx(0.22)
+    last = apply_schedules(opt, 10, p)
+    assert last["lr_backbone"] == pytest.approx(0.0, abs=1e-15) and last["weight_decay"] == pytest.approx(0.4)
+    assert all(g["weight_decay"] == (0.4 if g["apply_wd"] else 0.0) for g in opt.param_groups)
