@@ -1,4 +1,7 @@
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,9 +70,43 @@ def test_truncated_video_fails_or_decodes_a_prefix(tmp_path):
         assert 0 < video.num_frames < 30
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permission bits")
+def _probe_as_nobody(path) -> str:
+    """probe_video in a forked child that dropped root (root reads files whatever their permission bits)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: become nobody, report the error message (or "ok") through the pipe
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                probe_video(path)
+                msg = "ok"
+            except VideoError as err:
+                msg = str(err)
+            os.write(write, msg.encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as f:
+        return f.read()
+
+
 def test_unreadable_file(tmp_path):
-    path = make_video(tmp_path / "secret.mp4")
-    path.chmod(0)
-    with pytest.raises(VideoError, match="permission denied"):
-        probe_video(path)
+    if os.geteuid() != 0:
+        path = make_video(tmp_path / "secret.mp4")
+        path.chmod(0)
+        with pytest.raises(VideoError, match="permission denied"):
+            probe_video(path)
+        return
+    shared = Path(tempfile.mkdtemp(prefix="tt-perm-"))  # /tmp: reachable by nobody, unlike pytest's tmp_path
+    try:
+        shared.chmod(0o755)
+        path = make_video(shared / "secret.mp4")
+        path.chmod(0o644)
+        assert _probe_as_nobody(path) == "ok"  # the same user can read it while the bits allow
+        path.chmod(0)
+        assert "permission denied" in _probe_as_nobody(path)
+    finally:
+        shutil.rmtree(shared)
