@@ -1,14 +1,16 @@
 """Ingest speed: `shard_videos` against ffmpeg alone decoding + scaling the same videos to the same size.
 
-Prints frames/s for both, side by side in one run, at 1 and 2 workers, and their ratio (target >= 0.8).
+Prints frames/s for both, side by side in one run, at 1 and 2 workers, and their ratio (target >= 0.8); the two
+sides alternate for ``--rounds`` rounds and medians are reported, since other processes share the cores.
 ffmpeg alone: `ffmpeg -i X -vf fps=F,scale=W:H -f null -`, the same videos split over the same number of processes.
 
-    .venv/bin/python benchmarks/ingest.py [--videos 8] [--seconds 6] [--fps 15] [--size 128]
+    .venv/bin/python benchmarks/ingest.py [--videos 8] [--seconds 6] [--fps 15] [--size 128] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +52,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--fps", type=float, default=15.0)
     ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per side; medians are reported")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "videos"
@@ -59,16 +62,18 @@ def main() -> None:
         print(f"{len(paths)} videos, 640x360 @30 fps, {args.seconds:g} s each -> fps={args.fps:g}, short side {args.size}")
         print(f"{'workers':>7} {'ffmpeg alone f/s':>17} {'shard_videos f/s':>17} {'ratio':>6} {'per-worker f/s':>15}")
         for workers in (1, 2):
-            t_ff = ffmpeg_alone(paths, args.fps, args.size, workers)
             params = ShardVideosParams(input_dir=str(src), output_dir=f"{tmp}/out{workers}", fps=args.fps,
                                        size=args.size, clips_per_video=8, workers=workers)
-            start = time.perf_counter()
-            manifest = shard_videos(params, seed=0, progress=False)
-            t_sv = time.perf_counter() - start
+            t_ff, t_sv = [], []
+            for _ in range(args.rounds):  # alternate, so load from other processes hits both sides alike
+                t_ff.append(ffmpeg_alone(paths, args.fps, args.size, workers))
+                start = time.perf_counter()
+                manifest = shard_videos(params, seed=0, progress=False)
+                t_sv.append(time.perf_counter() - start)
             frames = manifest["frames_decoded"]
-            print(f"{workers:>7} {frames / t_ff:>17.0f} {frames / t_sv:>17.0f} {t_ff / t_sv:>6.2f} "
-                  f"{frames / t_sv / workers:>15.0f}")
-
+            ff, sv = statistics.median(t_ff), statistics.median(t_sv)
+            print(f"{workers:>7} {frames / ff:>17.0f} {frames / sv:>17.0f} {ff / sv:>6.2f} "
+                  f"{frames / sv / workers:>15.0f}")
 
 if __name__ == "__main__":
     main()
