@@ -23,6 +23,8 @@ from pipeline.dvc_runner import (DvcResult, StageFailed, pipeline_stages, run_dv
                                  workspace_lock)
 from timetuning.config import Params, ParamsError, apply_overrides, load_params
 
+RETRY_DELAY_S = 5.0  # a transient failure (DVC's lock held by a CLI run, a signal) gets a moment to pass
+
 
 def partial_model(model: type[BaseModel], name: str | None = None) -> type[BaseModel]:
     """The same schema with every field optional (nested sections too): the flow's typed override form."""
@@ -66,6 +68,28 @@ def dotted_overrides(overrides: BaseModel | dict | None) -> dict[str, Any]:
 
     walk(Params, data, "")
     return flat
+
+
+def override_value(value: Any) -> str:
+    """``value`` in the override grammar of ``dvc exp run -S`` (Hydra's): strings quoted, so ``tcp://h:1`` or
+    ``/data/x`` stay strings; lists and mappings nested; mapping keys must be plain identifiers."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        quoted = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)  # Hydra escapes \ only before '
+        return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, quoted) + "'"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(override_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        bad = [k for k in value if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", str(k))]
+        if bad:
+            raise ValueError(f"overrides: mapping keys {bad} cannot be passed to `dvc exp run -S`; use plain names")
+        return "{" + ", ".join(f"{k}: {override_value(v)}" for k, v in value.items()) + "}"
+    raise ValueError(f"overrides: cannot pass a {type(value).__name__} to `dvc exp run -S`")
 
 
 def _retry_transient(task, task_run, state) -> bool:
@@ -136,7 +160,7 @@ def run_experiment_task(repo: str, overrides: dict[str, Any], stages: list[str],
     stream = _Stream(logger, "experiment")
     args = ["exp", "run", *(["--force"] if force else []), *(["--name", name] if name else [])]
     for key, value in overrides.items():
-        args += ["-S", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+        args += ["-S", f"{key}={override_value(value)}"]
     args += stages
     result = run_dvc(Path(repo), args, stream.line, stream.progress)
     stream.done()
@@ -199,13 +223,13 @@ def timetuning(overrides: Optional[ParamsOverrides] = None, stages: Optional[lis
     with workspace_lock(root, lock_timeout):
         if flat:
             logger.info("overrides %s: running as a DVC experiment", flat)
-            result = run_experiment_task.with_options(retries=retries)(
+            result = run_experiment_task.with_options(retries=retries, retry_delay_seconds=RETRY_DELAY_S)(
                 str(root), flat, list(stages or []), force, experiment_name)
             summary = {"mode": "experiment", **result}
         else:
             results = []
             for stage in chosen:
-                results.append(run_stage_task.with_options(retries=retries)(str(root), stage, force))
+                results.append(run_stage_task.with_options(retries=retries, retry_delay_seconds=RETRY_DELAY_S)(str(root), stage, force))
             summary = {"mode": "repro", "stages": results}
         _publish_reports(root, params)
     return summary

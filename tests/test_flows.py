@@ -12,7 +12,7 @@ from pipeline.dvc_runner import workspace_lock
 from pipeline.serve import start_server, wait_healthy
 from tests.dvc_repo import dvc, make_repo, run
 from tests.media import make_video
-from timetuning.config import ShardVideosParams
+from timetuning.config import ShardVideosParams, load_params
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +39,19 @@ json.dump({"start": {"davis_demo": {"miou": 0.25}}, "timetuned": {"davis_demo": 
           open("reports/metrics.json", "w"))
 open("reports/report.md", "w").write(f"# Tiny report\\n\\nb = {b}\\n")
 """
+
+
+def test_override_values_survive_the_dvc_exp_run_grammar():
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # what `dvc exp run -S` parses with
+
+    from pipeline.flows import override_value
+
+    parser = OverridesParser.create()
+    for value in ["tcp://h:8786", "/data/my videos", "it's", "C:\\dir\\", "1", "null", "", 7, 1e-4, True, None,
+                  [1, 2.5], {"davis": {"layout": "davis", "splits": ["val"], "resolution": "480p"}}]:
+        assert parser.parse_override(f"k={override_value(value)}").value() == value
+    with pytest.raises(ValueError, match="mapping keys"):
+        override_value({"a b": 1})
 
 
 def _free_port() -> int:
@@ -140,9 +153,12 @@ def test_flow_runs_stages_through_dvc_and_reports_to_the_server(prefect_api, tin
 def test_override_run_is_a_dvc_experiment(prefect_api, tiny_repo):
     from pipeline.flows import ParamsOverrides, timetuning
 
-    summary = timetuning(repo=str(tiny_repo), overrides=ParamsOverrides(train={"steps": 7}),
-                         experiment_name="ui-run")
-    assert summary["mode"] == "experiment" and summary["overrides"] == {"train.steps": 7}
+    overrides = ParamsOverrides(train={"steps": 7}, shard_videos={"dask_address": "tcp://10.0.0.5:8786"})
+    summary = timetuning(repo=str(tiny_repo), overrides=overrides, experiment_name="ui-run")
+    assert summary["mode"] == "experiment"
+    assert summary["overrides"] == {"train.steps": 7, "shard_videos.dask_address": "tcp://10.0.0.5:8786"}
+    assert load_params(tiny_repo / "params.yaml").shard_videos.dask_address == "tcp://10.0.0.5:8786"
+    assert (tiny_repo / "out/a.txt").read_text() == "7"
     shown = json.loads(dvc(tiny_repo, "exp", "show", "--json").stdout)
     text = json.dumps(shown)
     assert "ui-run" in text and '"steps": 7' in text
