@@ -83,3 +83,32 @@ def test_missing_inputs_are_named(tmp_path, eval_set):
     with pytest.raises(ValueError, match="not a multiple of the stride"):
         extract_split(backbone, eval_set, "val", tmp_path / "x.parquet", input_size=40, progress=False)
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_batches_span_clips_without_changing_the_rows(tmp_path, eval_set):
+    """Frames are embedded in full batches across clip boundaries (remainders carried to the next clip): any
+    batch size gives the same rows, in the same order."""
+    backbone = build_backbone(BackboneParams(name="test_vit", weights="none"))
+    ref = extract_split(backbone, eval_set, "val", tmp_path / "b1.parquet", input_size=32, dtype="float32",
+                        batch_size=1, progress=False)
+    odd = extract_split(backbone, eval_set, "val", tmp_path / "b5.parquet", input_size=32, dtype="float32",
+                        batch_size=5, progress=False)
+    assert ref["rows"] == odd["rows"] == 12 * 4
+    a, b = read_features(tmp_path / "b1.parquet"), read_features(tmp_path / "b5.parquet")
+    assert a["clip_id"].tolist() == b["clip_id"].tolist() and a["frame"].tolist() == b["frame"].tolist()
+    np.testing.assert_allclose(a["feature"], b["feature"], rtol=1e-4, atol=1e-4)
+
+
+def test_prefetch_keeps_order_and_reraises():
+    from timetuning.features import prefetch
+
+    assert list(prefetch(iter(range(50)), depth=2)) == list(range(50))
+
+    def broken():
+        yield 1
+        raise OSError("shard truncated")
+
+    with pytest.raises(OSError, match="truncated"):
+        list(prefetch(broken()))
+    first = next(prefetch(iter(range(10**6)), depth=1))  # an abandoned consumer does not hang the producer
+    assert first == 0

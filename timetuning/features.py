@@ -9,10 +9,13 @@ model sees the same grid; the full-resolution masks stay in the evaluation shard
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Full, Queue
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +29,7 @@ from timetuning.shards import decode_image, decode_mask, iter_shards, list_shard
 from timetuning.transforms import eval_transform
 
 IGNORE_INDEX = 255
+T = TypeVar("T")
 
 
 @dataclass
@@ -58,6 +62,46 @@ def iter_eval_clips(set_dir: str | Path, split: str, limit: int | None = None) -
             masks.append(decode_mask(sample[f"f{t}.png"]))
             t += 1
         yield EvalClip(sample["__key__"], sample["json"]["video_id"], np.stack(frames), np.stack(masks))
+
+
+def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Iterate ``items`` in a background thread, at most ``depth`` ahead (JPEG/PNG decoding releases the GIL,
+    so the next clips decode while the model runs); exceptions are re-raised in the caller."""
+    queue: Queue = Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                queue.put(item, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put(exc)
+
+    thread = threading.Thread(target=produce, daemon=True, name="prefetch-clips")
+    thread.start()
+    try:
+        while True:
+            item = queue.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def patch_labels(masks: np.ndarray, grid: tuple[int, int], num_classes: int,
@@ -122,21 +166,29 @@ def extract_split(backbone: DenseBackbone, set_dir: str | Path, split: str, out_
     buffer: list[pa.RecordBatch] = []
     buffered = 0
     total = labels["splits"].get(split)
-    pending: list[EvalClip] = []
+    pending: list[EvalClip] = []  # clips whose frames are not all written yet, in order
+    computed: list[torch.Tensor] = []  # features of the leading frames of ``pending``
+    num_computed = 0
 
-    def flush_clips() -> None:
-        """One batched forward over the pending clips' frames, then their rows."""
-        nonlocal rows, frames_done, seconds, writer, buffer, buffered
-        frames = np.concatenate([c.frames for c in pending])
+    def forward(limit: int) -> None:
+        """One forward of the next ``limit`` not-yet-embedded frames of the pending clips (full batches)."""
+        nonlocal seconds, num_computed
+        frames = np.concatenate([c.frames for c in pending])[num_computed:num_computed + limit]
         start = time.perf_counter()
-        feats = dense_features(backbone, frames, input_size, batch_size, device)  # [F, D, g, g]
+        computed.append(dense_features(backbone, frames, input_size, batch_size, device))  # [F, D, g, g]
         seconds += time.perf_counter() - start
-        offset = 0
-        for clip in pending:
+        num_computed += frames.shape[0]
+
+    def write_finished_clips() -> None:
+        """Rows of every leading clip whose frames all have features; full row groups are flushed."""
+        nonlocal rows, frames_done, writer, buffer, buffered, num_computed
+        while pending and pending[0].frames.shape[0] <= num_computed:
+            clip = pending.pop(0)
             t = clip.frames.shape[0]
-            batch = _clip_rows(clip, feats[offset:offset + t], dataset, split, grid, num_classes, np_dtype, dtype,
-                               input_size)
-            offset += t
+            feats = torch.cat(computed) if len(computed) > 1 else computed[0]
+            computed[:] = [feats[t:]]
+            num_computed -= t
+            batch = _clip_rows(clip, feats[:t], dataset, split, grid, num_classes, np_dtype, dtype, input_size)
             if writer is None:
                 writer = pq.ParquetWriter(tmp, batch.schema, compression="zstd")
             buffer.append(batch)
@@ -146,17 +198,20 @@ def extract_split(backbone: DenseBackbone, set_dir: str | Path, split: str, out_
                 buffer, buffered = [], 0
             rows += batch.num_rows
             frames_done += t
-        pending.clear()
 
     with atomic_path(out_path) as tmp:
         try:
-            for clip in tqdm(iter_eval_clips(set_dir, split), total=total, desc=f"{dataset}/{split}", unit="clip",
-                             disable=not progress):
+            clips = prefetch(iter_eval_clips(set_dir, split), depth=2)
+            for clip in tqdm(clips, total=total, desc=f"{dataset}/{split}", unit="clip", disable=not progress):
                 pending.append(clip)
-                if sum(c.frames.shape[0] for c in pending) >= batch_size:
-                    flush_clips()
-            if pending:
-                flush_clips()
+                waiting = sum(c.frames.shape[0] for c in pending) - num_computed
+                if waiting >= batch_size:  # only full batches, the remainder waits for the next clip
+                    forward(waiting - waiting % batch_size)
+                    write_finished_clips()
+            waiting = sum(c.frames.shape[0] for c in pending) - num_computed
+            if waiting:
+                forward(waiting)
+                write_finished_clips()
             if writer is None:
                 raise FileNotFoundError(f"{set_dir}: split {split!r} has no clips")
             if buffer:
