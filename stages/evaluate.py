@@ -82,6 +82,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
                                 report.segmentation_png(frames, resize_masks(clip.masks, size), preds)))
                 start += n
         sections.append((f"{set_name} ({split} split)", report.metrics_table(flat, set_name, names), figures))
+        sections.append((f"{set_name}: IoU per class", report.per_class_table(results, set_name, classes), []))
     report.write_report(out, "timetuning evaluation report", intro, sections)
     log.info("wrote %s, %s and %s", out / "metrics.json", out / "report.md", out / "report.html")
 

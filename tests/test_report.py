@@ -45,3 +45,9 @@ def test_report_files(tmp_path):
     assert "data:image/png;base64," in html and "<table>" in html
     assert (tmp_path / "figures" / "x.png").read_bytes() == png
     assert "![x.png](figures/x.png)" in (tmp_path / "report.md").read_text()
+
+
+def test_per_class_table_has_a_column_per_model_and_protocol():
+    rows = report.per_class_table(RESULTS, "d", ["bg", "obj"])
+    assert rows[0] == ["class", "linear start", "linear timetuned"]
+    assert rows[1] == ["bg", "90.0", "90.0"] and rows[2] == ["obj", "-", "20.0"]

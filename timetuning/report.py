@@ -166,6 +166,22 @@ def metrics_table(flat: dict[str, Any], set_name: str, names: list[tuple[str, st
     return rows
 
 
+PER_CLASS_PROTOCOLS = (("linear", "linear"), ("cluster_per_dataset", "clusters"), ("hummingbird", "retrieval"))
+
+
+def per_class_table(results: dict[str, Any], set_name: str, classes: list[str]) -> list[list[str]]:
+    """Per-class IoU (x100) of every model for the protocols that report one; a column per protocol x model."""
+    columns = [(kind, label, model) for kind, label in PER_CLASS_PROTOCOLS for model in results
+               if results[model].get(set_name, {}).get(kind, {}).get("per_class_iou")]
+    rows = [["class", *[f"{label} {model}" for _, label, model in columns]]]
+    for c, name in enumerate(classes):
+        row = [name]
+        for kind, _, model in columns:
+            iou = results[model][set_name][kind]["per_class_iou"]
+            row.append("-" if c >= len(iou) or iou[c] is None else f"{100 * iou[c]:.1f}")
+        rows.append(row)
+    return rows
+
 def markdown_table(rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
