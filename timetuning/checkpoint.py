@@ -21,6 +21,22 @@ def params_fingerprint(section: dict[str, Any], seed: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+TRAINING_MODULES = ("backbones", "forwarder", "sinkhorn", "head", "loss", "transforms", "schedules", "training")
+
+
+def code_fingerprint() -> str:
+    """Hash of the training code (the modules the ``train`` DVC stage depends on).
+
+    Stored in every checkpoint: DVC reruns the stage after a code change with the same params, and a *finished*
+    checkpoint made by other code must then not be taken as the result (an unfinished one may still resume).
+    """
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for name in TRAINING_MODULES:
+        digest.update((package / f"{name}.py").read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """torch.save to a temporary name, then rename: a kill never leaves a torn checkpoint."""
     with atomic_path(path) as tmp:

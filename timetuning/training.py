@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from timetuning.backbones import DenseBackbone, build_backbone
-from timetuning.checkpoint import export_backbone, load_checkpoint, params_fingerprint, save_checkpoint
+from timetuning.checkpoint import (code_fingerprint, export_backbone, load_checkpoint, params_fingerprint,
+                                  save_checkpoint)
 from timetuning.clustering import cluster_and_match
 from timetuning.config import TrainParams
 from timetuning.distributed import DistContext, barrier, broadcast_object
@@ -55,7 +56,10 @@ class TimeTuner(nn.Module):
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         b, t = clips.shape[:2]
-        feats = self.backbone(clips.flatten(0, 1))
+        images = clips.flatten(0, 1)
+        if images.is_cuda:
+            images = images.contiguous(memory_format=torch.channels_last)
+        feats = self.backbone(images)
         feats = feats.float().reshape(b, t, *feats.shape[1:])
         with torch.no_grad():
             first_scores = self.head(feats[:, 0])
@@ -179,6 +183,14 @@ def autocast_dtype(p: TrainParams, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16  # "auto" and "bf16" on a GPU
 
 
+def loss_is_finite(loss: torch.Tensor, ctx: DistContext) -> bool:
+    """True when the loss is finite on every rank (so all ranks stop together, none hangs in an all-reduce)."""
+    finite = torch.isfinite(loss.detach()).float()
+    if ctx.distributed:
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    return bool(finite.item())
+
+
 def write_log_csv(path: Path, rows: list[dict[str, float]]) -> None:
     lines = [",".join(LOG_FIELDS)]
     for r in rows:
@@ -193,6 +205,7 @@ def train(p: TrainParams, seed: int, ctx: DistContext, val_dir: str | Path | Non
     ckpt_dir = out / "checkpoints"
     last_path = ckpt_dir / "last.pt"
     fingerprint = params_fingerprint(p.model_dump(mode="json"), seed)
+    code = code_fingerprint()
     torch.manual_seed(seed + ctx.rank)
 
     backbone = build_backbone(p.backbone, trainable_blocks=p.trainable_blocks)
@@ -205,11 +218,21 @@ def train(p: TrainParams, seed: int, ctx: DistContext, val_dir: str | Path | Non
     start_step, rows, best = 0, [], {"miou": -1.0, "step": -1}
     if last_path.is_file():
         state = load_checkpoint(last_path)
-        if state.get("fingerprint") == fingerprint:
+        finished_by_other_code = int(state.get("step", 0)) >= p.steps and state.get("code") != code
+        if state.get("fingerprint") == fingerprint and finished_by_other_code:
+            log.info("ignoring %s: a finished run made by other training code; training again", last_path)
+        elif state.get("fingerprint") == fingerprint:
+            if state.get("code") != code:
+                log.warning("resuming %s, which was started by other training code", last_path)
             tuner.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["torch_rng"])
             start_step, rows, best = int(state["step"]), list(state["log"]), dict(state["best"])
+            if ctx.is_main:  # rank 0 saved its own RNG state; other ranks keep distinct streams
+                torch.set_rng_state(state["torch_rng"])
+                if "cuda_rng" in state and ctx.device.type == "cuda":
+                    torch.cuda.set_rng_state(state["cuda_rng"], ctx.device)
+            else:
+                torch.manual_seed(seed + ctx.rank + 104729 * start_step)
             log.info("resuming from %s at step %d", last_path, start_step)
         else:
             log.info("ignoring %s: it was made with other params (fingerprint differs)", last_path)
@@ -226,7 +249,9 @@ def train(p: TrainParams, seed: int, ctx: DistContext, val_dir: str | Path | Non
         if ctx.is_main:
             save_checkpoint(last_path, {"step": step, "model": tuner.state_dict(), "optimizer": optimizer.state_dict(),
                                         "torch_rng": torch.get_rng_state(), "fingerprint": fingerprint,
-                                        "log": rows, "best": best})
+                                        **({"cuda_rng": torch.cuda.get_rng_state(ctx.device)}
+                                           if ctx.device.type == "cuda" else {}),
+                                        "code": code, "log": rows, "best": best})
             write_log_csv(out / "train_log.csv", rows)
 
     def run_validation(step: int) -> float | None:
@@ -257,7 +282,7 @@ def train(p: TrainParams, seed: int, ctx: DistContext, val_dir: str | Path | Non
         clips = next(batches).to(ctx.device, non_blocking=True)
         with torch.autocast(ctx.device.type, dtype=amp or torch.float32, enabled=amp is not None):
             loss = model(clips)
-        if not torch.isfinite(loss):
+        if not loss_is_finite(loss, ctx):
             raise NonFiniteLossError(f"train: loss is {loss.item()} at step {step}; stopped. The last good "
                                      f"checkpoint is kept at {last_path}. Lower train.lr_* or check the data.")
         optimizer.zero_grad(set_to_none=True)
