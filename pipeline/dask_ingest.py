@@ -13,7 +13,10 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 from prefect_dask import DaskTaskRunner
+
+EPHEMERAL_START_S = 180
 
 
 @task(name="video", cache_policy=NO_CACHE, persist_result=False, retries=1)
@@ -35,6 +38,12 @@ def dask_mapper(address: str | None, workers: int) -> Callable[[Callable[[Any], 
         return [f.result() for f in futures]
 
     def mapper(fn: Callable[[Any], Any], items: list[Any]) -> Iterator[Any]:
-        yield from fan_out(fn, items)
+        if PREFECT_API_URL.value():  # under the flow (or `timetuning serve`): the runs show in its UI
+            yield from fan_out(fn, items)
+            return
+        # a plain `dvc repro`: Prefect starts a temporary server, which takes more than its default 20 s on a
+        # busy machine
+        with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EPHEMERAL_START_S}):
+            yield from fan_out(fn, items)
 
     return mapper

@@ -55,6 +55,10 @@ def stage_env(repo: Path) -> dict[str, str]:
     project = Path(__file__).resolve().parents[1]
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(project), env.get("PYTHONPATH", "")) if p)
     env.setdefault("DVC_NO_ANALYTICS", "1")
+    from prefect.settings import PREFECT_API_URL
+
+    if api_url := PREFECT_API_URL.value():  # a stage's own flows (Dask ingest) report to the same server
+        env["PREFECT_API_URL"] = api_url
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
