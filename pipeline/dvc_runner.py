@@ -37,6 +37,8 @@ class StageFailed(RuntimeError):
 
 @dataclass
 class DvcResult:
+    """What one DVC command did: the stages it ran, found up to date, or restored from the cache; its output."""
+
     command: list[str]
     ran: list[str] = field(default_factory=list)
     up_to_date: list[str] = field(default_factory=list)
@@ -45,6 +47,7 @@ class DvcResult:
 
 
 def dvc_command(*args: str) -> list[str]:
+    """``dvc <args>`` with this interpreter's DVC (the venv's), whatever is on PATH."""
     return [sys.executable, "-m", "dvc", *args]
 
 

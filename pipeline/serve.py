@@ -17,6 +17,7 @@ from pathlib import Path
 
 
 def server_env(home: Path | None = None) -> dict[str, str]:
+    """The environment for `prefect server start`: loopback only, analytics off, optional PREFECT_HOME."""
     env = dict(os.environ)
     env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", PREFECT_SERVER_API_HOST="127.0.0.1")
     if home is not None:
@@ -33,6 +34,7 @@ def start_server(port: int, home: Path | None = None, log_path: Path | None = No
 
 
 def wait_healthy(api_url: str, timeout: float = 90.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll ``<api_url>/health`` until it answers 200; fail early if ``proc`` (the server) exits."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -47,6 +49,7 @@ def wait_healthy(api_url: str, timeout: float = 90.0, proc: subprocess.Popen | N
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`timetuning serve`: start the server (unless --api-url), serve the flow until Ctrl-C, stop the server."""
     ap = argparse.ArgumentParser(prog="timetuning serve", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--port", type=int, default=4200)
