@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from timetuning.config import TrainParams
 from timetuning.head import ClusteringHead
 from timetuning.loss import LossConfig, propagated_targets, time_tuning_loss
 from timetuning.sinkhorn import sinkhorn_knopp
 from timetuning.training import TimeTuner, apply_schedules, build_optimizer
-from timetuning.config import TrainParams
 
 
 def test_head_shapes_and_scores_are_cosines():
