@@ -88,8 +88,9 @@ def test_eval_chain_repro_metrics_and_offline_report(tmp_path):
     assert len(results["start"]["davis_demo"]["cluster_per_clip"]["per_seed"]) == 2
 
     html = (repo / "reports/report.html").read_text()
-    assert html.count("<table>") >= 2
-    for needle in ("start", "timetuned", "Clustering per clip", "Linear probe", "Training"):
+    assert html.count("<table>") >= 3  # training summary, protocols x models, per-class IoU
+    for needle in ("start", "timetuned", "Clustering per clip", "Linear probe", "Training", "IoU per class",
+                   "linear timetuned"):
         assert needle in html, needle
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
     assert len(images) >= 5 and all(len(i) > 1000 for i in images)  # curves, per-class, confusion, 2 clips
