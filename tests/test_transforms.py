@@ -3,7 +3,8 @@ import torch
 from timetuning.schedules import cosine
 from torchvision.transforms.v2 import functional as TF
 
-from timetuning.transforms import ClipAugmentation, eval_transform, separable_gaussian_blur
+from timetuning.transforms import (ClipAugmentation, adjust_contrast, apply_color_matrix, eval_transform,
+                                  saturation_matrix, separable_gaussian_blur)
 
 
 def _clip():
@@ -50,3 +51,11 @@ def test_separable_blur_equals_the_2d_gaussian():
         radius = max(1, int(torch.tensor(3 * sigma).ceil()))
         ref = TF.gaussian_blur(x, [2 * radius + 1] * 2, [sigma, sigma])
         assert torch.allclose(separable_gaussian_blur(x, sigma), ref, atol=1e-5)
+
+
+def test_one_pass_contrast_and_saturation_equal_torchvision():
+    x = torch.rand(4, 3, 24, 32, generator=torch.Generator().manual_seed(3))
+    for factor in (0.2, 1.0, 1.8):
+        assert torch.allclose(adjust_contrast(x, factor).clamp(0, 1), TF.adjust_contrast(x, factor), atol=1e-6)
+        assert torch.allclose(apply_color_matrix(x, saturation_matrix(factor)).clamp(0, 1),
+                              TF.adjust_saturation(x, factor), atol=1e-6)

@@ -3,7 +3,8 @@
 Geometry: short side to ``resize``, RandomResizedCrop to ``size`` (scale 0.4-1, ratio 3/4-4/3) with the same box
 for every frame, horizontal flip p=0.5. Photometric, drawn once per clip: ColorJitter(0.8, 0.8, 0.8, 0.2) with
 p=0.8 (all four operations, random order), grayscale p=0.2, Gaussian blur p=0.5 (sigma 0.1-2), then the backbone's
-mean/std normalisation.
+mean/std normalisation. Contrast and saturation take one pass each (saturation as a 3x3 colour matrix) and equal
+torchvision's to float precision.
 """
 
 from __future__ import annotations
@@ -63,14 +64,35 @@ class ClipAugmentation:
     def _jitter(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         b, c, s, hue = self.jitter
         ops = [
-            lambda y: TF.adjust_brightness(y, _uniform(g, max(0, 1 - b), 1 + b)),
-            lambda y: TF.adjust_contrast(y, _uniform(g, max(0, 1 - c), 1 + c)),
-            lambda y: TF.adjust_saturation(y, _uniform(g, max(0, 1 - s), 1 + s)),
+            lambda y: y * _uniform(g, max(0, 1 - b), 1 + b),
+            lambda y: adjust_contrast(y, _uniform(g, max(0, 1 - c), 1 + c)),
+            lambda y: apply_color_matrix(y, saturation_matrix(_uniform(g, max(0, 1 - s), 1 + s))),
             lambda y: TF.adjust_hue(y, _uniform(g, -hue, hue)),
         ]
         for i in torch.randperm(4, generator=g).tolist():  # all four, in a random order
             x = ops[i](x).clamp(0, 1)
         return x
+
+
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
+
+
+def adjust_contrast(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Blend each frame ``[N, 3, H, W]`` with its mean grey level (torchvision's adjust_contrast, one pass)."""
+    w = torch.tensor(GRAY_WEIGHTS, dtype=x.dtype)
+    mean = (x.mean(dim=(-2, -1)) @ w)[:, None, None, None]
+    return x * factor + mean * (1 - factor)
+
+
+def saturation_matrix(factor: float) -> torch.Tensor:
+    """3x3 RGB matrix blending each pixel with its grey value (torchvision's adjust_saturation)."""
+    grey = torch.tensor(GRAY_WEIGHTS, dtype=torch.float64).expand(3, 3)
+    return (factor * torch.eye(3, dtype=torch.float64) + (1 - factor) * grey).float()
+
+
+def apply_color_matrix(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """``matrix @ rgb`` for every pixel of ``[N, 3, H, W]``."""
+    return (matrix.to(x.dtype) @ x.flatten(2)).view_as(x)
 
 
 def separable_gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
