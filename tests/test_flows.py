@@ -79,11 +79,16 @@ def prefect_api(tmp_path_factory):
             APILogWorker.drain_all(timeout=10)
             EventsWorker.drain_all(timeout=10)
     finally:
-        proc.terminate()  # stopped by PID
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a server we started, by its PID: terminate, then kill if it lingers."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def _api(url: str, path: str, body: dict) -> list:
@@ -241,8 +246,4 @@ def test_serve_publishes_a_deployment_that_runs_from_the_api(prefect_api, tiny_r
         assert state == "COMPLETED", log.read_text()
         assert (tiny_repo / "out/b.txt").read_text() == "120"
     finally:
-        proc.terminate()  # stopped by PID
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
