@@ -23,7 +23,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     out = Path(p.output_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     index: dict = {"input_size": p.input_size, "dtype": p.dtype, "models": {}, "sets": {}}
-    for name, eval_set in params.shard_eval.sets.items():
+    for name in params.shard_eval.sets:
         index["sets"][name] = read_labels(Path(params.shard_eval.output_dir) / name)
     for model in p.models:
         spec = model.resolve(params.train)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from timetuning.backbones import DenseBackbone
 from timetuning.files import atomic_path
-from timetuning.shards import decode_image, decode_mask, iter_shards, list_shards
+from timetuning.shards import clip_frames, decode_image, decode_mask, iter_shards, list_shards
 from timetuning.transforms import eval_transform
 
 IGNORE_INDEX = 255
@@ -55,13 +55,10 @@ def iter_eval_clips(set_dir: str | Path, split: str, limit: int | None = None) -
     for i, sample in enumerate(iter_shards(shards)):
         if limit is not None and i >= limit:
             return
-        t = 0
-        frames, masks = [], []
-        while f"f{t}.jpg" in sample:
-            frames.append(decode_image(sample[f"f{t}.jpg"]))
-            masks.append(decode_mask(sample[f"f{t}.png"]))
-            t += 1
-        yield EvalClip(sample["__key__"], sample["json"]["video_id"], np.stack(frames), np.stack(masks))
+        names = clip_frames(sample)
+        frames = np.stack([decode_image(sample[n]) for n in names])
+        masks = np.stack([decode_mask(sample[n.replace(".jpg", ".png")]) for n in names])
+        yield EvalClip(sample["__key__"], sample["json"]["video_id"], frames, masks)
 
 
 def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:

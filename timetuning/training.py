@@ -9,7 +9,6 @@ weight decay, none on biases / 1-D parameters); prototypes are re-normalised aft
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -36,7 +35,7 @@ from timetuning.files import write_json_atomic, write_text_atomic
 from timetuning.head import ClusteringHead
 from timetuning.loss import LossConfig, propagated_targets, time_tuning_loss
 from timetuning.schedules import cosine
-from timetuning.shards import decode_image, list_shards
+from timetuning.shards import clip_frames, decode_image, list_shards
 from timetuning.transforms import ClipAugmentation
 
 log = logging.getLogger(__name__)
@@ -83,12 +82,10 @@ class _DecodeClip:
         if self.generator is None:
             info = torch.utils.data.get_worker_info()
             self.generator = torch.Generator().manual_seed(self.seed * 1000 + (info.id if info else 0))
-        t, frames = 0, []
-        while f"f{t}.jpg" in sample:
-            frames.append(decode_image(sample[f"f{t}.jpg"]))
-            t += 1
-        if t < 2:
-            raise ValueError(f"{sample.get('__url__', '?')}: sample {sample['__key__']} has {t} frame(s), need >= 2")
+        frames = [decode_image(sample[name]) for name in clip_frames(sample)]
+        if len(frames) < 2:
+            raise ValueError(f"{sample.get('__url__', '?')}: sample {sample['__key__']} has {len(frames)} frame(s), "
+                             "need >= 2")
         clip = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)  # copy: decoded arrays may be read-only
         return self.aug(clip, self.generator)
 
