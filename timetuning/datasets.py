@@ -17,9 +17,9 @@ import numpy as np
 from PIL import Image
 
 from timetuning.config import EvalSetParams
+from timetuning.metrics import IGNORE_INDEX
 from timetuning.shards import encode_jpeg, encode_png, sanitize_key
 
-IGNORE_INDEX = 255
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
                "tvmonitor")

@@ -25,10 +25,10 @@ from tqdm import tqdm
 
 from timetuning.backbones import DenseBackbone
 from timetuning.files import atomic_path
+from timetuning.metrics import IGNORE_INDEX
 from timetuning.shards import clip_frames, decode_image, decode_mask, iter_shards, list_shards
 from timetuning.transforms import eval_transform
 
-IGNORE_INDEX = 255
 T = TypeVar("T")
 
 

@@ -10,25 +10,27 @@ from __future__ import annotations
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from timetuning.metrics import IGNORE_INDEX
+
+
+def _stable_counts(predictions: np.ndarray, labels: np.ndarray, ignore_index: int) -> tuple[int, int]:
+    """(patches whose prediction is kept, patches whose ground truth is kept) over consecutive frames."""
+    same_gt = (labels[1:] == labels[:-1]) & (labels[1:] != ignore_index) & (labels[:-1] != ignore_index)
+    kept = predictions[1:] == predictions[:-1]
+    return int(kept[same_gt].sum()), int(same_gt.sum())
 
 
 def label_stability(predictions: np.ndarray, labels: np.ndarray, ignore_index: int = IGNORE_INDEX) -> float:
     """``predictions`` and ``labels`` ``[T, h, w]`` of one clip -> fraction of stable predictions (NaN if none)."""
     if predictions.shape != labels.shape:
         raise ValueError(f"predictions {predictions.shape} and labels {labels.shape} differ in shape")
-    same_gt = (labels[1:] == labels[:-1]) & (labels[1:] != ignore_index) & (labels[:-1] != ignore_index)
-    if not same_gt.any():
-        return float("nan")
-    kept = predictions[1:] == predictions[:-1]
-    return float(kept[same_gt].mean())
+    return mean_stability([(predictions, labels)], ignore_index)
 
 
-def mean_stability(clips: list[tuple[np.ndarray, np.ndarray]]) -> float:
-    """Pixel-weighted stability over many clips."""
+def mean_stability(clips: list[tuple[np.ndarray, np.ndarray]], ignore_index: int = IGNORE_INDEX) -> float:
+    """Patch-weighted stability over many clips (NaN if no ground truth is kept anywhere)."""
     kept = total = 0
     for pred, lab in clips:
-        same_gt = (lab[1:] == lab[:-1]) & (lab[1:] != IGNORE_INDEX) & (lab[:-1] != IGNORE_INDEX)
-        kept += int((pred[1:] == pred[:-1])[same_gt].sum())
-        total += int(same_gt.sum())
+        k, n = _stable_counts(pred, lab, ignore_index)
+        kept, total = kept + k, total + n
     return kept / total if total else float("nan")
