@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -12,22 +11,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from timetuning.config import EvalSetParams  # noqa: E402
 from timetuning.eval_shards import shard_eval_set  # noqa: E402
-from timetuning.shards import ShardWriter, encode_jpeg  # noqa: E402
-from timetuning.synthetic import generate_video, write_davis_sequence  # noqa: E402
+from timetuning.synthetic import generate_video, write_clip_shards, write_davis_sequence  # noqa: E402
 
 
 def clip_shards(out: Path, videos: int = 8, clips_per_video: int = 8, size: int = 128) -> Path:
-    rng = np.random.default_rng(0)
-    with ShardWriter(out, prefix="clips", maxcount=32) as writer:
-        for v in range(videos):
-            video = generate_video(rng, frames=16, width=size * 5 // 4, height=size, num_classes=4, objects=3)
-            for c in range(clips_per_video):
-                idx = sorted(rng.choice(16, 4, replace=False))
-                sample = {"__key__": f"v{v}__c{c:03d}", "json": json.dumps({"i": [int(i) for i in idx]})}
-                for t, i in enumerate(idx):
-                    sample[f"f{t}.jpg"] = encode_jpeg(video.frames[i], 90)
-                writer.write(sample)
-    return out
+    return write_clip_shards(out, videos=videos, clips_per_video=clips_per_video, frames=16, width=size * 5 // 4,
+                             height=size, maxcount=32)
 
 
 def eval_shards(out: Path, sequences: int, frames: int = 8, size: int = 224) -> Path:

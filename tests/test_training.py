@@ -17,26 +17,15 @@ from tests.dvc_repo import PROJECT, dvc_env
 from timetuning.checkpoint import load_checkpoint, save_checkpoint
 from timetuning.config import TrainParams, dump_params, validate_params
 from timetuning.distributed import DistContext
-from timetuning.shards import ShardWriter, encode_jpeg
-from timetuning.synthetic import generate_video
+from timetuning.synthetic import write_clip_shards
 from timetuning.training import NonFiniteLossError, train
 
 
 @pytest.fixture(scope="module")
 def clip_shards(tmp_path_factory):
     """Two shards of 4-frame clips cut from synthetic videos (the shard contract of shard_videos)."""
-    out = tmp_path_factory.mktemp("shards")
-    rng = np.random.default_rng(0)
-    with ShardWriter(out, prefix="clips", maxcount=6) as writer:
-        for v in range(3):
-            video = generate_video(rng, frames=8, width=80, height=64, num_classes=4, objects=3)
-            for c in range(4):
-                idx = sorted(rng.choice(8, 4, replace=False))
-                sample = {"__key__": f"v{v}__c{c:03d}", "json": json.dumps({"frame_indices": [int(i) for i in idx]})}
-                for t, i in enumerate(idx):
-                    sample[f"f{t}.jpg"] = encode_jpeg(video.frames[i], 90)
-                writer.write(sample)
-    return out
+    return write_clip_shards(tmp_path_factory.mktemp("shards"), videos=3, clips_per_video=4, frames=8, width=80,
+                             height=64, maxcount=6)
 
 
 def tiny(clip_shards, out, **kw) -> TrainParams:

@@ -9,12 +9,15 @@ in the DAVIS-2017 folder layout for evaluation.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import ffmpeg
 import numpy as np
 from PIL import Image
+
+from timetuning.shards import ShardWriter, encode_jpeg
 
 # (shape, texture) per foreground class; class 0 is the background
 CLASS_DESIGNS: tuple[tuple[str, str], ...] = (
@@ -175,3 +178,20 @@ def write_davis_sequence(video: SyntheticVideo, root: str | Path, name: str, res
         mask = Image.fromarray(video.masks[t], mode="P")
         mask.putpalette(palette)
         mask.save(ann_dir / f"{t:05d}.png")
+
+
+def write_clip_shards(out: str | Path, *, videos: int, clips_per_video: int, frames: int, width: int, height: int,
+                      maxcount: int, frames_per_clip: int = 4, seed: int = 0) -> Path:
+    """Training clip shards cut straight from synthetic videos (the shard_videos contract, no video files):
+    for tests and benchmarks that need clips without running ffmpeg."""
+    rng = np.random.default_rng(seed)
+    with ShardWriter(Path(out), prefix="clips", maxcount=maxcount) as writer:
+        for v in range(videos):
+            video = generate_video(rng, frames=frames, width=width, height=height, num_classes=4, objects=3)
+            for c in range(clips_per_video):
+                idx = sorted(int(i) for i in rng.choice(frames, frames_per_clip, replace=False))
+                sample = {"__key__": f"v{v}__c{c:03d}", "json": json.dumps({"frame_indices": idx})}
+                for t, i in enumerate(idx):
+                    sample[f"f{t}.jpg"] = encode_jpeg(video.frames[i], 90)
+                writer.write(sample)
+    return Path(out)
