@@ -13,7 +13,7 @@ import numpy as np
 
 from timetuning import report
 from timetuning.config import Params
-from timetuning.features import iter_eval_clips, read_labels, resize_masks
+from timetuning.features import iter_eval_clips, read_labels
 from timetuning.files import write_json_atomic
 from timetuning.stage import run_stage
 
@@ -67,30 +67,12 @@ def run(params: Params, args: argparse.Namespace) -> None:
                     if (probes / m / f"{set_name}_examples.npz").is_file()}
         split = results[models[0]][set_name].get("scored_on", "val")
         if examples:
-            first = next(iter(examples.values()))
-            counts = first["frames_of_clip"]
-            clips = list(iter_eval_clips(set_dir, split, limit=len(counts)))
-            start = 0
-            for i, (clip, n) in enumerate(zip(clips, counts)):
-                preds = {}
-                for m, ex in examples.items():
-                    preds[f"{m} clusters"] = ex["cluster_per_clip"][start:start + n]
-                    if "linear" in ex:
-                        preds[f"{m} linear"] = ex["linear"][start:start + n]
-                frames = np.stack([np.asarray(report_frame(f, size)) for f in clip.frames])
-                figures.append((f"{set_name}_clip{i}.png",
-                                report.segmentation_png(frames, resize_masks(clip.masks, size), preds)))
-                start += n
+            clips = list(iter_eval_clips(set_dir, split, limit=len(next(iter(examples.values()))["frames_of_clip"])))
+            figures += report.example_figures(set_name, clips, examples, size)
         sections.append((f"{set_name} ({split} split)", report.metrics_table(flat, set_name, names), figures))
         sections.append((f"{set_name}: IoU per class", report.per_class_table(results, set_name, classes), []))
     report.write_report(out, "timetuning evaluation report", intro, sections)
     log.info("wrote %s, %s and %s", out / "metrics.json", out / "report.md", out / "report.html")
-
-
-def report_frame(frame: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(frame).resize((size, size), Image.BILINEAR))
 
 
 def main(argv: list[str] | None = None) -> int:

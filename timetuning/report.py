@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from timetuning.files import atomic_path, write_text_atomic  # noqa: E402
 from timetuning.synthetic import davis_palette  # noqa: E402
@@ -147,6 +148,34 @@ def segmentation_png(frames: np.ndarray, masks: np.ndarray, predictions: dict[st
             if t == 0:
                 ax.set_title(title, fontsize=8)
     return _png(fig)
+
+
+def square_frame(frame: np.ndarray, size: int) -> np.ndarray:
+    """A frame resized to ``size`` x ``size``, as the models saw it."""
+    return np.asarray(Image.fromarray(frame).resize((size, size), Image.BILINEAR))
+
+
+def example_figures(set_name: str, clips: list, examples: dict[str, Any], size: int) -> list[tuple[str, bytes]]:
+    """One overlay figure per example clip: ground truth, then each model's clusters and linear probe over time.
+
+    ``clips``: the evaluation clips (frames, masks) in order; ``examples``: per model, the stored predictions of
+    those clips' frames concatenated, with ``frames_of_clip`` giving each clip's frame count.
+    """
+    from timetuning.features import resize_masks  # here, not at the top: features imports torch
+
+    figures = []
+    start = 0
+    counts = next(iter(examples.values()))["frames_of_clip"]
+    for i, (clip, n) in enumerate(zip(clips, counts)):
+        preds = {}
+        for model, ex in examples.items():
+            preds[f"{model} clusters"] = ex["cluster_per_clip"][start:start + n]
+            if "linear" in ex:
+                preds[f"{model} linear"] = ex["linear"][start:start + n]
+        frames = np.stack([square_frame(f, size) for f in clip.frames])
+        figures.append((f"{set_name}_clip{i}.png", segmentation_png(frames, resize_masks(clip.masks, size), preds)))
+        start += n
+    return figures
 
 
 # ---------------------------------------------------------------------------------------------- documents
