@@ -51,7 +51,7 @@ def dvc_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "dvc", *args]
 
 
-def stage_env(repo: Path) -> dict[str, str]:
+def stage_env() -> dict[str, str]:
     """Environment for stage commands: `python` in dvc.yaml resolves to this interpreter, the project importable."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -71,7 +71,7 @@ def run_dvc(repo: Path, args: list[str], on_line: Callable[[str], None] | None =
     """Run ``dvc <args>`` in ``repo``, streaming every output line (tqdm's \\r updates included) to ``on_line``."""
     cmd = dvc_command(*args)
     result = DvcResult(cmd)
-    proc = subprocess.Popen(cmd, cwd=repo, env=stage_env(repo), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, cwd=repo, env=stage_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             bufsize=0)
     assert proc.stdout is not None
     for line in _lines(proc.stdout):

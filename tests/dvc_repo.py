@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import yaml  # noqa: F401
 
+from pipeline.dvc_runner import stage_env
 from timetuning.config import dump_params, validate_params
 
 PROJECT = Path(__file__).resolve().parents[1]
 
 
 def dvc_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `python` in dvc.yaml cmds
-    env["PYTHONPATH"] = str(PROJECT)
-    env["HF_HUB_OFFLINE"] = "1"
-    env["DVC_NO_ANALYTICS"] = "1"
-    return env
+    """The flows' environment for stage commands (`python` is this interpreter, the project importable), offline."""
+    return stage_env() | {"HF_HUB_OFFLINE": "1"}
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
