@@ -18,11 +18,13 @@ import os
 import socket
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
 from torch import nn
 
 from timetuning.config import BackboneParams
+from timetuning.transforms import eval_transform
 
 PACKAGE_WEIGHTS = {"package:efficientnet_lite0": "tf_efficientnet_lite0"}
 HUB_HOST = ("huggingface.co", 443)
@@ -94,6 +96,22 @@ class DenseBackbone(nn.Module):
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
         return self
+
+
+@torch.no_grad()
+def forward_dense(backbone: DenseBackbone, images: torch.Tensor, batch_size: int = 16,
+                  device: str | torch.device = "cpu") -> torch.Tensor:
+    """Features ``[N, D, h, w]`` (float32, on the CPU) of normalised images ``[N, 3, H, W]``, in batches."""
+    out = [backbone(images[i:i + batch_size].to(device)).float().cpu() for i in range(0, images.shape[0], batch_size)]
+    return torch.cat(out)
+
+
+def dense_features(backbone: DenseBackbone, frames: np.ndarray, size: int, batch_size: int = 16,
+                   device: str | torch.device = "cpu") -> torch.Tensor:
+    """Features ``[T, D, size/stride, size/stride]`` of uint8 frames ``[T, H, W, 3]`` squashed to ``size``."""
+    x = eval_transform(torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2), size, backbone.mean,
+                       backbone.std)
+    return forward_dense(backbone, x, batch_size, device)
 
 
 def hub_reachable(timeout: float = 1.0) -> bool:

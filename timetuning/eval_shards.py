@@ -1,18 +1,28 @@
-"""Labeled evaluation sets -> evaluation shards (one folder per set: ``<split>-%06d.tar``, labels.json, manifest)."""
+"""Evaluation shards: labeled sets written as ``<set>/<split>-%06d.tar`` (+ labels.json, manifest.json), and read
+back as clips.
+
+A sample is one clip of a sequence: frames ``f{t}.jpg`` at the set's stored size (short side ``size``, aspect ratio
+kept, so clips of different videos may differ in size), class-id masks ``f{t}.png`` at the same size (255 = ignore)
+and, where the layout has them, instance-id masks ``f{t}.inst.png``.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from timetuning.config import EvalSetParams
 from timetuning.datasets import IGNORE_INDEX, DatasetError, read_sequences, sequence_samples
 from timetuning.files import write_json_atomic
-from timetuning.shards import ShardWriter
+from timetuning.shards import ShardWriter, clip_frames, decode_image, decode_mask, iter_shards, list_shards
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +68,42 @@ def shard_eval_set(params: EvalSetParams, output_dir: str | Path, on_error: str 
     manifest = {"set": params.model_dump(mode="json"), "splits": split_counts, "skipped": skipped, "shards": shards}
     write_json_atomic(out / "manifest.json", manifest)
     return manifest
+
+
+# ---------------------------------------------------------------------------------------------- reading
+@dataclass
+class EvalClip:
+    clip_id: str
+    video_id: str
+    frames: np.ndarray | None  # [T, H, W, 3] uint8 (None when only masks were read)
+    masks: np.ndarray  # [T, H, W] uint8 class ids
+    instances: np.ndarray | None = None  # [T, H, W] uint8 instance ids, where the layout has them
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.masks.shape[0])
+
+
+def read_labels(set_dir: str | Path) -> dict:
+    """A set's ``labels.json``: class ids and names, the ignore index, the layout and samples per split."""
+    path = Path(set_dir) / "labels.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: labels.json of the evaluation set not found (run the shard_eval stage)")
+    return json.loads(path.read_text())
+
+
+def iter_eval_clips(set_dir: str | Path, split: str, limit: int | None = None, frames: bool = True
+                    ) -> Iterator[EvalClip]:
+    """Clips of one split of an evaluation set, in shard order (``frames=False`` skips decoding the images)."""
+    shards = list_shards(set_dir, split)
+    if not shards:
+        raise FileNotFoundError(f"{set_dir}: no {split}-*.tar shards (run the shard_eval stage)")
+    for i, sample in enumerate(iter_shards(shards)):
+        if limit is not None and i >= limit:
+            return
+        names = clip_frames(sample)
+        images = np.stack([decode_image(sample[n]) for n in names]) if frames else None
+        masks = np.stack([decode_mask(sample[n.replace(".jpg", ".png")]) for n in names])
+        inst_names = [n.replace(".jpg", ".inst.png") for n in names]
+        instances = np.stack([decode_mask(sample[n]) for n in inst_names]) if inst_names[0] in sample else None
+        yield EvalClip(sample["__key__"], sample["json"]["video_id"], images, masks, instances)
