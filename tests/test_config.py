@@ -3,6 +3,9 @@ import pytest
 from timetuning.config import Params, ParamsError, apply_overrides, load_params, validate_params
 
 
+PROJECT = __import__('pathlib').Path(__file__).resolve().parents[1]
+
+
 def test_repo_params_yaml_is_valid():
     params = load_params("params.yaml")
     assert isinstance(params, Params)
@@ -52,3 +55,36 @@ def test_eval_sets_are_named_by_their_key():
         validate_params({"shard_eval": {"sets": {"bad name": {"layout": "voc", "root": "x"}}}})
     with pytest.raises(ParamsError, match=r"shard_eval\.sets\.v\.layout"):
         validate_params({"shard_eval": {"sets": {"v": {"layout": "coco", "root": "x"}}}})
+
+
+def test_no_dict_valued_dvc_param_holds_a_key_named_size_or_nfiles():
+    """DVC's run cache hashes a stage's params with every key named `size` or `nfiles` left out (to it they are
+    file metadata), so changing such a param would restore stale outputs from the run cache (seen with DVC 3.67:
+    an eval set's `size` 48 -> 40 restored the 48-px shards). A param DVC tracks as a whole mapping must not hold
+    such a key at any depth."""
+    import yaml
+
+    from timetuning.config import dump_params, validate_params
+
+    params = yaml.safe_load(dump_params(validate_params({})))
+    stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+    sets = params["shard_eval"]["sets"]
+
+    def keys(value, path):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield from keys(v, f"{path}.{k}")
+        if isinstance(value, list):
+            for i, v in enumerate(value):
+                yield from keys(v, f"{path}[{i}]")
+        yield path
+
+    bad = []
+    for stage in stages.values():
+        for entry in stage.get("do", stage).get("params", []):
+            for name in ([entry.replace("${key}", k) for k in sets] if "${key}" in entry else [entry]):
+                value = params
+                for part in name.split("."):
+                    value = value[part]
+                bad += [k for k in keys(value, name) if k != name and k.rsplit(".", 1)[-1] in ("size", "nfiles")]
+    assert bad == []

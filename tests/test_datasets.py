@@ -28,7 +28,7 @@ def _davis(root, n_train=2, n_val=1, frames=6):
 
 
 def _set(root, layout, **kw):
-    return EvalSetParams(name="s", layout=layout, root=str(root), size=32, frames_per_clip=2, **kw)
+    return EvalSetParams(name="s", layout=layout, root=str(root), short_side=32, frames_per_clip=2, **kw)
 
 
 def test_davis_layout_to_shards(tmp_path):

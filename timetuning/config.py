@@ -20,6 +20,21 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+EXECUTION_ONLY = {"execution_only": True}  # how a job runs, not what it makes: no DVC dependency, no artifact
+
+
+def artifact_fields(section: type[BaseModel]) -> list[str]:
+    """The fields of a section that can change what its stage makes (DVC tracks these, and only these)."""
+    return [name for name, info in section.model_fields.items()
+            if not (isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("execution_only"))
+            and not info.exclude]
+
+
+def artifact_params(section: BaseModel) -> dict[str, Any]:
+    """A section's values without its execution-only fields (what a manifest may record)."""
+    return section.model_dump(mode="json", include=set(artifact_fields(type(section))))
+
+
 class Section(BaseModel):
     """Base of every params section: strict about unknown keys, validates assignments too."""
 
@@ -60,9 +75,12 @@ class ShardVideosParams(Section):
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 90
     maxcount: PositiveInt = 256
     maxsize: PositiveInt = 256 * 1024 * 1024
-    workers: NonNegativeInt = 0  # 0 = number of CPU cores
-    executor: Literal["processes", "dask"] = "processes"
-    dask_address: str | None = None  # None = a local Dask cluster when executor == "dask"
+    workers: NonNegativeInt = Field(0, description="decoding processes (0 = number of CPU cores)",
+                                    json_schema_extra=EXECUTION_ONLY)
+    executor: Literal["processes", "dask"] = Field("processes", json_schema_extra=EXECUTION_ONLY,
+                                                   description="where videos are decoded: a process pool or Dask")
+    dask_address: str | None = Field(None, json_schema_extra=EXECUTION_ONLY,
+                                     description="scheduler address; null = a local Dask cluster")
 
 
 class EvalSetParams(Section):
@@ -76,7 +94,8 @@ class EvalSetParams(Section):
     frames_per_clip: PositiveInt = 4  # video sets: frames per evaluation clip (1 for image sets)
     frame_stride: PositiveInt = 1
     max_clips_per_video: PositiveInt = 4
-    size: Annotated[int, Field(ge=16)] = 224  # short side of stored frames and masks
+    # not "size": DVC's run cache ignores param keys named size/nfiles, so a change would restore stale shards
+    short_side: Annotated[int, Field(ge=16)] = 224  # short side of stored frames and masks
     max_samples: PositiveInt | None = None
 
 
@@ -90,6 +109,12 @@ class ShardEvalParams(Section):
     sets: dict[str, EvalSetParams] = Field(
         default_factory=lambda: {"davis_demo": EvalSetParams(layout="davis", root="data/raw/davis_demo")}
     )
+
+    def set(self, name: str) -> EvalSetParams:
+        """The set called ``name``; a clear error when params.yaml has no such set."""
+        if name not in self.sets:
+            raise ValueError(f"shard_eval.sets: no set named {name!r} (have {sorted(self.sets)})")
+        return self.sets[name]
 
     @model_validator(mode="after")
     def _name_sets(self) -> ShardEvalParams:
@@ -145,13 +170,15 @@ class TrainParams(Section):
     weight_decay_start: Annotated[float, Field(ge=0)] = 0.04
     weight_decay_end: Annotated[float, Field(ge=0)] = 0.4
     grad_clip: Annotated[float, Field(ge=0)] = 3.0  # 0 = off
-    num_workers: Annotated[int, Field(ge=-1)] = -1  # -1 = auto: 0 on CPU (loader steals compute), else up to 8
+    num_workers: Annotated[int, Field(ge=-1)] = Field(  # -1 = auto: 0 on CPU (loader steals compute), else up to 8
+        -1, json_schema_extra=EXECUTION_ONLY, description="data loader workers (-1 = auto)")
     shuffle_buffer: NonNegativeInt = 64
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    checkpoint_every: PositiveInt = 20
+    checkpoint_every: PositiveInt = Field(20, json_schema_extra=EXECUTION_ONLY,
+                                          description="steps between resumable checkpoints")
     val_every: PositiveInt = 20
     val_set: str | None = "davis_demo"  # an eval set name whose *train* split validates; never a test set
-    log_every: PositiveInt = 1
+    log_every: PositiveInt = Field(1, json_schema_extra=EXECUTION_ONLY, description="steps between log rows")
 
 
 # --------------------------------------------------------------------------- stage 3: features
@@ -195,12 +222,25 @@ class ExtractFeaturesParams(Section):
         ]
     )
     input_size: Annotated[int, Field(ge=16)] = 224
+    custom_weights_dir: str = Field("models/custom", description="local checkpoints of `source: custom` models "
+                                    "must live here: the extraction stages depend on this folder")
     dtype: Literal["float16", "float32"] = "float16"
     batch_size: PositiveInt = 16
     row_group_size: PositiveInt = 65536
 
+    def baseline_model(self) -> str | None:
+        """The model every other is compared with: the training stage's starting backbone."""
+        return next((m.name for m in self.models if m.source == "train_start"), None)
+
     @model_validator(mode="after")
     def _unique_models(self) -> ExtractFeaturesParams:
+        for m in self.models:
+            weights = m.backbone.weights if m.backbone is not None else ""
+            local = m.source == "custom" and weights not in ("hub", "none") and not weights.startswith("package:")
+            if local and Path(self.custom_weights_dir).resolve() not in Path(weights).resolve().parents:
+                raise ValueError(f"extract_features.models[{m.name}].backbone.weights: {weights} must be inside "
+                                 f"extract_features.custom_weights_dir ({self.custom_weights_dir}), so that DVC "
+                                 "sees when the checkpoint changes")
         names = [m.name for m in self.models]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -209,18 +249,41 @@ class ExtractFeaturesParams(Section):
 
 
 # --------------------------------------------------------------------------- stage 4: probes
+ROBUSTNESS_VARIANTS = ("l2_no_pca", "pca_per_group", "fixed_k", "patch_level")
+
+
 class FitProbesParams(Section):
+    """Evaluation protocols (TimeT's by default; README "Evaluation protocols" states each choice)."""
+
     output_dir: str = "data/probes"
-    pca_dim: PositiveInt = 50
-    kmeans_restarts: PositiveInt = 5
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    overclustering_k: list[PositiveInt] = Field(default_factory=lambda: [20, 40])
+    pca_dim: PositiveInt = Field(50, description="PCA dims, scaler+PCA fitted once on the evaluated split")
+    kmeans_iterations: PositiveInt = Field(50, description="Lloyd iterations (faiss niter)")
+    kmeans_restarts: PositiveInt = Field(5, description="k-means runs, the best kept (faiss nredo)")
+    kmeans_points_per_centroid: PositiveInt = Field(
+        256, description="k-means trains on at most this many sampled points per cluster (faiss's default)")
+    cluster_eval_size: Annotated[int, Field(ge=8)] | None = Field(
+        None, description="square evaluation size of per-frame/per-clip clustering; null = the features' "
+                          "extraction size (TimeT)")
+    dataset_eval_size: Annotated[int, Field(ge=8)] = Field(
+        112, description="square evaluation size of per-dataset clustering and overclustering (TimeT: 112)")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1,
+                             description="every seeded protocol runs once per seed; mean and std are reported")
+    overclustering_k: list[PositiveInt] = Field(default_factory=lambda: [20, 40],
+                                                description="K of the many-to-one overclustering protocol")
+    robustness_variants: list[Literal[ROBUSTNESS_VARIANTS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(ROBUSTNESS_VARIANTS),
+        description="clustering protocol variants every headline delta is recomputed under")
     linear_epochs: PositiveInt = 25
     linear_lr: PositiveFloat = 0.01
     linear_drop_epoch: PositiveInt = 20
+    linear_train_size: Annotated[int, Field(ge=8)] = Field(
+        100, description="square size of the training masks of the linear probe (TimeT/Leopart: 100)")
     hummingbird_k: PositiveInt = 30
     hummingbird_temperature: PositiveFloat = 0.02
-    hummingbird_memory: PositiveInt = 100_000
+    hummingbird_memory: PositiveInt = Field(100_000, description="train patches in the retrieval memory bank")
+    bootstrap_samples: Annotated[int, Field(ge=100)] = Field(
+        1000, description="video resamples of the bootstrap interval of every delta")
+    confidence: Annotated[float, Field(gt=0.5, lt=1.0)] = Field(0.95, description="level of the intervals")
 
 
 # --------------------------------------------------------------------------- stage 5: reports

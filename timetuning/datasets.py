@@ -188,7 +188,7 @@ def sequence_samples(seq: Sequence, params: EvalSetParams, split: str, num_class
         sample: dict[str, Any] = {"__key__": base if params.layout == "voc" else f"{base}__c{c:03d}"}
         size = None
         for t, i in enumerate(idx):
-            frame, mask = load_frame_and_mask(seq.frames[i], seq.masks[i], params.size, num_classes,
+            frame, mask = load_frame_and_mask(seq.frames[i], seq.masks[i], params.short_side, num_classes,
                                               seq.value_to_class)
             if size is not None and size != frame.shape[:2]:
                 raise DatasetError(f"{seq.frames[i]}: frame size differs from the other frames of {seq.video_id!r}")

@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from timetuning.config import ShardVideosParams
+from timetuning.config import ShardVideosParams, artifact_params
 from timetuning.files import write_json_atomic
 from timetuning.sampling import min_frames_needed, sample_clips, video_rng
 from timetuning.shards import ShardWriter, encode_jpeg, sanitize_key
@@ -153,7 +153,7 @@ def shard_videos(params: ShardVideosParams, seed: int, mapper: Mapper | None = N
     manifest = {
         "input_dir": str(root), "videos_seen": len(paths), "videos_used": len(paths) - len(skipped),
         "videos_skipped": skipped, "clips_written": clips, "frames_decoded": frames_decoded,
-        "shards": [vars(r) for r in writer.records], "params": params.model_dump(mode="json"), "seed": seed,
+        "shards": [vars(r) for r in writer.records], "params": artifact_params(params), "seed": seed,
     }
     write_json_atomic(out_dir / "manifest.json", manifest)
     return manifest
