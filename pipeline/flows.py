@@ -179,8 +179,8 @@ def timetuning(overrides: Optional[ParamsOverrides] = None, stages: Optional[lis
     root = resolve_repo(repo)
     check_tools()
     base = load_params(root / "params.yaml")
-    flat = changed_overrides(base, dotted_overrides(overrides))
     try:
+        flat = changed_overrides(base, dotted_overrides(overrides))
         params = apply_overrides(base, flat) if flat else base
     except ParamsError as err:
         raise ValueError(f"invalid overrides: {err}") from None

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from timetuning.config import Params
+from timetuning.config import Params, apply_overrides
 
 
 def partial_model(model: type[BaseModel], name: str | None = None) -> type[BaseModel]:
@@ -65,19 +65,19 @@ def dotted_overrides(overrides: BaseModel | dict | None) -> dict[str, Any]:
 
 
 def changed_overrides(base: Params, flat: dict[str, Any]) -> dict[str, Any]:
-    """The overrides whose value differs from ``base`` (the form sends every field, changed or not)."""
-    current = base.model_dump(mode="json")
-    changed = {}
-    for dotted, value in flat.items():
-        node: Any = current
-        for part in dotted.split("."):
-            node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
-        if node != value:
-            changed[dotted] = value
-    return changed
+    """The overrides whose value differs from ``base``, in their validated form (the form sends every field,
+    changed or not, and leaves out what is None inside lists and mappings)."""
+    new = apply_overrides(base, flat).model_dump(mode="json")
+    old = base.model_dump(mode="json")
+    return {dotted: _lookup(new, dotted) for dotted in flat if _lookup(new, dotted) != _lookup(old, dotted)}
 
 
-_MISSING = object()
+def _lookup(data: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data[part]
+    return data
+
+
 
 
 def override_value(value: Any) -> str:

@@ -80,7 +80,7 @@ def test_flow_runs_stages_through_dvc_and_reports_to_the_server(prefect_api, tin
     by_key = artifacts(prefect_api, flow_run_id)
     assert "out/a.txt" in json.dumps(by_key["outputs-train"]["data"])
     assert by_key["progress-train"]["type"] == "progress" and by_key["progress-train"]["data"] == 100.0
-    assert "0.5300" in json.dumps(by_key["metrics"]["data"]) and "b = 120" in by_key["report"]["data"]
+    assert "0.6200" in json.dumps(by_key["metrics"]["data"]) and "b = 120" in by_key["report"]["data"]
     # the figure is inside the artifact: a relative link would resolve against the UI's address
     assert "](data:image/png;base64,iVBORw0KGgo" in by_key["report"]["data"]
     assert "figures/curve.png" not in by_key["report"]["data"]
@@ -123,10 +123,16 @@ def test_override_run_is_a_dvc_experiment_with_a_task_per_stage(prefect_api, tin
     text = json.dumps(shown)
     assert "ui-run" in text and '"steps": 7' in text
     diff = json.loads(dvc(tiny_repo, "metrics", "diff", "HEAD", "ui-run", "--json").stdout)
-    assert diff["diff"]["reports/metrics.json"]["timetuned.davis_demo.miou"]["diff"] == 0.0  # same evaluate param
+    assert diff["reports/metrics.json"]["timetuned.davis_demo.miou"] == {"old": 0.62, "new": 0.514,
+                                                                         "diff": pytest.approx(-0.106)}
     assert _experiments(tiny_repo) == ["ui-run"]
 
-    # the same override again: the existing experiment is reused, nothing reruns, no duplicate
+    # the workspace holds the experiment (as after `dvc exp run`): the same values again change nothing
+    assert timetuning(repo=str(tiny_repo), overrides=form)["mode"] == "repro"
+    # back to the baseline, the same override again: the existing experiment is reused, nothing reruns, no duplicate
+    run(["git", "checkout", "--", "."], tiny_repo)
+    dvc(tiny_repo, "checkout", "--force")
+    assert (tiny_repo / "out/a.txt").read_text() == "60"
     again = timetuning(repo=str(tiny_repo), overrides=ParamsOverrides(train={"steps": 7},
                                                                        shard_videos={"dask_address":
                                                                                      "tcp://10.0.0.5:8786"}))
@@ -195,7 +201,7 @@ def test_forced_train_starts_fresh_and_says_so(prefect_api, tiny_repo):
     assert any("moved its resumable state models/checkpoints to models/checkpoints.previous" in m for m in messages)
     assert (tiny_repo / "models/checkpoints.previous/last.txt").read_text() == "60"  # set aside, not deleted
     # unforced, a stage that must rerun resumes from its checkpoint
-    (tiny_repo / "out/a.txt").unlink()
+    (tiny_repo / "params.yaml").write_text((tiny_repo / "params.yaml").read_text().replace("steps: 60", "steps: 61"))
     state = timetuning(repo=str(tiny_repo), stages=["train"], return_state=True)
     assert any("train: resuming from step 60" in m for m in logs(prefect_api, str(state.state_details.flow_run_id)))
 
@@ -270,7 +276,7 @@ def test_served_deployment_has_a_form_and_runs_from_the_api(prefect_api, tiny_re
         schema = deployment["parameter_openapi_schema"]
         steps = _schema_field(schema, "train", "steps")
         assert steps["type"] == "integer" and steps["exclusiveMinimum"] == 0 and steps.get("description")
-        assert _schema_field(schema, "train", "precision")["enum"] == ["auto", "bf16", "fp16", "fp32"]
+        assert sorted(_schema_field(schema, "train", "precision")["enum"]) == ["auto", "bf16", "fp16", "fp32"]
         assert "anyOf" not in steps
         assert "step 0" in schema["properties"]["force"]["description"]
         # a value out of limits is refused before any run starts
