@@ -36,8 +36,9 @@ class Steps(dict):
     def start(self, line: str, cwd: Path, log: Path) -> subprocess.Popen:
         """A long-running command (a worker), stopped by the caller by its PID."""
         with open(log, "wb") as out:
-            return subprocess.Popen(["bash", "-c", f"exec {line}"], cwd=cwd, env=self.env, stdout=out,
-                                    stderr=subprocess.STDOUT)
+            # a session of its own: stopped as a group by its leader's PID (tests.tiny_flow.stop)
+            return subprocess.Popen(["bash", "-c", line], cwd=cwd, env=self.env, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def beyond_one_machine(api_url: str = "", remote: Path | None = None, pool: str = "gpu") -> Steps:

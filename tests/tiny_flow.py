@@ -4,6 +4,8 @@ writes metrics, a markdown report with a figure), and helpers to talk to a real 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import textwrap
@@ -87,15 +89,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """Stop a process we started, by its PID: terminate, then kill if it lingers."""
-    if proc.poll() is not None:
+def stop(proc: subprocess.Popen, group: bool = False) -> None:
+    """Stop a process we started, by its PID (``group``: the session it leads, for `bash -c` commands):
+    terminate, then kill if it lingers."""
+    def send(sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig) if group else os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    if proc.poll() is not None and not group:
         return
-    proc.terminate()
+    send(signal.SIGTERM)
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        send(signal.SIGKILL)
         proc.wait(timeout=10)
 
 
