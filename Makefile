@@ -15,6 +15,11 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	@command -v ffmpeg >/dev/null || { echo "installing ffmpeg (Debian package)"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg) >/dev/null || \
 	  { echo "error: ffmpeg is missing and could not be installed; install it with your package manager" >&2; exit 1; }; }
+	@# the browser test drives Debian's chromium with Playwright (`playwright install` downloads are not used);
+	@# without it that one test skips, saying why
+	@test -x /usr/bin/chromium || { echo "installing chromium (Debian package, for the browser test)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null || \
+	  echo "warning: chromium could not be installed; tests/test_ui.py's browser test will skip" >&2; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
