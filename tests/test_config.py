@@ -46,7 +46,8 @@ def test_overrides_apply_and_validate():
 
 
 def test_eval_sets_are_named_by_their_key():
-    params = validate_params({"shard_eval": {"sets": {"voc12": {"layout": "voc", "root": "x"}}}})
+    params = validate_params({"shard_eval": {"sets": {"voc12": {"layout": "voc", "root": "x"}}},
+                              "train": {"val_set": None}})
     assert params.shard_eval.sets["voc12"].name == "voc12"
     with pytest.raises(ParamsError, match="set name 'bad name'"):
         validate_params({"shard_eval": {"sets": {"bad name": {"layout": "voc", "root": "x"}}}})

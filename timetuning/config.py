@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PositiveInt = Annotated[int, Field(gt=0)]
+JPEG_MAX_SIDE = 65500  # libjpeg's largest image side
+DEMO_MAX_CLASSES = 7  # background + the 6 shape designs of timetuning.synthetic (tests/test_config.py checks)
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -38,7 +40,7 @@ class DemoDataParams(Section):
     width: Annotated[int, Field(ge=32)] = 160
     height: Annotated[int, Field(ge=32)] = 128
     fps: PositiveInt = 12
-    num_classes: Annotated[int, Field(ge=2, le=254)] = 4
+    num_classes: Annotated[int, Field(ge=2, le=DEMO_MAX_CLASSES)] = 4
     objects_per_video: PositiveInt = 3
     copy_package_videos: bool = True
 
@@ -49,9 +51,9 @@ class ShardVideosParams(Section):
 
     input_dir: str = "data/raw/videos"
     output_dir: str = "data/shards/train"
-    extensions: list[str] = Field(default_factory=lambda: [".mp4", ".avi", ".mkv", ".webm", ".mov"])
+    extensions: list[str] = Field(default_factory=lambda: [".mp4", ".avi", ".mkv", ".webm", ".mov"], min_length=1)
     fps: PositiveFloat = 8.0
-    size: Annotated[int, Field(ge=16)] = 128
+    size: Annotated[int, Field(ge=16, le=4096)] = 128
     crop: Literal["center", "none"] = "none"
     sampler: Literal["uniform", "dense"] = "uniform"
     frames_per_clip: Annotated[int, Field(ge=2)] = 4
@@ -63,6 +65,29 @@ class ShardVideosParams(Section):
     workers: NonNegativeInt = 0  # 0 = number of CPU cores
     executor: Literal["processes", "dask"] = "processes"
     dask_address: str | None = None  # None = a local Dask cluster when executor == "dask"
+    max_aspect_ratio: float = Field(
+        default=4.0, ge=1.0, le=64.0,
+        description="longest displayed side over shortest; a more elongated video is skipped and listed (scaling "
+                    "its short side to `size` would make huge frames). 4 admits 32:9 ultra-wide and 9:16 portrait")
+    max_decoded_mib: int = Field(
+        default=1024, ge=16,
+        description="memory bound (MiB) of one video's decoded frames per worker; a longer video is used up to "
+                    "there and listed under videos_shortened in the manifest")
+
+    @model_validator(mode="after")
+    def _bounded_geometry(self) -> ShardVideosParams:
+        if self.size * self.max_aspect_ratio > JPEG_MAX_SIDE:
+            raise ValueError(f"max_aspect_ratio: {self.max_aspect_ratio:g} with size {self.size} allows frames "
+                             f"{self.size * self.max_aspect_ratio:.0f} px long, beyond JPEG's {JPEG_MAX_SIDE}")
+        span = self.frames_per_clip if self.sampler == "uniform" else (self.frames_per_clip - 1) * self.stride + 1
+        largest_frame = self.size * self.size * self.max_aspect_ratio * 3
+        if span * largest_frame > self.max_decoded_mib * 2**20:
+            raise ValueError(f"max_decoded_mib: {self.max_decoded_mib} MiB cannot hold one clip ({span} frames of "
+                             f"up to {self.size}x{self.size * self.max_aspect_ratio:.0f} px)")
+        if self.dask_address and self.executor != "dask":
+            raise ValueError(f"dask_address: set to {self.dask_address!r} but executor is {self.executor!r}; "
+                             "set executor: dask or remove dask_address")
+        return self
 
 
 class EvalSetParams(Section):
@@ -71,13 +96,47 @@ class EvalSetParams(Section):
     name: str = Field(default="", exclude=True)
     layout: Literal["davis", "ytvos", "voc"]
     root: str
-    splits: list[str] = Field(default_factory=lambda: ["train", "val"])
+    splits: list[str] = Field(default_factory=lambda: ["train", "val"], min_length=1)
     resolution: str = "480p"  # DAVIS only: the JPEGImages/<resolution> folder
     frames_per_clip: PositiveInt = 4  # video sets: frames per evaluation clip (1 for image sets)
     frame_stride: PositiveInt = 1
     max_clips_per_video: PositiveInt = 4
     size: Annotated[int, Field(ge=16)] = 224  # short side of stored frames and masks
     max_samples: PositiveInt | None = None
+    classes: list[str] | str | None = Field(
+        default=None,
+        description="class names by id (id 0 first), or a file of them (JSON list, or one name per line; a relative "
+                    "path is read from `root`); every mask value must be one of these ids (255 = ignore). None: "
+                    "DAVIS reads classes.json at its root or names the ids found, VOC uses Pascal VOC's 21 classes")
+
+    @model_validator(mode="after")
+    def _check_classes(self) -> EvalSetParams:
+        if len(set(self.splits)) != len(self.splits):
+            raise ValueError(f"splits: {self.splits} lists a split twice")
+        if self.classes is None:
+            return self
+        if self.layout == "ytvos":
+            raise ValueError("classes: a YouTube-VOS set takes its categories from meta.json; remove classes")
+        if isinstance(self.classes, str):
+            if not self.classes.strip():
+                raise ValueError("classes: empty path")
+            return self
+        check_class_names(self.classes, "classes")
+        return self
+
+
+def check_class_names(names: list[str], where: str) -> None:
+    """A class list: at least two distinct, non-empty names, fewer than the ignore index (255)."""
+    if len(names) < 2:
+        raise ValueError(f"{where}: needs at least 2 class names (background and one class), got {names}")
+    if len(names) > 255:
+        raise ValueError(f"{where}: {len(names)} names; mask values 0-254 hold at most 255 classes")
+    blank = [i for i, n in enumerate(names) if not str(n).strip()]
+    if blank:
+        raise ValueError(f"{where}: empty name at id(s) {blank}")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"{where}: duplicate name(s) {dupes}")
 
 
 class ShardEvalParams(Section):
@@ -95,7 +154,7 @@ class ShardEvalParams(Section):
     def _name_sets(self) -> ShardEvalParams:
         for name, item in self.sets.items():
             if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
-                raise ValueError(f"shard_eval.sets: set name {name!r} must match [A-Za-z0-9_-]+")
+                raise ValueError(f"sets: set name {name!r} must match [A-Za-z0-9_-]+")
             item.name = name
         return self
 
@@ -153,6 +212,37 @@ class TrainParams(Section):
     val_set: str | None = "davis_demo"  # an eval set name whose *train* split validates; never a test set
     log_every: PositiveInt = 1
 
+    @model_validator(mode="after")
+    def _possible_combinations(self) -> TrainParams:
+        low, high = self.crop_scale
+        if low <= 0 or low > high:
+            raise ValueError(f"crop_scale: ({low:g}, {high:g}) must be (min, max) with 0 < min <= max <= 1")
+        grid = self.input_size // stride if (stride := feature_stride(self.backbone)) else None
+        side = 2 * self.forwarder_window + 1  # the window's patches along each axis
+        per_frame = min(side, grid) ** 2 if grid else side**2
+        if self.forwarder_topk > per_frame:
+            grid_bound = grid is not None and grid <= side
+            where = (f"the whole {grid}x{grid} patch grid at input_size {self.input_size} / stride {stride}"
+                     if grid_bound else f"a window of {side}x{side} patches, forwarder_window {self.forwarder_window}")
+            fix = "raise input_size" if grid_bound else "widen forwarder_window"
+            raise ValueError(f"forwarder_topk: {self.forwarder_topk} is more than the {per_frame} patches a target "
+                             f"patch can draw on from its first context frame ({where}): lower forwarder_topk or "
+                             f"{fix}")
+        return self
+
+
+def feature_stride(backbone: BackboneParams) -> int | None:
+    """Stride of the dense feature map when the name says it (``..._patch16...``, or a CNN's output_stride).
+
+    Transformers whose name gives no patch size return None (their grid is only known once built).
+    """
+    name = backbone.name.lower()
+    if m := re.search(r"patch(\d+)", name):
+        return int(m.group(1))
+    if any(t in name for t in ("vit", "deit", "beit", "eva", "swin", "former", "mixer")):
+        return None
+    return backbone.output_stride
+
 
 # --------------------------------------------------------------------------- stage 3: features
 class ModelParams(Section):
@@ -204,7 +294,7 @@ class ExtractFeaturesParams(Section):
         names = [m.name for m in self.models]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"extract_features.models: duplicate model name(s) {dupes}")
+            raise ValueError(f"models: duplicate model name(s) {dupes}")
         return self
 
 
@@ -221,6 +311,18 @@ class FitProbesParams(Section):
     hummingbird_k: PositiveInt = 30
     hummingbird_temperature: PositiveFloat = 0.02
     hummingbird_memory: PositiveInt = 100_000
+
+    @model_validator(mode="after")
+    def _possible_combinations(self) -> FitProbesParams:
+        if self.linear_drop_epoch >= self.linear_epochs:
+            raise ValueError(f"linear_drop_epoch: {self.linear_drop_epoch} must be below linear_epochs "
+                             f"({self.linear_epochs}), or the learning rate never drops")
+        if self.hummingbird_k > self.hummingbird_memory:
+            raise ValueError(f"hummingbird_k: {self.hummingbird_k} neighbours cannot come from a memory of "
+                             f"hummingbird_memory = {self.hummingbird_memory} patches")
+        if not self.seeds:
+            raise ValueError("seeds: at least one seed is needed")
+        return self
 
 
 # --------------------------------------------------------------------------- stage 5: reports
@@ -241,6 +343,13 @@ class Params(Section):
     fit_probes: FitProbesParams = Field(default_factory=FitProbesParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
 
+    @model_validator(mode="after")
+    def _cross_section(self) -> Params:
+        if self.train.val_set and self.train.val_set not in self.shard_eval.sets:
+            raise ValueError(f"train.val_set: no evaluation set named {self.train.val_set!r} in shard_eval.sets "
+                             f"(have {sorted(self.shard_eval.sets)}); name one or set val_set: null")
+        return self
+
 
 SECTIONS: tuple[str, ...] = tuple(k for k in Params.model_fields if k != "seed")
 
@@ -252,11 +361,15 @@ class ParamsError(ValueError):
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"{source}: {err.error_count()} invalid parameter(s)"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (value {e['input']!r})")
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "value_error":  # a cross-field check: its message starts with the key it is about
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            named = re.match(r"[A-Za-z_][\w.]*: ", msg)
+            lines.append(f"  {key}.{msg}" if key and named else f"  {key}: {msg}" if key else f"  {msg}")
+        elif e["type"] == "extra_forbidden":
+            lines.append(f"  {key or '<root>'}: unknown key (value {e['input']!r})")
         else:
-            lines.append(f"  {key}: {e['msg']} (got {e['input']!r})")
+            lines.append(f"  {key or '<root>'}: {e['msg']} (got {e['input']!r})")
     return "\n".join(lines)
 
 
