@@ -48,7 +48,7 @@ def shard_eval_set(params: EvalSetParams, output_dir: str | Path, on_error: str 
                 except DatasetError as err:
                     if on_error == "raise":
                         raise
-                    log.warning("skipped sequence %s: %s", seq.video_id, err)
+                    log.info("skipped sequence %s: %s", seq.video_id, err)  # the stage lists them at its end
                     skipped.append({"split": split, "video_id": seq.video_id, "reason": str(err)})
                     continue
                 seen |= seq_seen
@@ -65,7 +65,7 @@ def shard_eval_set(params: EvalSetParams, output_dir: str | Path, on_error: str 
         shards += [vars(r) | {"split": split} for r in writer.records]
     warnings = unseen_class_warnings(params, classes, seen)
     for warning in warnings:
-        log.warning("%s: %s", params.name, warning)
+        log.info("%s: %s", params.name, warning)
     labels = {"classes": [{"id": i, "name": n} for i, n in enumerate(classes)],
               "ignore_index": IGNORE_INDEX, "layout": params.layout, "splits": split_counts}
     write_json_atomic(out / "labels.json", labels)

@@ -186,7 +186,7 @@ def shard_videos(params: ShardVideosParams, seed: int, mapper: Mapper | None = N
     scan = scan_videos(root, params.extensions)
     paths = scan.paths
     for item in scan.folders_skipped:
-        log.warning("skipped %s", item["reason"])
+        log.info("skipped %s", item["reason"])  # the stage lists every skip at its end
     if not paths:
         unseen = f"; not entered: {'; '.join(s['reason'] for s in scan.folders_skipped[:3])}" \
             if scan.folders_skipped else ""
@@ -207,11 +207,11 @@ def shard_videos(params: ShardVideosParams, seed: int, mapper: Mapper | None = N
                    disable=not progress)
         for result in bar:
             if result.skipped:
-                log.warning("skipped %s", result.skipped)
+                log.info("skipped %s", result.skipped)
                 skipped.append({"path": result.path, "reason": result.skipped})
                 continue
             if result.shortened:
-                log.warning("shortened %s", result.shortened)
+                log.info("shortened %s", result.shortened)
                 shortened.append({"path": result.path, "reason": result.shortened})
             frames_decoded += result.frames_decoded
             for sample in result.samples:

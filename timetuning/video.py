@@ -59,9 +59,10 @@ class DecodedVideo:
         return int(self.frames.shape[0])
 
 
-def _last_line(stderr: bytes | None) -> str:
+def _last_line(stderr: bytes | None, url: str = "") -> str:
+    """ffmpeg's last error line, without the input's URL it starts with (the message names the path already)."""
     lines = [ln.strip() for ln in (stderr or b"").decode("utf-8", "replace").splitlines() if ln.strip()]
-    return lines[-1] if lines else "no error output"
+    return lines[-1].replace(f"{url}: ", "") if lines else "no error output"
 
 
 def ffmpeg_url(path: str | Path) -> str:
@@ -112,13 +113,14 @@ def probe_video(path: str | Path) -> VideoInfo:
     try:
         meta = ffmpeg.probe(ffmpeg_url(path))
     except ffmpeg.Error as err:
-        raise VideoError(f"{path}: not a readable video ({_last_line(err.stderr)})") from None
+        raise VideoError(f"{path}: not a readable video ({_last_line(err.stderr, ffmpeg_url(path))})") from None
     # a cover picture of an audio file is a one-image "video" stream: not a video
     streams = [s for s in meta.get("streams", []) if s.get("codec_type") == "video"
                and not (s.get("disposition") or {}).get("attached_pic")]
     if not streams:
-        kinds = sorted({str(s.get("codec_type")) for s in meta.get("streams", [])})
-        raise VideoError(f"{path}: no video stream" + (f" (only {', '.join(kinds)})" if kinds else ""))
+        kinds = sorted({"a cover picture" if (s.get("disposition") or {}).get("attached_pic")
+                        else str(s.get("codec_type")) for s in meta.get("streams", [])})
+        raise VideoError(f"{path}: no video stream" + (f" (only {' and '.join(kinds)})" if kinds else ""))
     s = streams[0]
     coded_w, coded_h = int(s.get("width") or 0), int(s.get("height") or 0)
     if coded_w <= 0 or coded_h <= 0:
@@ -163,15 +165,15 @@ def _read_frames(pipe: IO[bytes], shape: tuple[int, int, int], expected: int, ma
                  ) -> tuple[np.ndarray, bool]:
     """Frames from a rawvideo pipe into one growing buffer; stop at ``max_frames``. Returns (frames, was_cut)."""
     frame_bytes = shape[0] * shape[1] * shape[2]
-    cap = max_frames if max_frames is not None else None
-    capacity = max(1, min(expected, cap) if cap else expected)
+    # the container's duration is a hint, not a promise (a bogus one must not allocate): grow by doubling
+    capacity = max(1, min(expected, 4096, max_frames or 4096))
     buf = np.empty((capacity, *shape), np.uint8)
     n = 0
     while True:
         if n == buf.shape[0]:
-            if cap is not None and n >= cap:
+            if max_frames is not None and n >= max_frames:
                 return buf[:n], bool(pipe.read(1))  # one more byte = the video goes on past the bound
-            grown = np.empty((min(2 * n, cap) if cap else 2 * n, *shape), np.uint8)
+            grown = np.empty((min(2 * n, max_frames) if max_frames else 2 * n, *shape), np.uint8)
             grown[:n] = buf[:n]
             buf = grown
         view = memoryview(buf[n]).cast("B")
@@ -223,6 +225,6 @@ def decode_video(path: str | Path, fps: float, short_side: int, crop: str = "non
     n = frames.shape[0]
     if n == 0:
         what = "decoding failed" if code else "no frames decoded"
-        raise VideoError(f"{path}: {what} ({_last_line(err)})")
+        raise VideoError(f"{path}: {what} ({_last_line(err, ffmpeg_url(path))})")
     timestamps = np.arange(n, dtype=np.float64) / fps
     return DecodedVideo(frames=frames, timestamps=timestamps, fps=float(fps), info=info, cut_at=n if cut else None)
