@@ -85,8 +85,6 @@ def test_impossible_combinations_are_refused_naming_the_key():
     assert _error({"fit_probes": {"seeds": []}}) == "fit_probes.seeds: at least one seed is needed"
     assert _error({"train": {"val_set": "davis"}}).startswith(
         "train.val_set: no evaluation set named 'davis' in shard_eval.sets (have ['davis_demo'])")
-    assert _error({"shard_videos": {"dask_address": "tcp://x:8786"}}).startswith(
-        "shard_videos.dask_address: set to 'tcp://x:8786' but executor is 'processes'")
     assert _error({"shard_videos": {"size": 2048, "max_aspect_ratio": 40}}) == (
         "shard_videos.max_aspect_ratio: 40 with size 2048 allows frames 81920 px long, beyond JPEG's 65500")
     assert _error({"shard_videos": {"size": 1024, "max_decoded_mib": 16}}).startswith(

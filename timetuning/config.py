@@ -84,9 +84,6 @@ class ShardVideosParams(Section):
         if span * largest_frame > self.max_decoded_mib * 2**20:
             raise ValueError(f"max_decoded_mib: {self.max_decoded_mib} MiB cannot hold one clip ({span} frames of "
                              f"up to {self.size}x{self.size * self.max_aspect_ratio:.0f} px)")
-        if self.dask_address and self.executor != "dask":
-            raise ValueError(f"dask_address: set to {self.dask_address!r} but executor is {self.executor!r}; "
-                             "set executor: dask or remove dask_address")
         return self
 
 
