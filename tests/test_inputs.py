@@ -72,6 +72,16 @@ def test_preflight_counts_what_the_run_itself_makes(tmp_path, monkeypatch):
     # dvc repro evaluate makes everything upstream: nothing needs to exist yet
     assert preflight(params, ["evaluate"]) == ALL
     assert preflight(params, ["train"]) == ["demo_data", "shard_videos", "train"]
+    # the repository root can be elsewhere than the working directory (the flow's repo parameter)
+    monkeypatch.chdir("/")
+    assert preflight(params, ["evaluate"], root=tmp_path) == ALL
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "timetuned.safetensors").write_bytes(b"x")
+    with pytest.raises(MissingInputError) as err:
+        preflight(params, ["extract_features"], single_item=True, root=tmp_path)
+    assert "timetuned" not in str(err.value)  # found under root, not under the working directory
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "timetuned.safetensors").unlink()
     # a single stage (dvc repro --single-item, the flow's stage tasks) needs its inputs on disk
     with pytest.raises(MissingInputError, match=r"^extract_features: data/shards/eval/davis_demo/labels.json"):
         preflight(params, ["extract_features"], single_item=True)
@@ -89,6 +99,7 @@ def test_preflight_finds_links_dvc_cannot_hash(tmp_path, monkeypatch):
     (videos / "sub" / "up").symlink_to("..")  # a folder loop: DVC copes with it
     params = validate_params({"shard_videos": {"input_dir": str(videos)}})
     preflight(params, ["shard_videos"])
+    relative = validate_params({"shard_videos": {"input_dir": "videos"}})
     (videos / "sub" / "self.mp4").symlink_to("self.mp4")
     (videos / "gone.mp4").symlink_to("nowhere.mp4")
     with pytest.raises(MissingInputError) as err:
@@ -96,13 +107,17 @@ def test_preflight_finds_links_dvc_cannot_hash(tmp_path, monkeypatch):
     assert str(err.value).splitlines() == [
         f"shard_videos: {videos}/{name} is a broken or looping link (shard_videos.input_dir): DVC cannot hash the "
         "folder holding it; remove or fix the link" for name in ("gone.mp4", "sub/self.mp4")]
+    monkeypatch.chdir("/")
+    with pytest.raises(MissingInputError) as err:
+        preflight(relative, ["shard_videos"], root=tmp_path)
+    assert str(err.value).splitlines()[0].startswith("shard_videos: videos/gone.mp4 is a broken or looping link")
 
 
 def test_load_and_preflight_refuses_bad_params_first(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("train:\n  crop_scale: [0.9, 0.4]\n")
     with pytest.raises(ValueError, match=r"train\.crop_scale: \(0\.9, 0\.4\) must be \(min, max\)"):
-        load_and_preflight(tmp_path / "params.yaml")
+        load_and_preflight(tmp_path)
 
 
 @pytest.mark.parametrize("stage", ["shard_videos", "train"])

@@ -46,7 +46,7 @@ def repro(stages: list[str], single_item: bool = False, force: bool = False) -> 
     from timetuning.inputs import MissingInputError, load_and_preflight
 
     try:
-        load_and_preflight("params.yaml", stages or None, single_item)
+        load_and_preflight(".", stages or None, single_item)
     except (ParamsError, MissingInputError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         print("nothing was run (dvc repro not started)", file=sys.stderr)

@@ -48,19 +48,20 @@ class StageInput:
     pattern: str | None = None
     fix: str | None = None  # what to do when a user-provided input is missing (default: set ``key``)
 
-    def present(self) -> bool:
+    def present(self, root: str | Path = ".") -> bool:
+        """Whether it is there; a relative path is taken from ``root`` (the repository root)."""
         if self.kind == "module":
             return importlib.util.find_spec(self.path) is not None
-        p = Path(self.path)
+        p = Path(root) / self.path
         if self.kind == "dir":
             return p.is_dir() and (self.pattern is None or any(p.glob(self.pattern)))
         return p.is_file()
 
-    def problem(self, stage: str) -> str:
+    def problem(self, stage: str, root: str | Path = ".") -> str:
         """The one-line message for this input missing."""
         if self.kind == "module":
             return f"{stage}: the {self.path} package is not installed ({self.key}): {self.fix}"
-        what = f"no {self.pattern} in {self.path}" if self.pattern and Path(self.path).is_dir() \
+        what = f"no {self.pattern} in {self.path}" if self.pattern and (Path(root) / self.path).is_dir() \
             else f"{self.path} not found"
         if self.made_by:
             return f"{stage}: {what}: run the `{self.made_by}` stage first"
@@ -159,7 +160,8 @@ def _unique(inputs: list[StageInput]) -> list[StageInput]:
     return [x for x in inputs if not (x.path in seen or seen.add(x.path))]
 
 
-def missing_inputs(params: Params, stage: str, made_in_this_run: Sequence[str] = ()) -> list[str]:
+def missing_inputs(params: Params, stage: str, made_in_this_run: Sequence[str] = (), root: str | Path = ".",
+                   ) -> list[str]:
     """Messages for the inputs of ``stage`` that are missing and that no stage in ``made_in_this_run`` will make.
 
     Missing outputs of one upstream stage make one message (the first named, the count of the others).
@@ -167,14 +169,14 @@ def missing_inputs(params: Params, stage: str, made_in_this_run: Sequence[str] =
     problems: list[str] = []
     by_stage: dict[str, list[StageInput]] = {}
     for x in stage_inputs(params, stage):
-        if x.made_by in made_in_this_run or x.present():
+        if x.made_by in made_in_this_run or x.present(root):
             continue
         if x.made_by:
             by_stage.setdefault(x.made_by, []).append(x)
         else:
-            problems.append(x.problem(stage))
+            problems.append(x.problem(stage, root))
     for made_by, items in by_stage.items():
-        line = items[0].problem(stage)
+        line = items[0].problem(stage, root)
         if len(items) > 1:
             line = line.replace(" not found:", f" (and {len(items) - 1} more) not found:", 1)
         problems.append(line)
@@ -198,7 +200,8 @@ def unhashable_entries(folder: str | Path, limit: int = 5) -> list[str]:
             subfolders.clear()
             continue
         seen.add((st.st_dev, st.st_ino))
-        for name in files:
+        subfolders.sort()  # a stable order for the message
+        for name in sorted(files):
             path = os.path.join(current, name)
             if os.path.islink(path) and not os.path.exists(path):
                 found.append(path)
@@ -207,13 +210,14 @@ def unhashable_entries(folder: str | Path, limit: int = 5) -> list[str]:
     return found
 
 
-def preflight(params: Params, stages: Iterable[str] | None = None, single_item: bool = False) -> list[str]:
+def preflight(params: Params, stages: Iterable[str] | None = None, single_item: bool = False,
+              root: str | Path = ".") -> list[str]:
     """Check a run before it starts; raise :class:`MissingInputError` listing every problem.
 
     ``stages``: the stages asked for (default: all; ``shard_eval`` = every set). Like ``dvc repro``, the run also
     makes what they need upstream, unless ``single_item`` (``dvc repro --single-item``, the flow's stage tasks run in
     pipeline order): then only the stages asked for run, and what an earlier one of them makes counts as made.
-    Paths are relative to the working directory (the repository root). Returns the stages of the run.
+    Relative paths are taken from ``root`` (the repository root). Returns the stages whose inputs were checked.
     """
     run = stage_names(params, stages)
     if not single_item:  # add, transitively, the stages that make what the run needs
@@ -226,18 +230,21 @@ def preflight(params: Params, stages: Iterable[str] | None = None, single_item: 
         run = stage_names(params, run)
     problems: list[str] = []
     for stage in run:
-        problems += missing_inputs(params, stage, made_in_this_run=run[: run.index(stage)])
+        problems += missing_inputs(params, stage, made_in_this_run=run[: run.index(stage)], root=root)
         for x in stage_inputs(params, stage):
-            if x.kind == "dir" and x.made_by is None and Path(x.path).is_dir():
-                problems += [f"{stage}: {link} is a broken or looping link ({x.key}): DVC cannot hash the folder "
-                             "holding it; remove or fix the link" for link in unhashable_entries(x.path)]
+            folder = Path(root) / x.path
+            if x.kind == "dir" and x.made_by is None and folder.is_dir():
+                problems += [f"{stage}: {os.path.relpath(link, root) if not os.path.isabs(x.path) else link} is a "
+                             f"broken or looping link ({x.key}): DVC cannot hash the folder holding it; remove or "
+                             "fix the link" for link in unhashable_entries(folder)]
     if problems:
         raise MissingInputError("\n".join(problems))
     return run
 
 
-def load_and_preflight(params_path: str | Path = "params.yaml", stages: Iterable[str] | None = None,
-                       single_item: bool = False) -> tuple[Params, list[str]]:
-    """Validate ``params.yaml`` (:class:`~timetuning.config.ParamsError` names the key), then :func:`preflight`."""
-    params = load_params(params_path)
-    return params, preflight(params, stages, single_item)
+def load_and_preflight(root: str | Path = ".", stages: Iterable[str] | None = None, single_item: bool = False,
+                       ) -> tuple[Params, list[str]]:
+    """Validate ``<root>/params.yaml`` (:class:`~timetuning.config.ParamsError` names the key), then
+    :func:`preflight`; what ``timetuning repro`` runs before ``dvc repro``."""
+    params = load_params(Path(root) / "params.yaml")
+    return params, preflight(params, stages, single_item, root)
