@@ -157,7 +157,8 @@ def _own_voc(root, masks: dict[str, np.ndarray]):
         (root / d).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for name, mask in masks.items():
-        Image.fromarray(rng.integers(0, 255, (*mask.shape, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{name}.jpg")
+        frame = rng.integers(0, 255, (*mask.shape, 3), dtype=np.uint8)
+        Image.fromarray(frame).save(root / "JPEGImages" / f"{name}.jpg")
         Image.fromarray(mask.astype(np.uint8)).save(root / "SegmentationClass" / f"{name}.png")
     (root / "ImageSets" / "Segmentation" / "val.txt").write_text("".join(f"{n}\n" for n in masks))
     return root

@@ -135,7 +135,8 @@ def test_scan_follows_folder_links_once_and_lists_loops(tmp_path):
     assert [p.relative_to(root).as_posix() for p in scan.paths] == ["a.mp4", "linked/c.mp4", "sub/b.mp4"]
     assert scan.folders_skipped == [
         {"path": f"{root}/alias", "reason": f"{root}/alias: a second link to {root}/sub, which is scanned once"},
-        {"path": f"{root}/sub/loop", "reason": f"{root}/sub/loop: a symbolic link loop to {root}, which is scanned once"},
+        {"path": f"{root}/sub/loop",
+         "reason": f"{root}/sub/loop: a symbolic link loop to {root}, which is scanned once"},
     ]
 
 

@@ -46,7 +46,8 @@ def open_image(path: Path, what: str = "image") -> Image.Image:
         return img
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         # UnidentifiedImageError (not an image at all) is an OSError; a truncated JPEG is one too
-        reason = "not an image file" if isinstance(err, Image.UnidentifiedImageError) else str(err) or type(err).__name__
+        unidentified = isinstance(err, Image.UnidentifiedImageError)
+        reason = "not an image file" if unidentified else str(err) or type(err).__name__
         raise DatasetError(f"{path}: not a readable {what} ({reason})") from None
 
 
