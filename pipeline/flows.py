@@ -149,7 +149,7 @@ def _publish_reports(repo: Path, params: Params) -> None:
         rows = []  # one row per model (and per delta block) and set: the flat numbers, x100
         for block, sets in metrics.items():
             for set_name, values in (sets.items() if isinstance(sets, dict) else ()):
-                numbers = {k: f"{v:.1f}" for k, v in values.items() if isinstance(v, (int, float))} \
+                numbers = {k: f"{v:.4g}" for k, v in values.items() if isinstance(v, (int, float))} \
                     if isinstance(values, dict) else {}
                 if numbers:
                     rows.append({"model": block, "set": set_name, **numbers})

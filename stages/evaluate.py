@@ -17,6 +17,7 @@ from timetuning.config import Params
 from timetuning.eval_shards import iter_eval_clips
 from timetuning.evaluation_report import set_section, starting_model_warning
 from timetuning.files import atomic_path, write_json_atomic
+from timetuning.inputs import check_stage_inputs
 from timetuning.report import Section, metrics_document, write_report
 from timetuning.stage import run_stage
 
@@ -24,13 +25,11 @@ log = logging.getLogger("timetuning.stages.evaluate")
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
+    check_stage_inputs(params, "evaluate")  # before any work, naming the stage to run
     out, probes = Path(params.evaluate.output_dir), Path(params.fit_probes.output_dir)
     results = {}
     for name in params.shard_eval.sets:
-        path = probes / name / "results.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no probe results for set {name!r} (run the `fit_probes@{name}` stage)")
-        results[name] = json.loads(path.read_text())
+        results[name] = json.loads((probes / name / "results.json").read_text())
     write_json_atomic(out / "metrics.json", metrics_document(results))
     baseline = params.extract_features.baseline_model()
     tuned = next((m.name for m in params.extract_features.models if m.source == "train_result"), None)

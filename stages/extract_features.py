@@ -15,12 +15,14 @@ from timetuning.config import Params
 from timetuning.eval_shards import read_labels
 from timetuning.features import extract_split
 from timetuning.files import write_json_atomic
+from timetuning.inputs import check_stage_inputs
 from timetuning.stage import run_stage, set_parser
 
 log = logging.getLogger("timetuning.stages.extract_features")
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
+    check_stage_inputs(params, f"extract_features@{args.set}")  # before any work, naming the stage to run
     p, eval_set = params.extract_features, params.shard_eval.set(args.set)
     set_dir, out = Path(params.shard_eval.output_dir) / args.set, Path(p.output_dir) / args.set
     labels = read_labels(set_dir)

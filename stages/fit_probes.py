@@ -13,6 +13,7 @@ import numpy as np
 from timetuning.config import Params
 from timetuning.eval_shards import read_labels
 from timetuning.files import atomic_path, write_json_atomic
+from timetuning.inputs import check_stage_inputs
 from timetuning.results import evaluate_set
 from timetuning.stage import run_stage, set_parser
 
@@ -20,6 +21,7 @@ log = logging.getLogger("timetuning.stages.fit_probes")
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
+    check_stage_inputs(params, f"fit_probes@{args.set}")  # before any work, naming the stage to run
     eval_set, feats = params.shard_eval.set(args.set), params.extract_features
     set_dir, out = Path(params.shard_eval.output_dir) / args.set, Path(params.fit_probes.output_dir) / args.set
     classes = [c["name"] for c in read_labels(set_dir)["classes"]]

@@ -80,7 +80,7 @@ def test_flow_runs_stages_through_dvc_and_reports_to_the_server(prefect_api, tin
     by_key = artifacts(prefect_api, flow_run_id)
     assert "out/a.txt" in json.dumps(by_key["outputs-train"]["data"])
     assert by_key["progress-train"]["type"] == "progress" and by_key["progress-train"]["data"] == 100.0
-    assert "0.6500" in json.dumps(by_key["metrics"]["data"]) and "b = 120" in by_key["report"]["data"]
+    assert "0.65" in json.dumps(by_key["metrics"]["data"]) and "b = 120" in by_key["report"]["data"]
     # the figure is inside the artifact: a relative link would resolve against the UI's address
     assert "](data:image/png;base64,iVBORw0KGgo" in by_key["report"]["data"]
     assert "figures/curve.png" not in by_key["report"]["data"]

@@ -23,6 +23,7 @@ import timm
 import torch
 from torch import nn
 
+from timetuning.checkpoint import CheckpointError, torch_load
 from timetuning.config import BackboneParams
 from timetuning.transforms import eval_transform
 
@@ -132,11 +133,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"backbone.weights: {path} not found (give a .safetensors/.pth file, 'hub', "
                            f"'none' or one of {sorted(PACKAGE_WEIGHTS)})")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise WeightsError(f"backbone.weights: {path}: damaged or not a safetensors file ({err})") from None
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch_load(path)
+        except CheckpointError as err:
+            raise WeightsError(f"backbone.weights: {err}") from None
         for key in ("teacher", "state_dict", "model", "backbone"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]

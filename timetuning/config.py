@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PositiveInt = Annotated[int, Field(gt=0)]
+JPEG_MAX_SIDE = 65500  # libjpeg's largest image side
+DEMO_MAX_CLASSES = 7  # background + the 6 shape designs of timetuning.synthetic (tests/test_config.py checks)
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -62,7 +64,7 @@ class DemoDataParams(Section):
     """Height of the synthetic videos in pixels."""
     fps: PositiveInt = 12
     """Frame rate of the synthetic videos."""
-    num_classes: Annotated[int, Field(ge=2, le=254)] = 4
+    num_classes: Annotated[int, Field(ge=2, le=DEMO_MAX_CLASSES)] = 4
     """Classes in the synthetic labels, background included."""
     objects_per_video: PositiveInt = 3
     """Moving objects per synthetic video."""
@@ -78,11 +80,11 @@ class ShardVideosParams(Section):
     """Folder of unlabeled videos, searched recursively."""
     output_dir: str = "data/shards/train"
     """Where the training clip shards and manifest.json go."""
-    extensions: list[str] = Field(default_factory=lambda: [".mp4", ".avi", ".mkv", ".webm", ".mov"])
+    extensions: list[str] = Field(default_factory=lambda: [".mp4", ".avi", ".mkv", ".webm", ".mov"], min_length=1)
     """File extensions taken as videos."""
     fps: PositiveFloat = 8.0
     """Frame rate the videos are resampled to."""
-    size: Annotated[int, Field(ge=16)] = 128
+    size: Annotated[int, Field(ge=16, le=4096)] = 128
     """Short side of the stored frames in pixels."""
     crop: Literal["center", "none"] = "none"
     """center: square centre crop; none: keep the aspect ratio."""
@@ -106,6 +108,26 @@ class ShardVideosParams(Section):
     """processes: a local pool; dask: fan out through Prefect's DaskTaskRunner (execution only)."""
     dask_address: str | None = Field(None, json_schema_extra=EXECUTION_ONLY)
     """Scheduler address (tcp://host:8786) for executor dask; empty = a local Dask cluster (execution only)."""
+    max_aspect_ratio: float = Field(
+        default=4.0, ge=1.0, le=64.0,
+        description="longest displayed side over shortest; a more elongated video is skipped and listed (scaling "
+                    "its short side to `size` would make huge frames). 4 admits 32:9 ultra-wide and 9:16 portrait")
+    max_decoded_mib: int = Field(
+        default=1024, ge=16,
+        description="memory bound (MiB) of one video's decoded frames per worker; a longer video is used up to "
+                    "there and listed under videos_shortened in the manifest")
+
+    @model_validator(mode="after")
+    def _bounded_geometry(self) -> ShardVideosParams:
+        if self.size * self.max_aspect_ratio > JPEG_MAX_SIDE:
+            raise ValueError(f"max_aspect_ratio: {self.max_aspect_ratio:g} with size {self.size} allows frames "
+                             f"{self.size * self.max_aspect_ratio:.0f} px long, beyond JPEG's {JPEG_MAX_SIDE}")
+        span = self.frames_per_clip if self.sampler == "uniform" else (self.frames_per_clip - 1) * self.stride + 1
+        largest_frame = self.size * self.size * self.max_aspect_ratio * 3
+        if span * largest_frame > self.max_decoded_mib * 2**20:
+            raise ValueError(f"max_decoded_mib: {self.max_decoded_mib} MiB cannot hold one clip ({span} frames of "
+                             f"up to {self.size}x{self.size * self.max_aspect_ratio:.0f} px)")
+        return self
 
 
 class EvalSetParams(Section):
@@ -116,7 +138,7 @@ class EvalSetParams(Section):
     """On-disk layout of the set: davis, ytvos or voc."""
     root: str
     """Root folder of the set."""
-    splits: list[str] = Field(default_factory=lambda: ["train", "val"])
+    splits: list[str] = Field(default_factory=lambda: ["train", "val"], min_length=1)
     """Splits to shard (train fits the probes, val is scored)."""
     resolution: str = "480p"  # DAVIS only: the JPEGImages/<resolution> folder
     """DAVIS only: the JPEGImages/<resolution> folder."""
@@ -131,6 +153,40 @@ class EvalSetParams(Section):
     """Short side of stored frames and masks in pixels."""
     max_samples: PositiveInt | None = None
     """Samples per split at most (empty = all)."""
+    classes: list[str] | str | None = Field(
+        default=None,
+        description="class names by id (id 0 first), or a file of them (JSON list, or one name per line; a relative "
+                    "path is read from `root`); every mask value must be one of these ids (255 = ignore). None: "
+                    "DAVIS reads classes.json at its root or names the ids found, VOC uses Pascal VOC's 21 classes")
+
+    @model_validator(mode="after")
+    def _check_classes(self) -> EvalSetParams:
+        if len(set(self.splits)) != len(self.splits):
+            raise ValueError(f"splits: {self.splits} lists a split twice")
+        if self.classes is None:
+            return self
+        if self.layout == "ytvos":
+            raise ValueError("classes: a YouTube-VOS set takes its categories from meta.json; remove classes")
+        if isinstance(self.classes, str):
+            if not self.classes.strip():
+                raise ValueError("classes: empty path")
+            return self
+        check_class_names(self.classes, "classes")
+        return self
+
+
+def check_class_names(names: list[str], where: str) -> None:
+    """A class list: at least two distinct, non-empty names, fewer than the ignore index (255)."""
+    if len(names) < 2:
+        raise ValueError(f"{where}: needs at least 2 class names (background and one class), got {names}")
+    if len(names) > 255:
+        raise ValueError(f"{where}: {len(names)} names; mask values 0-254 hold at most 255 classes")
+    blank = [i for i, n in enumerate(names) if not str(n).strip()]
+    if blank:
+        raise ValueError(f"{where}: empty name at id(s) {blank}")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"{where}: duplicate name(s) {dupes}")
 
 
 class ShardEvalParams(Section):
@@ -158,7 +214,7 @@ class ShardEvalParams(Section):
     def _name_sets(self) -> ShardEvalParams:
         for name, item in self.sets.items():
             if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
-                raise ValueError(f"shard_eval.sets: set name {name!r} must match [A-Za-z0-9_-]+")
+                raise ValueError(f"sets: set name {name!r} must match [A-Za-z0-9_-]+")
             item.name = name
         return self
 
@@ -251,6 +307,37 @@ class TrainParams(Section):
     log_every: PositiveInt = Field(1, json_schema_extra=EXECUTION_ONLY)
     """Steps between rows of train_log.csv (execution only)."""
 
+    @model_validator(mode="after")
+    def _possible_combinations(self) -> TrainParams:
+        low, high = self.crop_scale
+        if low <= 0 or low > high:
+            raise ValueError(f"crop_scale: ({low:g}, {high:g}) must be (min, max) with 0 < min <= max <= 1")
+        grid = self.input_size // stride if (stride := feature_stride(self.backbone)) else None
+        side = 2 * self.forwarder_window + 1  # the window's patches along each axis
+        per_frame = min(side, grid) ** 2 if grid else side**2
+        if self.forwarder_topk > per_frame:
+            grid_bound = grid is not None and grid <= side
+            where = (f"the whole {grid}x{grid} patch grid at input_size {self.input_size} / stride {stride}"
+                     if grid_bound else f"a window of {side}x{side} patches, forwarder_window {self.forwarder_window}")
+            fix = "raise input_size" if grid_bound else "widen forwarder_window"
+            raise ValueError(f"forwarder_topk: {self.forwarder_topk} is more than the {per_frame} patches a target "
+                             f"patch can draw on from its first context frame ({where}): lower forwarder_topk or "
+                             f"{fix}")
+        return self
+
+
+def feature_stride(backbone: BackboneParams) -> int | None:
+    """Stride of the dense feature map when the name says it (``..._patch16...``, or a CNN's output_stride).
+
+    Transformers whose name gives no patch size return None (their grid is only known once built).
+    """
+    name = backbone.name.lower()
+    if m := re.search(r"patch(\d+)", name):
+        return int(m.group(1))
+    if any(t in name for t in ("vit", "deit", "beit", "eva", "swin", "former", "mixer")):
+        return None
+    return backbone.output_stride
+
 
 # --------------------------------------------------------------------------- stage 3: features
 class ModelParams(Section):
@@ -324,7 +411,7 @@ class ExtractFeaturesParams(Section):
         names = [m.name for m in self.models]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"extract_features.models: duplicate model name(s) {dupes}")
+            raise ValueError(f"models: duplicate model name(s) {dupes}")
         return self
 
 
@@ -349,7 +436,7 @@ class FitProbesParams(Section):
     """Square evaluation size of per-frame/per-clip clustering; empty = the features' extraction size (TimeT)."""
     dataset_eval_size: Annotated[int, Field(ge=8)] = 112
     """Square evaluation size of per-dataset clustering and overclustering (TimeT: 112)."""
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     """Seeds: every seeded protocol runs once per seed; mean and std are reported."""
     overclustering_k: list[PositiveInt] = Field(default_factory=lambda: [20, 40])
     """Cluster counts of the many-to-one overclustering protocol."""
@@ -374,6 +461,18 @@ class FitProbesParams(Section):
     """Video resamples of the bootstrap interval of every delta."""
     confidence: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95
     """Level of the intervals."""
+
+    @model_validator(mode="after")
+    def _possible_combinations(self) -> FitProbesParams:
+        if self.linear_drop_epoch >= self.linear_epochs:
+            raise ValueError(f"linear_drop_epoch: {self.linear_drop_epoch} must be below linear_epochs "
+                             f"({self.linear_epochs}), or the learning rate never drops")
+        if self.hummingbird_k > self.hummingbird_memory:
+            raise ValueError(f"hummingbird_k: {self.hummingbird_k} neighbours cannot come from a memory of "
+                             f"hummingbird_memory = {self.hummingbird_memory} patches")
+        if not self.seeds:
+            raise ValueError("seeds: at least one seed is needed")
+        return self
 
 
 # --------------------------------------------------------------------------- stage 5: reports
@@ -404,6 +503,13 @@ class Params(Section):
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     """Metrics and reports."""
 
+    @model_validator(mode="after")
+    def _cross_section(self) -> Params:
+        if self.train.val_set and self.train.val_set not in self.shard_eval.sets:
+            raise ValueError(f"train.val_set: no evaluation set named {self.train.val_set!r} in shard_eval.sets "
+                             f"(have {sorted(self.shard_eval.sets)}); name one or set val_set: null")
+        return self
+
 
 SECTIONS: tuple[str, ...] = tuple(k for k in Params.model_fields if k != "seed")
 
@@ -415,11 +521,15 @@ class ParamsError(ValueError):
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"{source}: {err.error_count()} invalid parameter(s)"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (value {e['input']!r})")
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "value_error":  # a cross-field check: its message starts with the key it is about
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            named = re.match(r"[A-Za-z_][\w.]*: ", msg)
+            lines.append(f"  {key}.{msg}" if key and named else f"  {key}: {msg}" if key else f"  {msg}")
+        elif e["type"] == "extra_forbidden":
+            lines.append(f"  {key or '<root>'}: unknown key (value {e['input']!r})")
         else:
-            lines.append(f"  {key}: {e['msg']} (got {e['input']!r})")
+            lines.append(f"  {key or '<root>'}: {e['msg']} (got {e['input']!r})")
     return "\n".join(lines)
 
 

@@ -49,7 +49,8 @@ def run_stage(main: Callable[[Params, argparse.Namespace], Any], description: st
         params = load_params(args.params)
         seed_everything(params.seed)
         main(params, args)
-    except (ParamsError, FileNotFoundError, ValueError, RuntimeError, FloatingPointError) as err:
+    # OSError: what the environment refuses (permissions, a full disk) is told in one line, not a traceback
+    except (ParamsError, OSError, ValueError, RuntimeError, FloatingPointError) as err:
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         return 1

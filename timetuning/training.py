@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from timetuning.backbones import DenseBackbone, build_backbone, dense_features
-from timetuning.checkpoint import (code_fingerprint, export_backbone, load_checkpoint, params_fingerprint,
+from timetuning.checkpoint import (code_fingerprint, export_backbone, load_resume_state, params_fingerprint,
                                   save_checkpoint)
 from timetuning.clustering import KMeansSettings
 from timetuning.config import TrainParams
@@ -209,8 +209,8 @@ def train(p: TrainParams, seed: int, ctx: DistContext, val_dir: str | Path | Non
         tuner = tuner.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(tuner, p)
     start_step, rows, best = 0, [], {"miou": -1.0, "step": -1}
-    if last_path.is_file():
-        state = load_checkpoint(last_path)
+    state = load_resume_state(last_path, may_set_aside=ctx.is_main)  # an unusable file is set aside: start fresh
+    if state is not None:
         finished_by_other_code = int(state.get("step", 0)) >= p.steps and state.get("code") != code
         if state.get("fingerprint") == fingerprint and finished_by_other_code:
             log.info("ignoring %s: a finished run made by other training code; training again", last_path)
