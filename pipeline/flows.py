@@ -27,6 +27,7 @@ from pipeline.experiments import apply_experiment, identical_experiment, save_ex
 from pipeline.overrides import ParamsOverrides, changed_overrides, dotted_overrides
 from pipeline.workspace import check_tools, default_remote, resolve_repo, set_aside
 from timetuning.config import Params, ParamsError, apply_overrides, load_params
+from timetuning.inputs import PIPELINE, MissingInputError, preflight
 
 RETRY_DELAY_S = 5.0  # a transient failure (a signal, a resource limit) gets a moment to pass
 MAX_EMBEDDED_FIGURE = 2 << 20  # bytes; larger pictures stay links in the report artifact
@@ -197,6 +198,11 @@ def timetuning(overrides: Optional[ParamsOverrides] = None, stages: Optional[lis
         remote = default_remote(root)
         if remote:
             logger.info("DVC remote %r: stages pull what they miss and push what they produce", remote)
+        elif set(known) == set(PIPELINE):  # this project's pipeline: every input must be on disk or made by an
+            try:  # earlier stage of the run, checked before DVC removes any output
+                preflight(params, chosen, single_item=True, root=root)
+            except MissingInputError as err:
+                raise ValueError(f"nothing was run: {err}") from None
         same = None
         if flat:
             logger.info("overrides %s: this run is a DVC experiment", flat)

@@ -226,6 +226,19 @@ def test_a_machine_without_the_checkout_or_ffmpeg_fails_at_start_naming_it(prefe
     assert not (tiny_repo / "out").exists()  # nothing ran
 
 
+def test_missing_inputs_stop_the_run_before_dvc_touches_anything(prefect_api, tmp_path):
+    """The real pipeline: a run of later stages in an empty workspace names the stage to run first."""
+    from pipeline.flows import timetuning
+    from tests.dvc_repo import make_repo, tiny_params
+
+    repo = make_repo(tmp_path / "repo", tiny_params())
+    state = timetuning(stages=["extract_features", "fit_probes"], repo=str(repo), return_state=True)
+    with pytest.raises(ValueError, match=r"nothing was run: extract_features@davis_demo: data/shards/eval/"
+                                         r"davis_demo/labels.json not found: run the `shard_eval@davis_demo` stage"):
+        state.result()
+    assert not (repo / "data").exists() and not (repo / "dvc.lock").exists()
+
+
 def test_ingest_fans_out_on_a_local_dask_cluster(prefect_api, tmp_path):
     from pipeline.dask_ingest import dask_mapper
     from timetuning.ingest import shard_videos
