@@ -52,3 +52,19 @@ def test_eval_sets_are_named_by_their_key():
         validate_params({"shard_eval": {"sets": {"bad name": {"layout": "voc", "root": "x"}}}})
     with pytest.raises(ParamsError, match=r"shard_eval\.sets\.v\.layout"):
         validate_params({"shard_eval": {"sets": {"v": {"layout": "coco", "root": "x"}}}})
+
+
+def test_propagation_defaults_are_dinos_and_params_yaml_holds_them():
+    from timetuning.config import PropagationParams
+
+    defaults = PropagationParams()
+    # facebookresearch/dino eval_video_segmentation.py: --topk 5, --size_mask_neighborhood 12, --n_last_frames 7,
+    # affinity exp(cos / 0.1), bilinear upsampling + norm_mask; DAVIS-2017 skips the last frame
+    assert (defaults.topk, defaults.window_radius, defaults.context_frames, defaults.temperature) == (5, 12, 7, 0.1)
+    assert defaults.upsampling == "bilinear" and defaults.rescale_per_object and not defaults.score_last_frame
+    assert load_params("params.yaml").fit_probes.propagation == defaults
+    with pytest.raises(ParamsError) as err:
+        validate_params({"fit_probes": {"propagation": {"topk": 0, "temperature": 0, "upsampling": "bicubic"}}})
+    msg = str(err.value)
+    for key in ("topk", "temperature", "upsampling"):
+        assert f"fit_probes.propagation.{key}" in msg

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
-from timetuning.vos_metrics import (ObjectScore, boundary_f_measure, boundary_map, boundary_radius, region_similarity,
+from timetuning.vos_metrics import (ObjectScore, _hits, boundary_f_measure, boundary_map, boundary_radius, region_similarity,
                                     score_clip, summarize)
 
 
@@ -72,6 +73,18 @@ def test_boundary_match_uses_a_disk_not_a_square():
     pred[52, 52] = True  # boundary: rows 51-52, cols 51-52
     # radius 2: only pred (51, 51) lies within 2 of gt (50, 50); (51, 52) is sqrt(5) away. P = R = 1/4
     assert boundary_f_measure(gt, pred) == pytest.approx(0.25)
+
+
+def test_boundary_hits_equal_a_dense_disk_dilation():
+    rng = np.random.default_rng(3)
+    for radius in (0, 1, 2, 5, 8):
+        yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+        disk = yy * yy + xx * xx <= radius * radius
+        for _ in range(3):
+            a, b = rng.random((2, 60, 90)) < rng.uniform(0.002, 0.05)
+            dense = int(np.count_nonzero(ndimage.binary_dilation(b, structure=disk) & a))
+            assert _hits(a, b, radius) == dense
+    assert _hits(np.ones((5, 5), bool), np.zeros((5, 5), bool), 3) == 0
 
 
 def test_empty_masks_follow_the_davis_conventions():
