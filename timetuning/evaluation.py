@@ -187,23 +187,6 @@ def group_protocols(source: SplitSource, pca: StandardPCA, num_classes: int, p: 
     return GroupResult(scores, stability, examples)
 
 
-def clip_clustering_miou(features: list[torch.Tensor], masks: list[np.ndarray], num_classes: int, *,
-                         pca_dim: int = 50, seed: int = 0, settings: KMeansSettings = KMeansSettings()) -> float:
-    """Per-clip clustering mIoU under TimeT's protocol for a handful of clips held in memory (training's model
-    selection): scaler+PCA fitted on these clips, each clip clustered per pixel at its masks' size."""
-    pca = fit_standard_pca([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for f in features], pca_dim)
-    scores = []
-    for i, (f, m) in enumerate(zip(features, masks)):
-        size = (m.shape[-2], m.shape[-1])
-        k = classes_present(m)
-        if k == 0:
-            continue
-        ids = cluster_groups([feature_maps("pca", f, pca)], [k], [i], size=size, pixels=True, seed=seed,
-                             settings=settings)[0]
-        scores.append(match_group(ids, m, num_classes, k).miou)
-    return float(np.nanmean(scores)) if scores else float("nan")
-
-
 # ---------------------------------------------------------------------------------------------- per dataset
 @dataclass
 class DatasetConfig:

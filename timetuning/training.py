@@ -27,11 +27,10 @@ from tqdm import tqdm
 from timetuning.backbones import DenseBackbone, build_backbone, dense_features
 from timetuning.checkpoint import (code_fingerprint, export_backbone, load_resume_state, params_fingerprint,
                                   save_checkpoint)
-from timetuning.clustering import KMeansSettings
+from timetuning.clustering import KMeansSettings, clip_clustering_miou
 from timetuning.config import TrainParams
 from timetuning.distributed import DistContext, barrier, broadcast_object
 from timetuning.eval_shards import iter_eval_clips, read_labels
-from timetuning.evaluation import clip_clustering_miou
 from timetuning.files import write_json_atomic, write_text_atomic
 from timetuning.head import ClusteringHead
 from timetuning.loss import LossConfig, propagated_targets, time_tuning_loss
