@@ -5,7 +5,7 @@ import ast
 import re
 from pathlib import Path
 
-from timetuning.code_deps import PACKAGES, ROOT, code_deps, dvc_yaml_problems, imported_files, write_dvc_yaml
+from timetuning.dvc_yaml import PACKAGES, ROOT, code_deps, dvc_yaml_problems, imported_files, write_dvc_yaml
 
 
 def test_every_stage_depends_on_exactly_the_project_files_it_imports():
@@ -32,7 +32,7 @@ def test_write_restores_deps_that_were_dropped(tmp_path):
     (tmp_path / "dvc.yaml").write_text(broken)
     for package in PACKAGES:  # code_deps reads the sources next to dvc.yaml
         (tmp_path / package).symlink_to(ROOT / package)
-    import timetuning.code_deps as cd
+    import timetuning.dvc_yaml as cd
 
     assert cd.dvc_yaml_problems(tmp_path / "dvc.yaml") == ["train: imports timetuning/forwarder.py but does not "
                                                            "depend on it"]

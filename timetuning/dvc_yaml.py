@@ -1,8 +1,10 @@
-"""Which project files a stage runs: the transitive imports of its entry module, read from the source (no import).
+"""What dvc.yaml says, read in one place: the stages in order (which are per evaluation set), each stage's entry
+module, and which project files a stage runs (the transitive imports of its entry module, read from the source).
 
-One source for two facts that must not drift from the code: the code dependencies of every stage in dvc.yaml (so
-editing any file a stage imports reruns exactly the stages that import it) and the fingerprint of the training code
-stored in checkpoints. ``python -m timetuning.code_deps`` checks dvc.yaml; ``--write`` rewrites its code deps.
+One source for facts that must not drift apart: the stage names the CLI, the pre-flight and the flow accept; the
+code dependencies of every stage in dvc.yaml (so editing any file a stage imports reruns exactly the stages that
+import it); the fingerprint of the training code stored in checkpoints. ``python -m timetuning.dvc_yaml`` checks
+dvc.yaml's code deps; ``--write`` rewrites them from the imports.
 """
 
 from __future__ import annotations
@@ -61,6 +63,24 @@ def imported_files(module: str, root: Path = ROOT) -> tuple[Path, ...]:
                 seen[sub] = path
                 todo.extend(_imported(path, sub))
     return tuple(sorted(set(seen.values())))
+
+
+def _stages(dvc_yaml: Path) -> dict:
+    import yaml
+
+    if not dvc_yaml.is_file():
+        raise FileNotFoundError(f"{dvc_yaml}: no dvc.yaml")
+    return yaml.safe_load(dvc_yaml.read_text()).get("stages", {})
+
+
+def pipeline_stages(dvc_yaml: Path = ROOT / "dvc.yaml") -> list[str]:
+    """Stage names in dvc.yaml order (a ``foreach`` group by its group name)."""
+    return list(_stages(dvc_yaml))
+
+
+def per_set_stages(dvc_yaml: Path = ROOT / "dvc.yaml") -> list[str]:
+    """The groups run once per evaluation set (``foreach: ${shard_eval.sets}``): ``<group>@<set>``."""
+    return [name for name, stage in _stages(dvc_yaml).items() if stage.get("foreach") == "${shard_eval.sets}"]
 
 
 def stage_modules(dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, str]:
