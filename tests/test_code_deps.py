@@ -41,6 +41,22 @@ def test_write_restores_deps_that_were_dropped(tmp_path):
     assert "timetuning/forwarder.py" in code_deps("stages.train")
 
 
+def test_a_params_key_left_out_of_a_stage_is_named():
+    """shard_videos lists its keys one by one (its execution-only ones are left out): a field of the schema that
+    dvc.yaml forgets would change the shards without DVC rerunning the stage."""
+    import yaml
+
+    from timetuning.dvc_yaml import param_problems
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert param_problems(stages) == []
+    stages["shard_videos"]["params"].remove("shard_videos.max_aspect_ratio")
+    stages["shard_videos"]["params"].append("shard_videos.workers")
+    assert param_problems(stages) == [
+        "shard_videos: params do not list shard_videos.max_aspect_ratio",
+        "shard_videos: params list shard_videos.workers, which is not an artifact field of shard_videos"]
+
+
 def _imports(path: Path) -> set[str]:
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):

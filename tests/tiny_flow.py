@@ -108,12 +108,20 @@ def stop(proc: subprocess.Popen, group: bool = False) -> None:
         proc.wait(timeout=10)
 
 
-def api(url: str, path: str, body: dict | None = None, method: str = "POST"):
+def api(url: str, path: str, body: dict | None = None, method: str = "POST", tries: int = 6):
+    """One REST call; a 503 (Prefect's answer while its SQLite database is locked by another writer) is retried
+    with back-off, as Prefect's own client does."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"{url}{path}", data=data, headers={"Content-Type": "application/json"},
-                                 method=method)
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read() or b"null")
+    for attempt in range(tries):
+        req = urllib.request.Request(f"{url}{path}", data=data, headers={"Content-Type": "application/json"},
+                                     method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as err:
+            if err.code != 503 or attempt == tries - 1:
+                raise
+            time.sleep(0.5 * 2 ** attempt)
 
 
 def api_error(url: str, path: str, body: dict) -> tuple[int, str]:

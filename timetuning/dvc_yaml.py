@@ -113,6 +113,25 @@ def dvc_yaml_problems(dvc_yaml: Path = ROOT / "dvc.yaml") -> list[str]:
         needed = set(code_deps(module, dvc_yaml.parent))
         problems += [f"{name}: imports {f} but does not depend on it" for f in sorted(needed - listed)]
         problems += [f"{name}: depends on {f}, which it does not import" for f in sorted(listed - needed)]
+    return problems + param_problems(stages)
+
+
+def param_problems(stages: dict) -> list[str]:
+    """Where a stage lists its own section's params key by key, the keys must be exactly the section's artifact
+    fields (a new field left out would change the stage's output without DVC rerunning it)."""
+    from timetuning.config import Params, artifact_fields
+
+    problems = []
+    for name, stage in stages.items():
+        listed = [p for p in stage.get("do", stage).get("params", []) if isinstance(p, str)]
+        section = Params.model_fields.get(name)
+        if section is None or name in listed:  # no section of its own, or the whole section is tracked
+            continue
+        own = {p.split(".")[1] for p in listed if p.startswith(f"{name}.")}
+        fields = set(artifact_fields(section.annotation))
+        problems += [f"{name}: params do not list {name}.{f}" for f in sorted(fields - own)]
+        problems += [f"{name}: params list {name}.{f}, which is not an artifact field of {name}"
+                     for f in sorted(own - fields)]
     return problems
 
 

@@ -153,3 +153,32 @@ def set_section(set_name: str, doc: dict[str, Any], baseline: str | None, tuned:
                                 "ground-truth pixels (numbers in the cells)."))
     details.figures += example_figures(set_name, doc, clips, examples)
     return [head, details]
+
+
+def report_sections(results: dict[str, dict[str, Any]], clips: dict[str, list[EvalClip]],
+                    examples: dict[str, dict[str, dict[str, np.ndarray]]], baseline: str | None, tuned: str | None,
+                    summary: dict[str, Any], log_rows: list[dict[str, str]]) -> list[Section]:
+    """The whole report: a summary (with the starting-model warning), each set's sections, then training."""
+    models = ", ".join(next(iter(results.values()))["models"]) if results else "-"
+    intro = Section("Summary", [f"Models: {models}; sets: {', '.join(results)}. Numbers x100; deltas are "
+                                f"{tuned or 'each model'} minus {baseline or 'the starting model'}."],
+                    warning=starting_model_warning(summary))
+    sections = [intro]
+    for name, doc in results.items():
+        sections += set_section(name, doc, baseline, tuned, clips.get(name, []), examples.get(name, {}))
+    training = Section("Training", [f"{k}: {v}" for k, v in summary.items()])
+    curves = figures.training_curves_png(log_rows)
+    if curves:
+        training.figures.append(("training_curves.png", curves,
+                                 "Training loss, throughput and validation mIoU (x100) per step."))
+    return sections + [training]
+
+
+def per_class_rows(set_name: str, doc: dict[str, Any]) -> list[list[str]]:
+    """Long-form per-class IoU (x100) for `dvc plots` (x: class, y: iou, a series per model x protocol)."""
+    rows = [["set", "model", "protocol", "class", "iou"]]
+    for model, values in figures.per_class_values(doc).items():
+        for kind, iou in values.items():
+            rows += [[set_name, model, kind, c, "" if v is None else f"{100 * v:.4f}"]
+                     for c, v in zip(doc["classes"], iou)]
+    return rows
