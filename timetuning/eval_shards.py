@@ -23,6 +23,7 @@ def shard_eval_set(params: EvalSetParams, output_dir: str | Path, on_error: str 
     out = Path(output_dir) / params.name
     shutil.rmtree(out, ignore_errors=True)
     classes: list[str] | None = None
+    instances = bool(params.splits)  # every sequence of every split carries instance ids
     split_counts: dict[str, int] = {}
     skipped: list[dict[str, str]] = []
     shards: list[dict[str, Any]] = []
@@ -31,6 +32,7 @@ def shard_eval_set(params: EvalSetParams, output_dir: str | Path, on_error: str 
         if classes is not None and split_classes != classes:
             raise DatasetError(f"shard_eval.sets[{params.name}]: split {split!r} has different classes")
         classes = split_classes
+        instances = instances and all(seq.instances for seq in sequences)
         count = 0
         with ShardWriter(out, prefix=split, maxcount=maxcount) as writer:
             for seq in tqdm(sequences, desc=f"{params.name}/{split}", unit="seq", disable=not progress):
@@ -53,7 +55,8 @@ def shard_eval_set(params: EvalSetParams, output_dir: str | Path, on_error: str 
         split_counts[split] = count
         shards += [vars(r) | {"split": split} for r in writer.records]
     labels = {"classes": [{"id": i, "name": n} for i, n in enumerate(classes or [])],
-              "ignore_index": IGNORE_INDEX, "layout": params.layout, "splits": split_counts}
+              "ignore_index": IGNORE_INDEX, "layout": params.layout, "splits": split_counts,
+              "instances": instances}
     write_json_atomic(out / "labels.json", labels)
     manifest = {"set": params.model_dump(mode="json"), "splits": split_counts, "skipped": skipped, "shards": shards}
     write_json_atomic(out / "manifest.json", manifest)
