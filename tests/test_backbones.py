@@ -1,3 +1,4 @@
+import json
 import time
 
 import numpy as np
@@ -122,6 +123,7 @@ def test_training_builds_with_the_default_layer(tmp_path):
                          backbone={"name": "test_efficientnet", "weights": "none", "feature_layer": layer})
     summary = train(params, 0, DistContext(), progress=False)
     assert summary["steps"] == 2 and (tmp_path / "out" / "timetuned.safetensors").is_file()
+    assert json.loads((tmp_path / "out" / "model.json").read_text())["feature_layer"] == layer
 
 
 def test_bad_feature_layers_are_named():

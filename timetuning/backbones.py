@@ -27,10 +27,9 @@ Starting weights (``BackboneParams.weights``):
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
-
-import re
 
 import timm
 import torch

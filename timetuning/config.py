@@ -135,7 +135,10 @@ class TrainParams(Section):
     shards: str = "data/shards/train"
     output_dir: str = "models"
     backbone: BackboneParams = Field(default_factory=BackboneParams)
-    trainable_blocks: NonNegativeInt = 2
+    trainable_blocks: NonNegativeInt = Field(2, description="blocks fine-tuned, counted back from the deepest block "
+                                             "that backbone.feature_layer reads (later blocks do not change the "
+                                             "features and stay frozen), plus the head layers the features pass "
+                                             "through; 0 = frozen backbone")
     input_size: Annotated[int, Field(ge=16)] = 112
     # clip augmentations (METHOD.md)
     crop_scale: tuple[Probability, Probability] = (0.4, 1.0)
