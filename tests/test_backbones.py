@@ -108,15 +108,17 @@ def test_trainable_blocks_count_back_from_the_feature_layer(layer, blocks):
 
 
 def test_default_feature_layer_is_params_yaml():
-    chosen = load_params("params.yaml").train.backbone.feature_layer
-    assert BackboneParams().feature_layer == chosen
-    assert build_backbone(BackboneParams()).feature_layer == chosen
+    chosen = load_params("params.yaml").train.backbone
+    assert chosen == TrainParams().backbone and chosen.feature_layer == "block-2"  # the measured choice (README)
+    backbone = build_backbone(chosen)
+    assert backbone.feature_layer == "block-2" and backbone.embed_dim == 192
+    assert BackboneParams().feature_layer == "final"  # any other backbone: the method's last layer unless told
 
 
 def test_training_builds_with_the_default_layer(tmp_path):
     shards = write_clip_shards(tmp_path / "shards", videos=2, clips_per_video=2, frames=6, width=80, height=64,
                                maxcount=4)
-    layer = BackboneParams().feature_layer
+    layer = TrainParams().backbone.feature_layer
     params = TrainParams(shards=str(shards), output_dir=str(tmp_path / "out"), input_size=64, batch_size=2, steps=2,
                          num_prototypes=8, hidden_dim=32, bottleneck_dim=16, projection_dim=8, num_workers=0,
                          shuffle_buffer=4, val_set=None, trainable_blocks=1,

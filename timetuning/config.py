@@ -134,7 +134,10 @@ class TrainParams(Section):
 
     shards: str = "data/shards/train"
     output_dir: str = "models"
-    backbone: BackboneParams = Field(default_factory=BackboneParams)
+    # the default start model: EfficientNet-Lite0 read at blocks[-2], the layer measured furthest above the
+    # all-background baseline on the demo set (README, Evaluation); a backbone given without feature_layer is read
+    # at "final" (for ViTs the method's last-layer tokens)
+    backbone: BackboneParams = Field(default_factory=lambda: BackboneParams(feature_layer="block-2"))
     trainable_blocks: NonNegativeInt = Field(2, description="blocks fine-tuned, counted back from the deepest block "
                                              "that backbone.feature_layer reads (later blocks do not change the "
                                              "features and stay frozen), plus the head layers the features pass "
