@@ -227,13 +227,6 @@ def load_annotated_frame(frame_path: Path, mask_path: Path, size: int, num_class
     return np.asarray(frame), np.asarray(mask_out), np.asarray(raw_out)
 
 
-def load_frame_and_mask(frame_path: Path, mask_path: Path, size: int, num_classes: int,
-                        value_to_class: dict[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
-    """A frame (RGB) and its class-id mask at short side ``size``, validated; raises :class:`DatasetError`."""
-    frame, mask, _ = load_annotated_frame(frame_path, mask_path, size, num_classes, value_to_class)
-    return frame, mask
-
-
 def clip_starts(num_frames: int, length: int, stride: int, max_clips: int) -> list[int]:
     """Start indices of up to ``max_clips`` clips spread evenly over the sequence."""
     span = (length - 1) * stride + 1
