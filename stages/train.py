@@ -9,6 +9,7 @@ from pathlib import Path
 
 from timetuning.config import Params
 from timetuning.distributed import cleanup, init_distributed
+from timetuning.inputs import check_stage_inputs
 from timetuning.stage import run_stage
 from timetuning.training import train
 
@@ -16,12 +17,10 @@ log = logging.getLogger("timetuning.stages.train")
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
+    check_stage_inputs(params, "train")
     p = params.train
-    val_dir = None
-    if p.val_set:
-        if p.val_set not in params.shard_eval.sets:
-            raise ValueError(f"train.val_set: no evaluation set named {p.val_set!r} in shard_eval.sets")
-        val_dir = Path(params.shard_eval.output_dir) / p.val_set
+    # the schema checked that val_set names a set; without its shards training skips validation (logged)
+    val_dir = Path(params.shard_eval.output_dir) / p.val_set if p.val_set else None
     ctx = init_distributed()
     try:
         summary = train(p, params.seed, ctx, val_dir=val_dir)

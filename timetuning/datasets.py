@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from timetuning.config import EvalSetParams
+from timetuning.config import EvalSetParams, check_class_names
 from timetuning.metrics import IGNORE_INDEX
 from timetuning.shards import encode_jpeg, encode_png, sanitize_key
 
@@ -39,6 +39,42 @@ class Sequence:
     # maps raw mask values to class ids (instance ids -> categories); None = values are class ids
     value_to_class: dict[int, int] | None = None
     instances: bool = False  # raw mask values are instance ids: samples keep them as f<t>.inst.png
+
+
+def open_image(path: Path, what: str = "image") -> Image.Image:
+    """Open and fully decode an image; a damaged or foreign file raises :class:`DatasetError` naming it."""
+    try:
+        img = Image.open(path)
+        img.load()  # decode now (and close the file): a truncated file fails here, not inside a later conversion
+        return img
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        # UnidentifiedImageError (not an image at all) is an OSError; a truncated JPEG is one too
+        unidentified = isinstance(err, Image.UnidentifiedImageError)
+        reason = "not an image file" if unidentified else str(err) or type(err).__name__
+        raise DatasetError(f"{path}: not a readable {what} ({reason})") from None
+
+
+def declared_classes(params: EvalSetParams) -> list[str] | None:
+    """The set's ``classes`` option as a list of names (read from its file if it names one); None if not given."""
+    if params.classes is None or isinstance(params.classes, list):
+        return None if params.classes is None else list(params.classes)
+    key = f"shard_eval.sets.{params.name}.classes"
+    path = Path(params.root) / params.classes
+    if not path.is_file():
+        raise DatasetError(f"{key}: {path} not found (a relative path is read from the set's root)")
+    try:
+        text = path.read_text(encoding="utf-8")
+        names = json.loads(text) if path.suffix.lower() == ".json" else \
+            [ln.strip() for ln in text.splitlines() if ln.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DatasetError(f"{key}: {path}: not a class list ({err})") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DatasetError(f"{key}: {path}: expected a JSON list of names, got {type(names).__name__}")
+    try:
+        check_class_names(names, f"{key} ({path})")
+    except ValueError as err:
+        raise DatasetError(str(err)) from None
+    return names
 
 
 def _read_split(path: Path) -> list[str]:
@@ -64,11 +100,13 @@ def _paired(video_id: str, frame_dir: Path, mask_dir: Path) -> Sequence:
     return Sequence(video_id, frames, masks)
 
 
-def davis_semantics(root: Path) -> tuple[list[str], dict[str, dict[int, int]]] | None:
+def davis_semantics(root: Path, declared: list[str] | None = None, key: str = "classes",
+                    ) -> tuple[list[str], dict[str, dict[int, int]]] | None:
     """DAVIS-2017's semantic files: ``davis_semantics.json`` (sequence -> {instance id: category}) and, optionally,
-    ``categories.json`` (category -> {"id": ..., "super_category": ...}). Returns the class names (background
-    first, then categories by id; without categories.json, the categories named, sorted) and each sequence's
-    instance id -> class id map; None when the root has no davis_semantics.json."""
+    ``categories.json`` (category -> {"id": ..., "super_category": ...}). Returns the class names (``declared``
+    when given, which must name every category; else background first, then categories by id; without
+    categories.json, the categories named, sorted) and each sequence's instance id -> class id map; None when the
+    root has no davis_semantics.json."""
     path = root / "davis_semantics.json"
     if not path.is_file():
         return None
@@ -77,7 +115,12 @@ def davis_semantics(root: Path) -> tuple[list[str], dict[str, dict[int, int]]] |
         raise DatasetError(f"{path}: expected {{sequence: {{instance id: category}}}}")
     named = {str(c) for objects in semantics.values() for c in objects.values()}
     cat_path = root / "categories.json"
-    if cat_path.is_file():
+    if declared is not None:
+        missing = sorted(named - set(declared))
+        if missing:
+            raise DatasetError(f"{key}: {declared} lacks the categories {missing[:5]} of {path}")
+        ordered = declared[1:]
+    elif cat_path.is_file():
         categories = _read_json(cat_path)
         try:
             ordered = sorted(categories, key=lambda c: int(categories[c]["id"]))
@@ -88,7 +131,7 @@ def davis_semantics(root: Path) -> tuple[list[str], dict[str, dict[int, int]]] |
             raise DatasetError(f"{path}: categories {unknown[:5]} are not in {cat_path}")
     else:
         ordered = sorted(named)
-    classes = ["background"] + ordered
+    classes = (declared[:1] if declared is not None else ["background"]) + ordered
     class_id = {c: i for i, c in enumerate(classes)}
     try:
         maps = {seq: {0: 0} | {int(k): class_id[str(c)] for k, c in objects.items()}
@@ -105,15 +148,16 @@ def davis_sequences(params: EvalSetParams, split: str) -> tuple[list[Sequence], 
     """DAVIS-2017: ``JPEGImages/<res>/<seq>/*.jpg``, ``Annotations/<res>/<seq>/*.png``, ``ImageSets/2017/<split>.txt``.
 
     With DAVIS-2017's semantic files at the root (:func:`davis_semantics`), palette indices are instance ids and
-    each sequence's instances map to their categories. Without them, palette indices are class ids: class names
-    come from ``classes.json`` at the root when present (semantic annotations); otherwise the indices found are
-    the classes.
+    each sequence's instances map to their categories (ids in the ``classes`` option's order when it is given).
+    Without them, palette indices are class ids: class names come from the ``classes`` option, else from
+    ``classes.json`` at the root when present (semantic annotations); otherwise the indices found are the classes.
     """
     root = Path(params.root)
     names = _read_split(root / "ImageSets" / "2017" / f"{split}.txt")
     seqs = [_paired(n, root / "JPEGImages" / params.resolution / n, root / "Annotations" / params.resolution / n)
             for n in names]
-    semantic = davis_semantics(root)
+    declared = declared_classes(params)
+    semantic = davis_semantics(root, declared, f"shard_eval.sets.{params.name}.classes")
     if semantic is not None:
         classes, maps = semantic
         for s in seqs:
@@ -122,14 +166,18 @@ def davis_sequences(params: EvalSetParams, split: str) -> tuple[list[Sequence], 
             s.value_to_class, s.instances = maps[s.video_id], True
         return seqs, classes
     classes_file = root / "classes.json"
-    if classes_file.is_file():
+    if declared is not None:
+        classes = declared
+    elif classes_file.is_file():
         classes = [str(c) for c in json.loads(classes_file.read_text())]
     else:
         found: set[int] = set()
         for s in seqs:
             for m in s.masks:
-                if m.is_file():
-                    found |= set(np.unique(np.array(Image.open(m))).tolist())
+                try:
+                    found |= set(np.unique(np.array(open_image(m, "mask"))).tolist())
+                except DatasetError:
+                    pass  # missing or damaged: reported (or skipped) with its sequence when it is sharded
         found.discard(IGNORE_INDEX)
         classes = ["background"] + [f"object_{i}" for i in range(1, max(found | {0}) + 1)]
     return seqs, classes
@@ -175,7 +223,7 @@ def voc_sequences(params: EvalSetParams, split: str) -> tuple[list[Sequence], li
     root = Path(params.root)
     ids = _read_split(root / "ImageSets" / "Segmentation" / f"{split}.txt")
     seqs = [Sequence(i, [root / "JPEGImages" / f"{i}.jpg"], [root / "SegmentationClass" / f"{i}.png"]) for i in ids]
-    return seqs, list(VOC_CLASSES)
+    return seqs, declared_classes(params) or list(VOC_CLASSES)
 
 
 READERS = {"davis": davis_sequences, "ytvos": ytvos_sequences, "voc": voc_sequences}
@@ -195,15 +243,16 @@ def _resized(img: Image.Image, size: int, resample: int) -> Image.Image:
 
 
 def load_annotated_frame(frame_path: Path, mask_path: Path, size: int, num_classes: int,
-                         value_to_class: dict[int, int] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                         value_to_class: dict[int, int] | None, classes_key: str = "classes",
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A frame (RGB), its class-id mask and its raw mask (e.g. instance ids) at short side ``size``, validated;
     raises :class:`DatasetError`."""
     if not frame_path.is_file():
         raise DatasetError(f"{frame_path}: frame not found")
     if not mask_path.is_file():
         raise DatasetError(f"{frame_path}: frame has no mask ({mask_path} not found)")
-    frame = Image.open(frame_path).convert("RGB")
-    mask_img = Image.open(mask_path)
+    frame = open_image(frame_path, "frame").convert("RGB")
+    mask_img = open_image(mask_path, "mask")
     if mask_img.mode not in ("P", "L"):
         raise DatasetError(f"{mask_path}: mask mode {mask_img.mode!r}, expected a palette or grayscale PNG")
     if mask_img.size != frame.size:
@@ -219,8 +268,9 @@ def load_annotated_frame(frame_path: Path, mask_path: Path, size: int, num_class
         mask = raw.astype(np.int32)
     bad = np.unique(mask[(mask != IGNORE_INDEX) & ((mask < 0) | (mask >= num_classes))])
     if bad.size:
-        raise DatasetError(f"{mask_path}: unknown class index/palette value(s) {sorted(raw[np.isin(mask, bad)].tolist())[:5]} "
-                           f"(label map has {num_classes} classes)")
+        values = sorted(set(raw[np.isin(mask, bad)].tolist()))[:5]
+        raise DatasetError(f"{mask_path}: unknown class index/palette value(s) {values} (the set has {num_classes} "
+                           f"classes, ids 0-{num_classes - 1}; its class list: {classes_key})")
     frame = _resized(frame, size, Image.BILINEAR)
     mask_out = _resized(Image.fromarray(mask.astype(np.uint8)), size, Image.NEAREST)
     raw_out = _resized(Image.fromarray(raw.astype(np.uint8)), size, Image.NEAREST)
@@ -238,8 +288,11 @@ def clip_starts(num_frames: int, length: int, stride: int, max_clips: int) -> li
 
 
 def sequence_samples(seq: Sequence, params: EvalSetParams, split: str, num_classes: int,
-                     ) -> Iterator[dict[str, Any]]:
-    """Shard samples of one sequence: clips of ``frames_per_clip`` frames (1 for image sets)."""
+                     seen: np.ndarray | None = None) -> Iterator[dict[str, Any]]:
+    """Shard samples of one sequence: clips of ``frames_per_clip`` frames (1 for image sets).
+
+    ``seen``: a [256] bool array; the class ids found in the masks are set to True.
+    """
     length = 1 if params.layout == "voc" else params.frames_per_clip
     base = sanitize_key(seq.video_id)
     for c, start in enumerate(clip_starts(len(seq.frames), length, params.frame_stride, params.max_clips_per_video)):
@@ -247,8 +300,10 @@ def sequence_samples(seq: Sequence, params: EvalSetParams, split: str, num_class
         sample: dict[str, Any] = {"__key__": base if params.layout == "voc" else f"{base}__c{c:03d}"}
         size = None
         for t, i in enumerate(idx):
-            frame, mask, raw = load_annotated_frame(seq.frames[i], seq.masks[i], params.size, num_classes,
-                                                    seq.value_to_class)
+            frame, mask, raw = load_annotated_frame(seq.frames[i], seq.masks[i], params.short_side, num_classes,
+                                                    seq.value_to_class, f"shard_eval.sets.{params.name}.classes")
+            if seen is not None:
+                seen |= np.bincount(mask.ravel(), minlength=256).astype(bool)
             if size is not None and size != frame.shape[:2]:
                 raise DatasetError(f"{seq.frames[i]}: frame size differs from the other frames of {seq.video_id!r}")
             size = frame.shape[:2]

@@ -24,19 +24,21 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from timetuning.backbones import DenseBackbone, build_backbone
-from timetuning.checkpoint import (code_fingerprint, export_backbone, load_checkpoint, params_fingerprint,
+from timetuning.backbones import DenseBackbone, build_backbone, dense_features
+from timetuning.checkpoint import (code_fingerprint, export_backbone, load_resume_state, params_fingerprint,
                                   save_checkpoint)
-from timetuning.clustering import cluster_and_match
+from timetuning.clustering import KMeansSettings
 from timetuning.config import TrainParams
 from timetuning.distributed import DistContext, barrier, broadcast_object
-from timetuning.features import dense_features, iter_eval_clips, patch_labels, read_labels, resize_masks
+from timetuning.eval_shards import iter_eval_clips, read_labels
+from timetuning.evaluation import clip_clustering_miou
 from timetuning.files import write_json_atomic, write_text_atomic
 from timetuning.head import ClusteringHead
 from timetuning.loss import LossConfig, propagated_targets, time_tuning_loss
 from timetuning.schedules import cosine
 from timetuning.shards import clip_frames, decode_image, list_shards
 from timetuning.transforms import ClipAugmentation
+from timetuning.upsampling import resize_nearest
 
 log = logging.getLogger(__name__)
 LOG_FIELDS = ("step", "loss", "lr_backbone", "lr_head", "weight_decay", "clips_per_s", "val_miou")
@@ -152,23 +154,17 @@ def apply_schedules(optimizer: torch.optim.Optimizer, step: int, p: TrainParams)
 @torch.no_grad()
 def validate(backbone: DenseBackbone, set_dir: str | Path, input_size: int, device: torch.device,
              max_clips: int = 16, seed: int = 0) -> float:
-    """Per-clip clustering mIoU (K = number of classes) on a held-out labeled split (never a test set)."""
+    """Per-clip clustering mIoU (TimeT's protocol) on a held-out labeled split (never a test set)."""
     labels = read_labels(set_dir)
     num_classes = len(labels["classes"])
     was_training = backbone.training
     backbone.eval()
-    feats, targets, groups = [], [], []
-    for i, clip in enumerate(iter_eval_clips(set_dir, "train", limit=max_clips)):
-        f = dense_features(backbone, clip.frames, input_size, device=device)  # [T, D, g, g]
-        g = f.shape[-1]
-        feats.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).numpy())
-        targets.append(patch_labels(resize_masks(clip.masks, g * (input_size // g)), (g, g), num_classes).reshape(-1))
-        groups.append(np.full(feats[-1].shape[0], i))
+    feats, masks = [], []
+    for clip in iter_eval_clips(set_dir, "train", limit=max_clips):
+        feats.append(dense_features(backbone, clip.frames, input_size, device=device))  # [T, D, g, g]
+        masks.append(resize_nearest(clip.masks, (input_size, input_size)))  # the evaluation size of the features
     backbone.train(was_training)
-    result = cluster_and_match(np.concatenate(feats), np.concatenate(targets).astype(np.int64),
-                               np.concatenate(groups), num_classes=num_classes, num_clusters=num_classes,
-                               seed=seed, pca_dim=50, restarts=3)
-    return result.miou
+    return clip_clustering_miou(feats, masks, num_classes, seed=seed, settings=KMeansSettings(restarts=3))
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -213,8 +209,8 @@ def train(p: TrainParams, seed: int, ctx: DistContext, val_dir: str | Path | Non
         tuner = tuner.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(tuner, p)
     start_step, rows, best = 0, [], {"miou": -1.0, "step": -1}
-    if last_path.is_file():
-        state = load_checkpoint(last_path)
+    state = load_resume_state(last_path, may_set_aside=ctx.is_main)  # an unusable file is set aside: start fresh
+    if state is not None:
         finished_by_other_code = int(state.get("step", 0)) >= p.steps and state.get("code") != code
         if state.get("fingerprint") == fingerprint and finished_by_other_code:
             log.info("ignoring %s: a finished run made by other training code; training again", last_path)
