@@ -204,7 +204,7 @@ class ShardEvalParams(Section):
     # name -> set; DVC runs one stage per set: `dvc repro shard_eval@<name>`
     sets: dict[str, EvalSetParams] = Field(
         default_factory=lambda: {"davis_demo": EvalSetParams(layout="davis", root="data/raw/davis_demo",
-                                                                 short_side=128)}
+                                                             short_side=128)}
     )
     """Labeled evaluation sets by name; DVC runs one stage per set (shard_eval@<name>)."""
 
