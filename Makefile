@@ -43,6 +43,7 @@ bench: setup
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/extract.py
+	$(BIN)/python benchmarks/demo_margin.py
 
 clean-venv:
 	rm -rf $(VENV)

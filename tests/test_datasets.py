@@ -9,22 +9,28 @@ from timetuning.config import EvalSetParams
 from timetuning.datasets import DatasetError, clip_starts, read_sequences
 from timetuning.eval_shards import shard_eval_set
 from timetuning.shards import decode_image, decode_mask, iter_shard, list_shards
-from timetuning.synthetic import davis_palette, generate_video, write_davis_sequence
+from timetuning.synthetic import CLASS_NAMES, davis_palette, generate_video, write_davis_semantics, write_davis_sequence
 
 
-def _davis(root, n_train=2, n_val=1, frames=6):
+def _davis(root, n_train=2, n_val=1, frames=6, semantics=False):
+    """A DAVIS-2017 root: semantic (palette = class id, classes.json) or, with ``semantics``, instance ids +
+    davis_semantics.json + categories.json as DAVIS-2017 ships them. Returns the root and the videos."""
     rng = np.random.default_rng(0)
+    videos = {}
     for split, n in (("train", n_train), ("val", n_val)):
         names = []
         for i in range(n):
             name = f"{split}{i}"
-            write_davis_sequence(generate_video(rng, frames=frames, width=64, height=48, num_classes=4, objects=3),
-                                 root, name)
+            videos[name] = generate_video(rng, frames=frames, width=64, height=48, num_classes=4, objects=3)
+            write_davis_sequence(videos[name], root, name, annotation="instances" if semantics else "classes")
             names.append(name)
         (root / "ImageSets" / "2017").mkdir(parents=True, exist_ok=True)
         (root / "ImageSets" / "2017" / f"{split}.txt").write_text("\n".join(names) + "\n")
-    (root / "classes.json").write_text(json.dumps(["background", "a", "b", "c"]))
-    return root
+    if semantics:
+        write_davis_semantics(root, {n: v.instance_classes for n, v in videos.items()}, num_classes=4)
+    else:
+        (root / "classes.json").write_text(json.dumps(["background", "a", "b", "c"]))
+    return root, videos
 
 
 def _set(root, layout, **kw):
@@ -32,22 +38,80 @@ def _set(root, layout, **kw):
 
 
 def test_davis_layout_to_shards(tmp_path):
-    root = _davis(tmp_path / "davis")
+    root, _ = _davis(tmp_path / "davis")
     manifest = shard_eval_set(_set(root, "davis", max_clips_per_video=2), tmp_path / "out", progress=False)
     assert manifest["splits"] == {"train": 4, "val": 2} and manifest["skipped"] == []
     labels = json.loads((tmp_path / "out" / "s" / "labels.json").read_text())
     assert [c["name"] for c in labels["classes"]] == ["background", "a", "b", "c"] and labels["ignore_index"] == 255
+    assert labels["instances"] is False  # palette indices are class ids: no instance masks
     sample = next(iter_shard(list_shards(tmp_path / "out" / "s", "val")[0]))
     frame, mask = decode_image(sample["f1.jpg"]), decode_mask(sample["f1.png"])
     assert frame.shape[:2] == mask.shape == (32, 43) and set(np.unique(mask)) <= {0, 1, 2, 3}
+    assert not any(k.endswith(".inst.png") for k in sample)
     # the mask survived losslessly: same classes as the source annotation, resized by nearest neighbour
     mask_name = sample["json"]["frame_names"][1].replace(".jpg", ".png")
     src = np.array(Image.open(root / "Annotations" / "480p" / "val0" / mask_name))
     assert set(np.unique(mask)) == set(np.unique(src))
 
 
+def _nearest(mask, height, width):
+    return np.array(Image.fromarray(mask).resize((width, height), Image.NEAREST))
+
+
+def test_davis_semantics_map_instances_to_categories_per_sequence(tmp_path):
+    root, videos = _davis(tmp_path / "davis", semantics=True)
+    seqs, classes = read_sequences(_set(root, "davis"), "train")
+    categories = json.loads((root / "categories.json").read_text())
+    assert classes == ["background"] + sorted(categories, key=lambda c: categories[c]["id"])  # ordered by id
+    for seq in seqs:  # each sequence has its own instance -> class map, from davis_semantics.json
+        assert seq.instances and seq.value_to_class == {0: 0, **{i + 1: c for i, c in
+                                                                 enumerate(videos[seq.video_id].instance_classes)}}
+    assert seqs[0].value_to_class != seqs[1].value_to_class  # instance 1 is not the same class everywhere
+    shard_eval_set(_set(root, "davis", max_clips_per_video=2), tmp_path / "out", progress=False)
+    labels = json.loads((tmp_path / "out" / "s" / "labels.json").read_text())
+    assert labels["instances"] is True and [c["name"] for c in labels["classes"]] == classes
+    for sample in iter_shard(list_shards(tmp_path / "out" / "s", "train")[0]):
+        video = videos[sample["json"]["video_id"]]
+        for t, name in enumerate(sample["json"]["frame_names"]):
+            i = int(name[:-4])
+            inst, cls = decode_mask(sample[f"f{t}.inst.png"]), decode_mask(sample[f"f{t}.png"])
+            # the stored instance ids are the annotation's, resized by nearest neighbour (lossless PNG) ...
+            assert np.array_equal(inst, _nearest(video.instances[i], 32, 43))
+            # ... and the class mask is their per-sequence mapping
+            assert np.array_equal(cls, np.array([0, *video.instance_classes], np.uint8)[inst])
+
+
+def test_davis_semantics_with_the_classes_option(tmp_path):
+    root, videos = _davis(tmp_path / "davis", semantics=True)
+    names = ["bg", "motorcycle", "cat", "cup"]  # the option orders the categories
+    seqs, classes = read_sequences(_set(root, "davis", classes=names), "val")
+    assert classes == names
+    expected = {i + 1: names.index(CLASS_NAMES[c]) for i, c in enumerate(videos["val0"].instance_classes)}
+    assert seqs[0].value_to_class == {0: 0, **expected}
+    with pytest.raises(DatasetError, match=r"shard_eval.sets.s.classes: .* lacks the categories \['motorcycle'\]"):
+        read_sequences(_set(root, "davis", classes=["bg", "cat", "cup"]), "val")
+
+
+def test_davis_semantics_without_categories_and_bad_semantics(tmp_path):
+    root, videos = _davis(tmp_path / "davis", semantics=True)
+    (root / "categories.json").unlink()
+    named = {n for v in videos.values() for n in (CLASS_NAMES[c] for c in v.instance_classes)}
+    assert read_sequences(_set(root, "davis"), "val")[1] == ["background"] + sorted(named)
+    semantics = json.loads((root / "davis_semantics.json").read_text())
+    del semantics["train1"]
+    (root / "davis_semantics.json").write_text(json.dumps(semantics))
+    with pytest.raises(DatasetError, match=r"davis_semantics.json: no entry for sequence 'train1'"):
+        read_sequences(_set(root, "davis"), "train")
+    (root / "categories.json").write_text(json.dumps({"cat": {"id": 1, "super_category": "animal"}}))
+    with pytest.raises(DatasetError, match=r"davis_semantics.json: categories \['cup'"):
+        read_sequences(_set(root, "davis"), "val")
+    (root / "davis_semantics.json").write_text("{not json")
+    with pytest.raises(DatasetError, match=r"davis_semantics.json: not valid JSON"):
+        read_sequences(_set(root, "davis"), "val")
+
+
 def test_davis_bad_input_raise_or_skip(tmp_path):
-    root = _davis(tmp_path / "davis", n_train=3)
+    root, _ = _davis(tmp_path / "davis", n_train=3)
     (root / "Annotations" / "480p" / "train0" / "00003.png").unlink()  # a frame without a mask
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(root / "Annotations" / "480p" / "train1" / "00001.png")
     with pytest.raises(DatasetError, match=r"train0/00003.jpg: frame has no mask"):
@@ -60,7 +124,7 @@ def test_davis_bad_input_raise_or_skip(tmp_path):
 
 
 def test_unknown_palette_index(tmp_path):
-    root = _davis(tmp_path / "davis", n_train=1)
+    root, _ = _davis(tmp_path / "davis", n_train=1)
     m = Image.fromarray(np.full((48, 64), 9, np.uint8), mode="P")
     m.putpalette(davis_palette())
     m.save(root / "Annotations" / "480p" / "val0" / "00000.png")
@@ -93,6 +157,7 @@ def test_ytvos_layout_maps_instances_to_categories(tmp_path):
     assert set(np.unique(decode_mask(samples["v1"]["f0.png"]))) == {0, 1, 2}
     v2 = samples["v2"]
     assert set(np.unique(decode_mask(v2["f0.png"]))) == {0, 2}  # instance 1 of v2 is a dog
+    assert set(np.unique(decode_mask(v2["f0.inst.png"]))) == {0, 1}  # its instance id is kept beside
 
 
 def test_voc_layout_with_a_real_voc_image(tmp_path):
@@ -121,7 +186,7 @@ def test_clip_starts_spread_over_the_sequence():
 
 
 def test_damaged_frames_are_skipped_or_raise_naming_the_file(tmp_path):
-    root = _davis(tmp_path / "davis", n_train=3)
+    root, _ = _davis(tmp_path / "davis", n_train=3)
     truncated = root / "JPEGImages" / "480p" / "train0" / "00002.jpg"
     truncated.write_bytes(truncated.read_bytes()[:1000])  # a copy cut short
     text = root / "JPEGImages" / "480p" / "train1" / "00001.jpg"
@@ -140,7 +205,7 @@ def test_damaged_frames_are_skipped_or_raise_naming_the_file(tmp_path):
 def test_shard_eval_stage_lists_skipped_files_and_succeeds(tmp_path, monkeypatch, caplog):
     from stages.shard_eval import main
 
-    root = _davis(tmp_path / "davis", n_train=2)
+    root, _ = _davis(tmp_path / "davis", n_train=2)
     text = root / "JPEGImages" / "480p" / "train0" / "00001.jpg"
     text.write_text("not a jpeg")
     monkeypatch.chdir(tmp_path)
@@ -209,7 +274,7 @@ def test_class_list_is_validated_against_the_mask_values(tmp_path):
 
 
 def test_davis_layout_classes_option_wins_over_classes_json(tmp_path):
-    root = _davis(tmp_path / "davis", n_train=1)
+    root, _ = _davis(tmp_path / "davis", n_train=1)
     manifest = shard_eval_set(_set(root, "davis", classes=["bg", "disc", "square", "triangle"]), tmp_path / "o",
                               progress=False)
     assert _class_names(tmp_path / "o" / "s") == ["bg", "disc", "square", "triangle"] and not manifest["skipped"]

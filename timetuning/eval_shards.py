@@ -47,6 +47,8 @@ def shard_eval_set(params: EvalSetParams, output_dir: str | Path, on_error: str 
     skipped: list[dict[str, str]] = []
     shards: list[dict[str, Any]] = []
     seen = np.zeros(256, bool)  # class ids found in the masks written
+    # instance masks are kept (f<t>.inst.png) when every sequence's masks hold instance ids
+    instances = all(seq.instances for sequences, _ in listed.values() for seq in sequences)
     for split, (sequences, _) in listed.items():
         count = 0
         with ShardWriter(out, prefix=split, maxcount=maxcount) as writer:
@@ -76,7 +78,8 @@ def shard_eval_set(params: EvalSetParams, output_dir: str | Path, on_error: str 
     for warning in warnings:
         log.info("%s: %s", params.name, warning)
     labels = {"classes": [{"id": i, "name": n} for i, n in enumerate(classes)],
-              "ignore_index": IGNORE_INDEX, "layout": params.layout, "splits": split_counts}
+              "ignore_index": IGNORE_INDEX, "layout": params.layout, "splits": split_counts,
+              "instances": instances}
     write_json_atomic(out / "labels.json", labels)
     manifest = {"set": params.model_dump(mode="json"), "splits": split_counts, "skipped": skipped, "shards": shards,
                 "classes_seen": [i for i in range(len(classes)) if seen[i]], "warnings": warnings}

