@@ -69,7 +69,7 @@ def tiny_full_params() -> dict:
     """Every stage, tiny: real package weights at 64 px, a few training steps, one seed."""
     params = tiny_params()
     params["train"] = {"input_size": 64, "batch_size": 4, "steps": 4, "num_prototypes": 16, "hidden_dim": 64,
-                       "bottleneck_dim": 32, "projection_dim": 16, "num_workers": 0, "shuffle_buffer": 8,
+                       "bottleneck_dim": 32, "projection_dim": 16, "num_workers": 0,
                        "checkpoint_every": 2, "val_every": 2}
     params["extract_features"] = {"input_size": 64, "batch_size": 8}
     params["fit_probes"] = {"seeds": [0], "kmeans_restarts": 1, "overclustering_k": [8], "linear_epochs": 3,

@@ -31,7 +31,7 @@ def clip_shards(tmp_path_factory):
 def tiny(clip_shards, out, **kw) -> TrainParams:
     base = dict(shards=str(clip_shards), output_dir=str(out), input_size=64, batch_size=4, steps=8,
                 num_prototypes=16, hidden_dim=64, bottleneck_dim=32, projection_dim=16, num_workers=0,
-                shuffle_buffer=8, checkpoint_every=2, val_every=100, val_set=None, lr_backbone=1e-4, lr_head=1e-3,
+                checkpoint_every=2, val_every=100, val_set=None, lr_backbone=1e-4, lr_head=1e-3,
                 backbone={"name": "test_vit", "weights": "none"})
     base.update(kw)
     return TrainParams(**base)

@@ -18,6 +18,8 @@ PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+RGBTriple = tuple[float, float, float]
+PositiveRGBTriple = tuple[PositiveFloat, PositiveFloat, PositiveFloat]
 
 
 class Section(BaseModel):
@@ -63,6 +65,13 @@ class ShardVideosParams(Section):
     workers: NonNegativeInt = 0  # 0 = number of CPU cores
     executor: Literal["processes", "dask"] = "processes"
     dask_address: str | None = None  # None = a local Dask cluster when executor == "dask"
+    input_format: Literal["videos", "frames"] = Field(
+        "videos", description="videos: video files; frames: one folder of JPEG/PNG frames per video (YouTube-VOS, "
+        "DAVIS JPEGImages)")
+    frames_fps: PositiveFloat = Field(30.0, description="input_format frames: the frame rate of the frame folders")
+    video_list: str | None = Field(None, description="file of video IDs (one per line: file stem or frame-folder "
+                                   "name) to use from input_dir; null = every video. Keep it under splits/ (a DVC "
+                                   "dependency)")
 
 
 class EvalSetParams(Section):
@@ -78,6 +87,28 @@ class EvalSetParams(Section):
     max_clips_per_video: PositiveInt = 4
     size: Annotated[int, Field(ge=16)] = 224  # short side of stored frames and masks
     max_samples: PositiveInt | None = None
+    video_lists: dict[str, str] = Field(default_factory=dict, description="split -> file of video IDs (one per "
+                                        "line) forming that split, instead of the layout's own split files; keep "
+                                        "them under splits/ (a DVC dependency)")
+    video_folder: str = Field("train", description="ytvos: the folder under root that listed splits read from "
+                              "(YouTube-VOS train/val/test from the one annotated train folder)")
+
+    @model_validator(mode="after")
+    def _lists_name_splits(self) -> EvalSetParams:
+        unknown = sorted(set(self.video_lists) - set(self.splits))
+        if unknown:
+            raise ValueError(f"video_lists: split(s) {unknown} are not in splits {self.splits}")
+        return self
+
+    @property
+    def scored_split(self) -> str:
+        """The split evaluation scores: ``val`` when there is one, else the last split."""
+        return "val" if "val" in self.splits else self.splits[-1]
+
+    @property
+    def fit_split(self) -> str | None:
+        """The split probes are fitted on: ``train`` when there is one and it is not the scored split."""
+        return "train" if "train" in self.splits and self.scored_split != "train" else None
 
 
 class ShardEvalParams(Section):
@@ -109,49 +140,72 @@ class BackboneParams(Section):
     ``.pth``/``.safetensors`` file.
     """
 
-    name: str = "tf_efficientnet_lite0"
-    weights: str = "package:efficientnet_lite0"
-    output_stride: PositiveInt = 16  # convolutional backbones: stride of the dense feature map
-    img_size: Annotated[int, Field(ge=16)] = 224
+    name: str = Field("tf_efficientnet_lite0", description="timm model name, with a pretrained tag where it "
+                      "matters: 'vit_small_patch16_224.dino' is DINO ViT-S/16 (its config holds DINO's normalisation)")
+    weights: str = Field("package:efficientnet_lite0", description="starting weights: 'hub', 'none', "
+                         "'package:efficientnet_lite0' or a .safetensors/.pth file")
+    output_stride: PositiveInt = Field(16, description="convolutional backbones: stride of the dense feature map")
+    img_size: Annotated[int, Field(ge=16)] = Field(224, description="nominal input size of the model")
+    mean: RGBTriple | None = Field(None, description="per-channel input mean the weights were trained with "
+                                   "(null: the model config's, e.g. ImageNet's for DINO)")
+    std: PositiveRGBTriple | None = Field(None, description="per-channel input std the weights were trained with "
+                                          "(null: the model config's)")
 
 
 class TrainParams(Section):
     """Time-tuning: Feature-Forwarder + Sinkhorn-balanced spatio-temporal clustering."""
 
-    shards: str = "data/shards/train"
-    output_dir: str = "models"
+    shards: str = Field("data/shards/train", description="folder of the clip shards (clips-*.tar)")
+    output_dir: str = Field("models", description="where the exported backbone, log, summary and checkpoints go")
     backbone: BackboneParams = Field(default_factory=BackboneParams)
-    trainable_blocks: NonNegativeInt = 2
-    input_size: Annotated[int, Field(ge=16)] = 112
+    trainable_blocks: NonNegativeInt = Field(2, description="last blocks that train (the paper: 2); the final "
+                                             "norm of a ViT stays frozen")
+    input_size: Annotated[int, Field(ge=16)] = Field(112, description="training crop size in pixels (the paper: "
+                                                     "224)")
     # clip augmentations (METHOD.md)
-    crop_scale: tuple[Probability, Probability] = (0.4, 1.0)
+    crop_scale: tuple[Probability, Probability] = Field((0.4, 1.0), description="RandomResizedCrop area range")
     # method constants (METHOD.md)
-    num_prototypes: Annotated[int, Field(ge=2)] = 200
-    projection_dim: PositiveInt = 256
-    hidden_dim: PositiveInt = 1024
-    bottleneck_dim: PositiveInt = 512
-    sinkhorn_epsilon: PositiveFloat = 0.05
-    sinkhorn_iterations: PositiveInt = 10
-    student_temperature: PositiveFloat = 0.1
-    forwarder_temperature: PositiveFloat = 0.1
-    forwarder_topk: PositiveInt = 5
-    forwarder_window: NonNegativeInt = 6
-    forwarder_context: PositiveInt = 7
+    num_prototypes: Annotated[int, Field(ge=2)] = Field(200, description="learned prototypes K")
+    projection_dim: PositiveInt = Field(256, description="projection head output (prototype) dimension")
+    hidden_dim: PositiveInt = Field(1024, description="projection head hidden width")
+    bottleneck_dim: PositiveInt = Field(512, description="projection head bottleneck width")
+    sinkhorn_epsilon: PositiveFloat = Field(0.05, description="Sinkhorn-Knopp entropy epsilon")
+    sinkhorn_iterations: PositiveInt = Field(10, description="Sinkhorn-Knopp iterations")
+    student_temperature: PositiveFloat = Field(0.1, description="temperature of the student's scores in the loss")
+    forwarder_temperature: PositiveFloat = Field(0.1, description="Feature-Forwarder similarity temperature")
+    forwarder_topk: PositiveInt = Field(5, description="Feature-Forwarder: neighbours kept per patch, jointly "
+                                        "over the context frames")
+    forwarder_window: NonNegativeInt = Field(6, description="Feature-Forwarder: local window radius in patches")
+    forwarder_context: PositiveInt = Field(7, description="Feature-Forwarder: previous frames kept besides frame "
+                                           "0 (the reference: frame 0 + 7 previous)")
     # optimisation
-    batch_size: PositiveInt = 8
-    steps: PositiveInt = 60
-    lr_backbone: PositiveFloat = 1e-5
-    lr_head: PositiveFloat = 1e-4
-    weight_decay_start: Annotated[float, Field(ge=0)] = 0.04
-    weight_decay_end: Annotated[float, Field(ge=0)] = 0.4
-    grad_clip: Annotated[float, Field(ge=0)] = 3.0  # 0 = off
-    num_workers: Annotated[int, Field(ge=-1)] = -1  # -1 = auto: 0 on CPU (loader steals compute), else up to 8
-    shuffle_buffer: NonNegativeInt = 64
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    checkpoint_every: PositiveInt = 20
-    val_every: PositiveInt = 20
-    val_set: str | None = "davis_demo"  # an eval set name whose *train* split validates; never a test set
-    log_every: PositiveInt = 1
+    batch_size: PositiveInt = Field(8, description="clips per process per step (the paper: 128 on one GPU)")
+    steps: PositiveInt = Field(60, description="optimiser steps")
+    lr_backbone: PositiveFloat = Field(1e-5, description="AdamW learning rate of the backbone (cosine to 0)")
+    lr_head: PositiveFloat = Field(1e-4, description="AdamW learning rate of head and prototypes (cosine to 0)")
+    weight_decay_start: Annotated[float, Field(ge=0)] = Field(0.04, description="weight decay at step 0")
+    weight_decay_end: Annotated[float, Field(ge=0)] = Field(0.4, description="weight decay at the last step")
+    grad_clip: Annotated[float, Field(ge=0)] = Field(0.0, description="gradient norm clip, 0 = off (the paper "
+                                                     "does not clip)")
+    num_workers: Annotated[int, Field(ge=-1)] = Field(-1, description="loader workers; -1 = none on CPU, up to 8 "
+                                                      "per GPU process (never changes the result)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast of the backbone on a GPU (auto = bf16); head, Sinkhorn and Feature-Forwarder "
+        "always run in fp32; CPU runs fp32")
+    checkpoint_every: PositiveInt = Field(20, description="steps between resumable checkpoints")
+    val_every: PositiveInt = Field(20, description="steps between validations (independent of log_every)")
+    val_set: str | None = Field("davis_demo", description="evaluation set whose val_split selects the exported "
+                                "step; never a split that evaluation scores (null: export the last step)")
+    val_split: str = Field("train", description="split of val_set used for model selection")
+    val_clips: PositiveInt = Field(32, description="validation clips, spread over the videos of val_split")
+    log_every: PositiveInt = Field(1, description="steps between rows of train_log.csv")
+    progress_seconds: PositiveFloat = Field(10.0, description="seconds between progress lines in the stage log")
+
+    @model_validator(mode="after")
+    def _crop_scale_ordered(self) -> TrainParams:
+        if self.crop_scale[0] > self.crop_scale[1]:
+            raise ValueError(f"train.crop_scale: low {self.crop_scale[0]} exceeds high {self.crop_scale[1]}")
+        return self
 
 
 # --------------------------------------------------------------------------- stage 3: features
@@ -240,6 +294,25 @@ class Params(Section):
     extract_features: ExtractFeaturesParams = Field(default_factory=ExtractFeaturesParams)
     fit_probes: FitProbesParams = Field(default_factory=FitProbesParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+
+    @model_validator(mode="after")
+    def _validation_split_is_not_scored(self) -> Params:
+        """Model selection must never see what evaluation scores: refuse a scored split as ``train.val_split``."""
+        name, sets = self.train.val_set, self.shard_eval.sets
+        if name is None:
+            return self
+        if name not in sets:
+            raise ValueError(f"train.val_set: no evaluation set named {name!r} in shard_eval.sets (have "
+                             f"{sorted(sets)}); name one of them, or null to export the last step")
+        chosen = sets[name]
+        if self.train.val_split not in chosen.splits:
+            raise ValueError(f"train.val_split: {self.train.val_split!r} is not a split of shard_eval.sets.{name} "
+                             f"(splits {chosen.splits})")
+        if self.train.val_split == chosen.scored_split:
+            raise ValueError(f"train.val_split: {name}/{self.train.val_split} is the split evaluation scores for "
+                             f"shard_eval.sets.{name}; model selection on it would leak. Select on another split "
+                             f"(e.g. a held-out video list in shard_eval.sets.{name}.video_lists)")
+        return self
 
 
 SECTIONS: tuple[str, ...] = tuple(k for k in Params.model_fields if k != "seed")
