@@ -1,5 +1,10 @@
 """Raw videos -> training clip shards: find videos, cut clips per video, write shards and a manifest.
 
+A video is a video file (``input_format: videos``) or a folder of JPEG/PNG frames (``input_format: frames``, as
+YouTube-VOS and DAVIS ship them), optionally restricted to the IDs of ``video_list`` (file stems / folder names), so
+a train/val/test split of one folder stays disjoint. The manifest lists the IDs used (``video_names``): training
+refuses to start when an evaluation split it would be scored on shares one of them.
+
 The per-video work (:func:`video_to_clips`) is a pure top-level function, so any executor can map it over videos:
 a local process pool (default), or Dask through Prefect's task runner (``pipeline/``). Results are consumed in
 sorted video order, so the shards are byte-identical whatever the executor or worker count.
@@ -16,13 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from timetuning.config import ShardVideosParams
 from timetuning.files import write_json_atomic
 from timetuning.sampling import min_frames_needed, sample_clips, video_rng
 from timetuning.shards import ShardWriter, encode_jpeg, sanitize_key
-from timetuning.video import VideoError, decode_video, probe_video
+from timetuning.video import DecodedVideo, VideoError, VideoInfo, decode_video, output_size, probe_video
+
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +58,57 @@ def find_videos(root: str | Path, extensions: Iterable[str]) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in exts and not p.is_dir())
 
 
+def find_frame_folders(root: str | Path) -> list[Path]:
+    """Every folder under ``root`` (itself included) that directly holds JPEG/PNG frames, sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"shard_videos.input_dir: {root} is not a directory")
+    folders = []
+    for folder, _, files in os.walk(root):
+        if any(f.lower().endswith(FRAME_EXTENSIONS) for f in files):
+            folders.append(Path(folder))
+    return sorted(folders)
+
+
+def decode_frame_folder(path: str | Path, source_fps: float, fps: float, short_side: int,
+                        crop: str = "none") -> DecodedVideo:
+    """A folder of frames (sorted by name, at ``source_fps``) resampled to at most ``fps`` and scaled like a video."""
+    files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in FRAME_EXTENSIONS)
+    if not files:
+        raise VideoError(f"{path}: no frames")
+    step = max(1.0, source_fps / fps)  # never duplicate frames: uniform clips need distinct frames
+    chosen = [files[int(i)] for i in np.arange(0, len(files), step)]
+    frames, size = [], None
+    for f in chosen:
+        try:
+            with Image.open(f) as img:
+                img = img.convert("RGB")
+                if size is None:
+                    size = img.size
+                    scaled = output_size(*size, short_side, "none")
+                    out_w, out_h = output_size(*size, short_side, crop)
+                elif img.size != size:
+                    raise VideoError(f"{f}: frame size {img.size} differs from the folder's first frame {size}")
+                img = img.resize(scaled, Image.BICUBIC)
+        except OSError as err:
+            raise VideoError(f"{f}: unreadable frame ({err})") from None
+        left, top = (scaled[0] - out_w) // 2, (scaled[1] - out_h) // 2
+        frames.append(np.asarray(img)[top:top + out_h, left:left + out_w])
+    out_fps = source_fps / step
+    info = VideoInfo(str(path), size[0], size[1], float(source_fps), len(files) / source_fps, "frames", "rgb24")
+    return DecodedVideo(np.stack(frames), np.arange(len(frames)) / out_fps, float(out_fps), info)
+
+
 def video_to_clips(path: str, video_id: str, params: ShardVideosParams, seed: int) -> VideoResult:
-    """Decode one video (one ffmpeg process), sample its clips and encode them as shard samples."""
+    """Decode one video (one ffmpeg process, or its frame folder), sample its clips and encode them as samples."""
     result = VideoResult(path=path, video_id=video_id)
     try:
-        info = probe_video(path)
-        video = decode_video(path, params.fps, params.size, params.crop, info=info)
+        if params.input_format == "frames":
+            video = decode_frame_folder(path, params.frames_fps, params.fps, params.size, params.crop)
+            info = video.info
+        else:
+            info = probe_video(path)
+            video = decode_video(path, params.fps, params.size, params.crop, info=info)
     except VideoError as err:
         result.skipped = str(err)
         return result
@@ -100,6 +154,37 @@ def process_pool_mapper(workers: int) -> Mapper:
     return mapper
 
 
+def video_name(path: Path) -> str:
+    """The ID a video list names: the file stem, or the frame folder's name (YouTube-VOS/DAVIS video ids)."""
+    return path.stem if path.is_file() else path.name
+
+
+def read_video_list(path: str | Path) -> list[str]:
+    """Video IDs, one per line (blank lines and ``#`` comments ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video list {path} not found")
+    ids = [ln.split("#", 1)[0].strip() for ln in path.read_text().splitlines()]
+    return [i for i in ids if i]
+
+
+def select_listed(paths: list[Path], list_path: str | Path) -> list[Path]:
+    """The videos whose names are in the list file; every listed ID must exist exactly once."""
+    wanted = read_video_list(list_path)
+    by_name: dict[str, list[Path]] = {}
+    for p in paths:
+        by_name.setdefault(video_name(p), []).append(p)
+    missing = [i for i in wanted if i not in by_name]
+    if missing:
+        raise FileNotFoundError(f"shard_videos.video_list {list_path}: {len(missing)} listed video(s) not found "
+                                f"under the input folder, e.g. {missing[:5]}")
+    ambiguous = [i for i in wanted if len(by_name[i]) > 1]
+    if ambiguous:
+        raise ValueError(f"shard_videos.video_list {list_path}: video(s) {ambiguous[:5]} name several files "
+                         f"({[str(p) for p in by_name[ambiguous[0]]]})")
+    return sorted(by_name[i][0] for i in dict.fromkeys(wanted))
+
+
 def video_ids(paths: list[Path], root: Path) -> list[str]:
     """Unique, stable ids from paths relative to ``root``."""
     ids, seen = [], set()
@@ -121,9 +206,17 @@ def shard_videos(params: ShardVideosParams, seed: int, mapper: Mapper | None = N
     Bad videos are skipped and listed with their reason; fails only if no clip at all could be written.
     """
     root = Path(params.input_dir)
-    paths = find_videos(root, params.extensions)
-    if not paths:
-        raise FileNotFoundError(f"shard_videos.input_dir: no videos with extensions {params.extensions} under {root}")
+    if params.input_format == "frames":
+        paths = find_frame_folders(root)
+        if not paths:
+            raise FileNotFoundError(f"shard_videos.input_dir: no folders of {FRAME_EXTENSIONS} frames under {root}")
+    else:
+        paths = find_videos(root, params.extensions)
+        if not paths:
+            raise FileNotFoundError(f"shard_videos.input_dir: no videos with extensions {params.extensions} under "
+                                    f"{root}")
+    if params.video_list:
+        paths = select_listed(paths, params.video_list)
     workers = params.workers or os.cpu_count() or 1
     mapper = mapper or process_pool_mapper(min(workers, len(paths)))
     jobs = [(str(p), vid, params, seed) for p, vid in zip(paths, video_ids(paths, root))]
@@ -133,7 +226,7 @@ def shard_videos(params: ShardVideosParams, seed: int, mapper: Mapper | None = N
     (out_dir / "manifest.json").unlink(missing_ok=True)
     for old in out_dir.glob("clips-*.tar"):
         old.unlink()
-    skipped, frames_decoded, clips = [], 0, 0
+    skipped, frames_decoded, clips, used = [], 0, 0, []
     with ShardWriter(out_dir, prefix="clips", maxcount=params.maxcount, maxsize=params.maxsize) as writer:
         bar = tqdm(mapper(_video_to_clips_star, jobs), total=len(jobs), desc="shard_videos", unit="video",
                    disable=not progress)
@@ -143,6 +236,7 @@ def shard_videos(params: ShardVideosParams, seed: int, mapper: Mapper | None = N
                 skipped.append({"path": result.path, "reason": result.skipped})
                 continue
             frames_decoded += result.frames_decoded
+            used.append(video_name(Path(result.path)))
             for sample in result.samples:
                 writer.write(sample)
                 clips += 1
@@ -152,6 +246,7 @@ def shard_videos(params: ShardVideosParams, seed: int, mapper: Mapper | None = N
             raise RuntimeError(f"shard_videos: no clip written from {len(paths)} video(s) under {root}: {reasons}")
     manifest = {
         "input_dir": str(root), "videos_seen": len(paths), "videos_used": len(paths) - len(skipped),
+        "video_names": sorted(used),
         "videos_skipped": skipped, "clips_written": clips, "frames_decoded": frames_decoded,
         "shards": [vars(r) for r in writer.records], "params": params.model_dump(mode="json"), "seed": seed,
     }

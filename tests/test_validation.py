@@ -1,0 +1,132 @@
+"""Model selection: clips spread over videos, refusals when selection or training data is ever scored, and the
+validation score itself on a hand-made set."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.eval_sets import davis_set, sharded_set
+from timetuning.config import validate_params
+from timetuning.shard_index import SampleRef
+from timetuning.synthetic import davis_palette
+from timetuning.validation import DataLeakError, spread_over_videos, validate, validation_data
+
+
+def _refs(groups: dict[str, int]) -> dict[str, list[SampleRef]]:
+    return {v: [SampleRef("s.tar", f"{v}{i}", ()) for i in range(n)] for v, n in groups.items()}
+
+
+def test_clips_are_spread_over_videos():
+    groups = _refs({"a": 3, "b": 1, "c": 2, "d": 1})
+    keys = lambda count: [r.key for r in spread_over_videos(groups, count)]  # noqa: E731
+    assert keys(2) == ["a0", "d0"]  # fewer clips than videos: the first and the last video, not a, b
+    assert keys(3) == ["a0", "c0", "d0"]
+    assert keys(5) == ["a0", "b0", "c0", "d0", "a1"]  # every video once before any video twice
+    assert keys(100) == ["a0", "b0", "c0", "d0", "a1", "c1", "a2"]
+
+
+def _params(tmp_path, root, sets, val_split="train", shards=None, val_set="davis"):
+    return validate_params({
+        "train": {"shards": str(shards or tmp_path / "train-shards"), "val_set": val_set, "val_split": val_split,
+                  "val_clips": 3},
+        "shard_eval": {"output_dir": str(tmp_path / "eval"), "sets": sets}})
+
+
+@pytest.fixture(scope="module")
+def davis(tmp_path_factory):
+    root = tmp_path_factory.mktemp("davis")
+    return davis_set(root, {"train": ["t0", "t1"], "val": ["v0", "v1"]})
+
+
+def test_selection_on_videos_that_evaluation_scores_is_refused(davis, tmp_path):
+    (tmp_path / "hold.txt").write_text("t1\nv1\n")  # a held-out split that (wrongly) contains a scored video
+    sets = {"davis": {"layout": "davis", "root": str(davis), "splits": ["hold", "val"],
+                      "video_lists": {"hold": str(tmp_path / "hold.txt")}}}
+    sharded_set(davis, tmp_path / "eval", "davis", ["hold", "val"], video_lists={"hold": str(tmp_path / "hold.txt")})
+    with pytest.raises(DataLeakError, match=r"the validation split \(train.val_set 'davis', val_split 'hold'\) and "
+                                            r"shard_eval.sets.davis split 'val' \(scored by evaluation\) share 1 "
+                                            r"video\(s\): v1"):
+        validation_data(_params(tmp_path, davis, sets, val_split="hold"))
+
+
+def test_selection_on_videos_another_set_scores_is_refused(davis, tmp_path):
+    """Two sets over the same videos: selecting on davis/train while 'copy' scores t1 would leak."""
+    (tmp_path / "copy.txt").write_text("t1\n")
+    sets = {"davis": {"layout": "davis", "root": str(davis)},
+            "copy": {"layout": "davis", "root": str(davis), "splits": ["val"],
+                     "video_lists": {"val": str(tmp_path / "copy.txt")}}}
+    sharded_set(davis, tmp_path / "eval", "davis", ["train", "val"])
+    sharded_set(davis, tmp_path / "eval", "copy", ["val"], video_lists={"val": str(tmp_path / "copy.txt")})
+    with pytest.raises(DataLeakError, match=r"'train'\) and shard_eval.sets.copy split 'val' .* share 1 video"):
+        validation_data(_params(tmp_path, davis, sets))
+
+
+def test_training_on_videos_that_evaluation_scores_is_refused(davis, tmp_path):
+    sets = {"davis": {"layout": "davis", "root": str(davis)}}
+    sharded_set(davis, tmp_path / "eval", "davis", ["train", "val"])
+    shards = tmp_path / "train-shards"
+    shards.mkdir()
+    (shards / "manifest.json").write_text(json.dumps({"video_names": ["t0", "v0", "other"]}))
+    with pytest.raises(DataLeakError, match=r"the training videos \(train.shards .*\) and shard_eval.sets.davis "
+                                            r"split 'val' \(scored by evaluation\) share 1 video\(s\): v0"):
+        validation_data(_params(tmp_path, davis, sets, shards=shards))
+    # with validation off, training on scored videos is still refused
+    with pytest.raises(DataLeakError, match="the training videos"):
+        validation_data(_params(tmp_path, davis, sets, shards=shards, val_set=None))
+    (shards / "manifest.json").write_text(json.dumps({"video_names": ["t0", "t1"]}))  # selection data may be seen
+    data = validation_data(_params(tmp_path, davis, sets, shards=shards))
+    assert data.describe() == {"val_set": "davis", "val_split": "train", "val_clips": 3, "val_videos": 2}
+
+
+def test_selection_on_the_scored_split_is_refused_by_the_params_schema(davis, tmp_path):
+    with pytest.raises(ValueError, match=r"train.val_split: davis/val is the split evaluation scores"):
+        _params(tmp_path, davis, {"davis": {"layout": "davis", "root": str(davis)}}, val_split="val")
+
+
+class _ColourPatches(torch.nn.Module):
+    """A stand-in backbone: each 16x16 patch's mean colour is its feature."""
+
+    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+
+    def forward(self, images):
+        return torch.nn.functional.avg_pool2d(images, 16)
+
+
+def test_validation_score_is_one_when_features_separate_the_classes(tmp_path):
+    """Frames whose classes are flat colours on the 16-px patch grid: features that see colour cluster each clip
+    perfectly (mIoU 1); features that cannot see anything score below that."""
+    root = tmp_path / "flat"
+    rng = np.random.default_rng(0)
+    colours = np.array([[20, 20, 20], [230, 40, 40], [40, 230, 40], [40, 40, 230]], np.uint8)
+    for video in ("a", "b"):
+        (root / "JPEGImages" / "480p" / video).mkdir(parents=True)
+        (root / "Annotations" / "480p" / video).mkdir(parents=True)
+        for t in range(2):
+            classes = rng.integers(0, 4, (4, 4)).astype(np.uint8)
+            mask = np.kron(classes, np.ones((16, 16), np.uint8))
+            Image.fromarray(colours[mask]).save(root / "JPEGImages" / "480p" / video / f"{t:05d}.jpg", quality=95)
+            png = Image.fromarray(mask, mode="P")
+            png.putpalette(davis_palette())
+            png.save(root / "Annotations" / "480p" / video / f"{t:05d}.png")
+    (root / "ImageSets" / "2017").mkdir(parents=True)
+    (root / "ImageSets" / "2017" / "train.txt").write_text("a\nb\n")
+    (root / "ImageSets" / "2017" / "val.txt").write_text("b\n")
+    (root / "classes.json").write_text(json.dumps(["bg", "red", "green", "blue"]))
+    sharded_set(root, tmp_path / "eval", "flat", ["train"], size=64, max_clips_per_video=1)
+    params = validate_params({"train": {"shards": str(tmp_path), "val_set": "flat", "val_clips": 2},
+                              "shard_eval": {"output_dir": str(tmp_path / "eval"),
+                                             "sets": {"flat": {"layout": "davis", "root": str(root),
+                                                               "splits": ["train", "val"]}}}})
+    data = validation_data(params)
+    assert len(data.clips) == 2 and data.num_classes == 4
+    assert validate(_ColourPatches(), data, 64, torch.device("cpu")) == pytest.approx(1.0)
+
+    class Blind(_ColourPatches):
+        def forward(self, images):
+            g = torch.Generator().manual_seed(0)
+            return torch.randn(images.shape[0], 8, 4, 4, generator=g)
+
+    assert validate(Blind(), data, 64, torch.device("cpu")) < 0.8
