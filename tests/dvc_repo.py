@@ -33,7 +33,7 @@ def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
 def make_repo(path: Path, params: dict) -> Path:
     """Copy the pipeline (dvc.yaml, stages, library) into a fresh git + DVC repo with ``params``."""
     path.mkdir(parents=True, exist_ok=True)
-    for item in ("dvc.yaml", "stages", "timetuning", ".dvcignore"):
+    for item in ("dvc.yaml", "stages", "timetuning", ".dvcignore", "splits"):
         src = PROJECT / item
         if src.is_dir():
             shutil.copytree(src, path / item, ignore=shutil.ignore_patterns("__pycache__"))

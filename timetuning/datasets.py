@@ -96,7 +96,7 @@ def ytvos_categories(root: Path) -> list[str]:
     for meta_path in sorted(root.glob("*/meta.json")):
         meta = json.loads(meta_path.read_text())
         for video in meta.get("videos", {}).values():
-            cats |= {str(o["category"]) for o in video.get("objects", {}).values()}
+            cats |= {str(o["category"]) for o in video.get("objects", {}).values() if "category" in o}
     return ["background"] + sorted(cats)
 
 
