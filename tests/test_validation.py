@@ -82,8 +82,16 @@ def test_training_on_videos_that_evaluation_scores_is_refused(davis, tmp_path):
 
 
 def test_selection_on_the_scored_split_is_refused_by_the_params_schema(davis, tmp_path):
+    sets = {"davis": {"layout": "davis", "root": str(davis)}}
     with pytest.raises(ValueError, match=r"train.val_split: davis/val is the split evaluation scores"):
-        _params(tmp_path, davis, {"davis": {"layout": "davis", "root": str(davis)}}, val_split="val")
+        _params(tmp_path, davis, sets, val_split="val")
+    with pytest.raises(ValueError, match=r"train.val_split: 'hold' is not a split of shard_eval.sets.davis"):
+        _params(tmp_path, davis, sets, val_split="hold")
+    only = {"ytvos": {"layout": "ytvos", "root": "x", "splits": ["train"]}}  # its one split is the scored one
+    with pytest.raises(ValueError, match=r"train.val_split: ytvos/train is the split evaluation scores"):
+        _params(tmp_path, davis, only, val_set="ytvos")
+    with pytest.raises(ValueError, match=r"train.val_set: no evaluation set named 'davis' in shard_eval.sets"):
+        validation_data(_params(tmp_path, davis, only))
 
 
 class _ColourPatches(torch.nn.Module):

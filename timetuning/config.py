@@ -297,13 +297,12 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _validation_split_is_not_scored(self) -> Params:
-        """Model selection must never see what evaluation scores: refuse a scored split as ``train.val_split``."""
+        """Model selection must never see what evaluation scores: refuse a scored split as ``train.val_split``.
+        (A ``val_set`` missing from ``shard_eval.sets`` is reported by the train stage, so that other stages still
+        run with a partial set list.)"""
         name, sets = self.train.val_set, self.shard_eval.sets
-        if name is None:
+        if name is None or name not in sets:
             return self
-        if name not in sets:
-            raise ValueError(f"train.val_set: no evaluation set named {name!r} in shard_eval.sets (have "
-                             f"{sorted(sets)}); name one of them, or null to export the last step")
         chosen = sets[name]
         if self.train.val_split not in chosen.splits:
             raise ValueError(f"train.val_split: {self.train.val_split!r} is not a split of shard_eval.sets.{name} "
@@ -328,6 +327,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (value {e['input']!r})")
+        elif e["type"] == "value_error" and not e["loc"]:  # a cross-section check: its message names the keys
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  {key}: {e['msg']} (got {e['input']!r})")
     return "\n".join(lines)

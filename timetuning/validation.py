@@ -124,6 +124,9 @@ def validation_data(params: Params) -> ValidationData | None:
                                 + ". Time-tune on other videos (shard_videos.video_list) or score other ones.")
     if p.val_set is None:
         return None
+    if p.val_set not in eval_params.sets:
+        raise ValueError(f"train.val_set: no evaluation set named {p.val_set!r} in shard_eval.sets (have "
+                         f"{sorted(eval_params.sets)}); name one of them, or null to export the last step")
     set_dir = out / p.val_set
     if not list_shards(set_dir, p.val_split):
         log.warning("validation skipped: no %s-*.tar shards in %s (run shard_eval); the last step is exported",
