@@ -213,12 +213,17 @@ def _resume(state: dict[str, Any], tuner: TimeTuner, optimizer: torch.optim.Opti
     return int(state["step"]), list(state["log"]), dict(state["best"])
 
 
+def trainable_weights(backbone: DenseBackbone) -> dict[str, torch.Tensor]:
+    """The backbone's trainable tensors (the rest never changes): with the starting weights, a whole backbone."""
+    return {k: v.detach().clone() for k, v in backbone.model.named_parameters() if v.requires_grad}
+
+
 def train(p: TrainParams, seed: int, ctx: DistContext, validation: ValidationData | None = None,
           progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a time-tuning run; rank 0 writes checkpoints, the exported backbone, log and summary."""
     out = Path(p.output_dir)
     ckpt_dir = out / "checkpoints"
-    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best_backbone.safetensors"
+    last_path = ckpt_dir / "last.pt"
     fingerprint = params_fingerprint(p.model_dump(mode="json"), seed)
     code = code_fingerprint()
 
@@ -229,6 +234,7 @@ def train(p: TrainParams, seed: int, ctx: DistContext, validation: ValidationDat
     optimizer = build_optimizer(tuner, p)
     scaler = torch.amp.GradScaler("cuda", enabled=tuner.amp_dtype == torch.float16)
     start_step, rows, best = 0, [], {"miou": -1.0, "step": -1}
+    selected: dict[str, dict[str, torch.Tensor]] = {}  # the selected step's trainable weights, kept in checkpoints
 
     # resume
     if last_path.is_file():
@@ -242,20 +248,24 @@ def train(p: TrainParams, seed: int, ctx: DistContext, validation: ValidationDat
             if state.get("code") != code:
                 log.warning("resuming %s, which was started by other training code", last_path)
             start_step, rows, best = _resume(state, tuner, optimizer, scaler, ctx)
+            if state.get("selected_weights") is not None:
+                selected["weights"] = state["selected_weights"]
             log.info("resuming from %s at step %d", last_path, start_step)
     model: nn.Module = tuner
     if ctx.distributed:
         model = nn.parallel.DistributedDataParallel(
             tuner, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     backbone = tuner.backbone
-    export_meta = {"name": p.backbone.name, "mean": json.dumps(list(backbone.mean)), "std": json.dumps(list(backbone.std))}
+    export_meta = {"name": p.backbone.name, "mean": json.dumps(list(backbone.mean)),
+                   "std": json.dumps(list(backbone.std))}
 
     def checkpoint(step: int) -> None:
         rng = all_gather_object(ctx, capture_rng_state(ctx.device))  # every rank's stream, gathered on all
         if ctx.is_main:
             save_checkpoint(last_path, {"step": step, "model": tuner.state_dict(), "optimizer": optimizer.state_dict(),
                                         "scaler": scaler.state_dict(), "rng": rng, "world_size": ctx.world_size,
-                                        "fingerprint": fingerprint, "code": code, "log": rows, "best": best})
+                                        "fingerprint": fingerprint, "code": code, "log": rows, "best": best,
+                                        "selected_weights": selected.get("weights")})
             write_log_csv(out / "train_log.csv", rows)
 
     def run_validation(step: int) -> float | None:
@@ -265,7 +275,7 @@ def train(p: TrainParams, seed: int, ctx: DistContext, validation: ValidationDat
         miou = broadcast_object(ctx, miou)
         if ctx.is_main and beats(miou, step, best):
             best.update(miou=miou, step=step)
-            export_backbone(best_path, backbone.model.state_dict(), export_meta | {"step": str(step)})
+            selected["weights"] = trainable_weights(backbone)
         return miou
 
     # validate the starting weights: the baseline every trained step must beat
@@ -307,28 +317,24 @@ def train(p: TrainParams, seed: int, ctx: DistContext, validation: ValidationDat
             reporter.update(done, loss, clips.shape[0] * ctx.world_size)
     bar.close()
     barrier(ctx)
-    return _finish(p, out, rows, best, validation, start_step, ctx, tuner, export_meta, fingerprint) \
-        if ctx.is_main else {}
+    if not ctx.is_main:
+        return {}
+    return _finish(p, out, rows, best, validation, start_step, ctx, tuner, selected.get("weights"),
+                   export_meta | {"fingerprint": fingerprint, "step": str(best["step"] if validation else p.steps)})
 
 
 def _finish(p: TrainParams, out: Path, rows: list, best: dict, validation: ValidationData | None, start_step: int,
-            ctx: DistContext, tuner: TimeTuner, export_meta: dict[str, str], fingerprint: str) -> dict[str, Any]:
+            ctx: DistContext, tuner: TimeTuner, selected: dict[str, torch.Tensor] | None,
+            export_meta: dict[str, str]) -> dict[str, Any]:
     """Export the selected backbone (or the last one without validation); write model.json, log and summary."""
-    best_path = out / "checkpoints" / "best_backbone.safetensors"
     final = out / "timetuned.safetensors"
+    state = tuner.backbone.model.state_dict()
     if validation is not None:
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        with safe_open(str(best_path), framework="pt") as f:
-            saved_step = int((f.metadata() or {}).get("step", -1))
-        if saved_step != best["step"]:
-            raise RuntimeError(f"{best_path} holds step {saved_step}, the run selected step {best['step']}; delete "
+        if selected is None:
+            raise RuntimeError(f"{out / 'checkpoints' / 'last.pt'} holds no selected weights; delete "
                                f"{out / 'checkpoints'} and train again")
-        state = load_file(str(best_path))
-    else:
-        state = tuner.backbone.model.state_dict()
-    export_backbone(final, state, export_meta | {"fingerprint": fingerprint})
+        state = state | selected  # frozen tensors never changed: the selected step's backbone
+    export_backbone(final, state, export_meta)
     backbone = tuner.backbone
     write_json_atomic(out / "model.json", {"name": p.backbone.name, "output_stride": p.backbone.output_stride,
                                            "img_size": p.input_size, "mean": list(backbone.mean),
