@@ -9,7 +9,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup demo test bench clean-venv
+.PHONY: setup browser demo test bench clean-venv
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	@command -v ffmpeg >/dev/null || { echo "installing ffmpeg (Debian package)"; \
@@ -24,12 +24,19 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 setup: $(BIN)/.installed
 
+# the browser test drives Debian's chromium with Playwright (`playwright install` downloads are not used);
+# without it that one test skips, saying why
+browser:
+	@test -x /usr/bin/chromium || { echo "installing chromium (Debian package, for the browser test)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null || \
+	  echo "warning: chromium could not be installed; tests/test_ui.py's browser test will skip" >&2; }
+
 demo: setup
 	@test -d .git || { git init -q && git add -A && git commit -qm "initial"; }
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	@echo "report: reports/report.html   metrics: reports/metrics.json"
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q tests
 
 bench: setup

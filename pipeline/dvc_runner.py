@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,8 +19,11 @@ RAN = re.compile(r"^Running stage '([^']+)'")
 SKIPPED = re.compile(r"^Stage '([^']+)' didn't change, skipping")
 RESTORED = re.compile(r"^Stage '([^']+)' is cached - skipping run, checking out outputs")
 PERCENT = re.compile(r"(\d{1,3})%\|")
-TRANSIENT = ("Unable to acquire lock", "Too many open files", "Connection reset", "Temporary failure",
+# DVC's repo lock and its read/write lock on stage paths: another `dvc` command (a CLI run) holds them
+BUSY = ("Unable to acquire lock", "is busy, it is being blocked by")
+TRANSIENT = (*BUSY, "Too many open files", "Connection reset", "Temporary failure",
              "Resource temporarily unavailable")
+BUSY_POLL_S = (1.0, 10.0)  # first and longest wait between tries while DVC is busy
 
 
 class StageFailed(RuntimeError):
@@ -27,7 +31,12 @@ class StageFailed(RuntimeError):
 
     def __init__(self, command: str, code: int, tail: str):
         super().__init__(f"`{command}` failed with exit code {code}:\n{tail}")
-        self.code, self.tail = code, tail
+        self.command, self.code, self.tail = command, code, tail
+
+    @property
+    def busy(self) -> bool:
+        """DVC refused because another DVC process holds its lock: worth waiting for, not a stage error."""
+        return any(b in self.tail for b in BUSY)
 
     @property
     def transient(self) -> bool:
@@ -89,6 +98,27 @@ def run_dvc(repo: Path, args: list[str], on_line: Callable[[str], None] | None =
     if code != 0:
         raise StageFailed("dvc " + " ".join(args), code, "\n".join(result.lines[-40:]))
     return result
+
+
+def run_dvc_when_free(repo: Path, args: list[str], wait_s: float, on_line: Callable[[str], None] | None = None,
+                      on_progress: Callable[[float], None] | None = None) -> DvcResult:
+    """:func:`run_dvc`, waiting up to ``wait_s`` seconds while another DVC process (a CLI run) holds DVC's locks."""
+    deadline = time.monotonic() + wait_s
+    pause = BUSY_POLL_S[0]
+    while True:
+        try:
+            return run_dvc(repo, args, on_line, on_progress)
+        except StageFailed as err:
+            if not err.busy or time.monotonic() + pause > deadline:
+                if err.busy:
+                    raise StageFailed(err.command, err.code, f"{err.tail}\nDVC stayed busy for {wait_s:g} s (another "
+                                      "dvc command holds its lock); let it finish, or raise the flow's "
+                                      "lock_timeout.") from None
+                raise
+            if on_line:
+                on_line(f"DVC is busy (another dvc command holds its lock); trying again in {pause:g} s")
+            time.sleep(pause)
+            pause = min(2 * pause, BUSY_POLL_S[1])
 
 
 def _lines(stream) -> Iterator[str]:

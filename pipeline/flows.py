@@ -1,13 +1,16 @@
-"""The `timetuning` Prefect flow: the DVC pipeline, stage by stage, from the Prefect UI.
+"""The `timetuning` Prefect flow: the DVC pipeline, stage by stage, from the Prefect UI or a worker.
 
 DVC stays the single source of truth for what is up to date: every stage runs through `dvc repro`, so an
 up-to-date stage is a fast success that says so, and flow runs and CLI runs share one cache and one dvc.lock.
-A run with parameter overrides becomes a DVC experiment (`dvc exp run -S key=value`), listed by `dvc exp show`
-next to CLI experiments. Prefect adds the UI, retries, streamed logs, artifacts and scale-out.
+A run with parameter overrides writes them into params.yaml as `dvc exp run -S` does, runs the same stage tasks,
+and is recorded with `dvc exp save`, so it is listed by `dvc exp show` next to CLI experiments. With a default DVC
+remote, stages pull what they miss and each stage's outputs are pushed when it ends. Prefect adds the UI, retries,
+streamed logs, artifacts and scale-out (workers).
 """
 
 # No `from __future__ import annotations`: a served deployment loads this file by path and pydantic must see
 # the real ParamsOverrides type in the flow signature, not a string it cannot resolve there.
+import base64
 import json
 import re
 from pathlib import Path
@@ -17,83 +20,26 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict, create_model
 
-from pipeline.dvc_runner import (DvcResult, StageFailed, pipeline_stages, run_dvc, stage_outputs,
-                                 workspace_lock)
+from pipeline.dvc_runner import (DvcResult, StageFailed, pipeline_stages, run_dvc, run_dvc_when_free,
+                                 stage_outputs, workspace_lock)
+from pipeline.experiments import apply_experiment, identical_experiment, save_experiment, write_overrides
+from pipeline.overrides import ParamsOverrides, changed_overrides, dotted_overrides
+from pipeline.workspace import check_tools, default_remote, resolve_repo, set_aside
 from timetuning.config import Params, ParamsError, apply_overrides, load_params
+from timetuning.inputs import PIPELINE, MissingInputError, preflight
 
-RETRY_DELAY_S = 5.0  # a transient failure (DVC's lock held by a CLI run, a signal) gets a moment to pass
-
-
-def partial_model(model: type[BaseModel], name: str | None = None) -> type[BaseModel]:
-    """The same schema with every field optional (nested sections too): the flow's typed override form."""
-    fields: dict[str, Any] = {}
-    for key, info in model.model_fields.items():
-        if info.exclude:
-            continue
-        ann = info.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            ann = partial_model(ann)
-        fields[key] = (Optional[ann], None)  # noqa: UP045 (pydantic needs a runtime type)
-    return create_model(name or f"Partial{model.__name__}", __config__=ConfigDict(extra="forbid"), **fields)
+RETRY_DELAY_S = 5.0  # a transient failure (a signal, a resource limit) gets a moment to pass
+MAX_EMBEDDED_FIGURE = 2 << 20  # bytes; larger pictures stay links in the report artifact
 
 
-ParamsOverrides = partial_model(Params, "ParamsOverrides")
-
-
-def dotted_overrides(overrides: BaseModel | dict | None) -> dict[str, Any]:
-    """Set fields of a partial params object as ``{"section.key": value}``.
-
-    Nested sections (``train.backbone``) are walked into; lists and mappings (``shard_eval.sets``) stay whole.
-    A plain dict with dotted keys is taken as it is.
-    """
-    if overrides is None:
-        return {}
-    if isinstance(overrides, dict) and all("." in k for k in overrides):
-        return dict(overrides)
-    data = overrides.model_dump(exclude_none=True) if isinstance(overrides, BaseModel) else dict(overrides)
-    flat: dict[str, Any] = {}
-
-    def walk(schema: type[BaseModel], node: dict[str, Any], prefix: str) -> None:
-        for key, value in node.items():
-            info = schema.model_fields.get(key)
-            if info is None:
-                raise ValueError(f"overrides: unknown key {prefix + key!r}")
-            ann = info.annotation
-            if isinstance(ann, type) and issubclass(ann, BaseModel) and isinstance(value, dict):
-                walk(ann, value, f"{prefix}{key}.")
-            else:
-                flat[prefix + key] = value
-
-    walk(Params, data, "")
-    return flat
-
-
-def override_value(value: Any) -> str:
-    """``value`` in the override grammar of ``dvc exp run -S`` (Hydra's): strings quoted, so ``tcp://h:1`` or
-    ``/data/x`` stay strings; lists and mappings nested; mapping keys must be plain identifiers."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        quoted = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)  # Hydra escapes \ only before '
-        return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, quoted) + "'"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(override_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        bad = [k for k in value if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", str(k))]
-        if bad:
-            raise ValueError(f"overrides: mapping keys {bad} cannot be passed to `dvc exp run -S`; use plain names")
-        return "{" + ", ".join(f"{k}: {override_value(v)}" for k, v in value.items()) + "}"
-    raise ValueError(f"overrides: cannot pass a {type(value).__name__} to `dvc exp run -S`")
+def resumable_state(params: Params) -> dict[str, Path]:
+    """Per stage, the folder it resumes from on a rerun; a forced run sets it aside and starts fresh."""
+    return {"train": Path(params.train.output_dir) / "checkpoints"}
 
 
 def _retry_transient(task, task_run, state) -> bool:
-    """Retry only failures that can pass (a signal, a lock, a resource limit), not a stage's own error."""
+    """Retry only failures that can pass (a signal, a resource limit), not a stage's own error."""
     try:
         state.result()
     except StageFailed as err:
@@ -136,40 +82,41 @@ class _Stream:
 
 @task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE, persist_result=False,
       retry_condition_fn=_retry_transient)
-def run_stage_task(repo: str, stage: str, force: bool = False) -> dict[str, Any]:
-    """`dvc repro --single-item <stage>`: DVC runs it, or says it is up to date."""
+def run_stage_task(repo: str, stage: str, force: bool = False, wait_s: float = 600.0, remote: str | None = None,
+                   fresh: str | None = None) -> dict[str, Any]:
+    """`dvc repro --single-item <stage>`: DVC runs it, or says it is up to date; then its outputs go to the remote.
+
+    fresh: a resumable-state folder to set aside first (a forced train retrains from step 0).
+    """
     logger = get_run_logger()
+    root = Path(repo)
+    if fresh and (moved := set_aside(root / fresh)):
+        logger.info("%s: forced, so it starts fresh: moved its resumable state %s to %s", stage, fresh,
+                    moved.relative_to(root))
     stream = _Stream(logger, stage)
-    args = ["repro", "--single-item", *(["--force"] if force else []), stage]
-    result = run_dvc(Path(repo), args, stream.line, stream.progress)
+    args = ["repro", "--single-item", *(["--force"] if force else []), *(["--pull"] if remote else []), stage]
+    result = run_dvc_when_free(root, args, wait_s, stream.line, stream.progress)
     stream.done()
     status = _status(result)
-    outputs = stage_outputs(Path(repo), stage)
+    outputs = stage_outputs(root, stage)
+    pushed = _push(root, stage, remote, logger) if remote else ""
     if outputs:
         create_table_artifact(outputs, key=artifact_key("outputs", stage),
-                              description=f"{stage}: outputs and their DVC hashes ({status})")
+                              description=f"{stage}: outputs and their DVC hashes ({status}{pushed and '; '}"
+                                          f"{pushed})")
     logger.info("%s: %s", stage, status)
-    return {"stage": stage, "status": status, "ran": result.ran, "outputs": outputs}
+    return {"stage": stage, "status": status, "ran": result.ran, "outputs": outputs, "push": pushed}
 
 
-@task(name="experiment", cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=_retry_transient)
-def run_experiment_task(repo: str, overrides: dict[str, Any], stages: list[str], force: bool,
-                        name: str | None) -> dict[str, Any]:
-    """`dvc exp run -S key=value ...`: the overridden run, as a DVC experiment."""
-    logger = get_run_logger()
-    stream = _Stream(logger, "experiment")
-    args = ["exp", "run", *(["--force"] if force else []), *(["--name", name] if name else [])]
-    for key, value in overrides.items():
-        args += ["-S", f"{key}={override_value(value)}"]
-    args += stages
-    result = run_dvc(Path(repo), args, stream.line, stream.progress)
-    stream.done()
-    exp_name = next((ln.split(":", 1)[1].strip() for ln in result.lines if ln.startswith("Ran experiment")), "")
-    rows = [{"stage": s, "status": "ran"} for s in result.ran] + \
-           [{"stage": s, "status": "up to date"} for s in result.up_to_date + result.restored]
-    create_table_artifact(rows, key="experiment-stages", description=f"stages of experiment {exp_name}")
-    return {"experiment": exp_name, "ran": result.ran, "up_to_date": result.up_to_date + result.restored,
-            "overrides": overrides}
+def _push(root: Path, stage: str, remote: str, logger) -> str:
+    """Push the stage's outputs (and the run-cache entry that lets other machines restore it) to the remote."""
+    try:
+        run_dvc(root, ["push", "--run-cache", stage])
+    except StageFailed as err:
+        logger.error("%s: `dvc push` to the DVC remote %r failed; the results are kept here in %s (push them later "
+                     "with `dvc push`):\n%s", stage, remote, root, err.tail)
+        return f"push to {remote} failed"
+    return f"pushed to {remote}"
 
 
 def _status(result: DvcResult) -> str:
@@ -180,38 +127,64 @@ def _status(result: DvcResult) -> str:
     return "up to date"
 
 
+def _embed_figures(markdown: str, folder: Path) -> str:
+    """Inline the report's pictures as data URIs: relative links would resolve against the UI's address."""
+    kinds = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
+
+    def inline(m: re.Match) -> str:
+        path = folder / m.group(2)
+        kind = kinds.get(path.suffix.lower())
+        if kind is None or not path.is_file() or path.stat().st_size > MAX_EMBEDDED_FIGURE:
+            return m.group(0)
+        return f"{m.group(1)}data:{kind};base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+    return re.sub(r"(!\[[^\]]*\]\()([^)\s:]+)\)", inline, markdown)
+
+
 def _publish_reports(repo: Path, params: Params) -> None:
-    """Metrics table and the markdown report as artifacts for people."""
+    """Metrics table and the markdown report (pictures embedded) as artifacts for people."""
     reports = repo / params.evaluate.output_dir
     metrics_path = reports / "metrics.json"
     if metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text())
-        rows = []
-        for model, sets in metrics.items():
-            for set_name, protocols in sets.items():
-                rows.append({"model": model, "set": set_name,
-                             **{k: f"{v:.4f}" for k, v in protocols.items() if isinstance(v, (int, float))}})
-        create_table_artifact(rows, key="metrics", description="reports/metrics.json (time-tuned vs start)")
+        rows = []  # one row per model (and per delta block) and set: the flat numbers, x100
+        for block, sets in metrics.items():
+            for set_name, values in (sets.items() if isinstance(sets, dict) else ()):
+                numbers = {k: f"{v:.4g}" for k, v in values.items() if isinstance(v, (int, float))} \
+                    if isinstance(values, dict) else {}
+                if numbers:
+                    rows.append({"model": block, "set": set_name, **numbers})
+        create_table_artifact(rows, key="metrics", description="reports/metrics.json (x100; delta = time-tuned "
+                                                               "minus start, with its interval bounds)")
     report = reports / "report.md"
     if report.is_file():
-        create_markdown_artifact(report.read_text(), key="report", description="reports/report.md")
+        create_markdown_artifact(_embed_figures(report.read_text(), reports), key="report",
+                                 description="reports/report.md")
 
 
 @flow(name="timetuning", log_prints=True)
 def timetuning(overrides: Optional[ParamsOverrides] = None, stages: Optional[list[str]] = None,  # noqa: UP045
-               force: bool = False, repo: str = ".", retries: int = 1, lock_timeout: float = 600.0,
-               experiment_name: Optional[str] = None) -> dict[str, Any]:  # noqa: UP045
-    """Run the pipeline through DVC.
+               force: bool = False, repo: Optional[str] = None, retries: int = 1,  # noqa: UP045
+               lock_timeout: float = 600.0, experiment_name: Optional[str] = None) -> dict[str, Any]:  # noqa: UP045
+    """Run the time-tuning pipeline through DVC, stage by stage.
 
-    overrides: parameters to change for this run (any subset of params.yaml); makes the run a DVC experiment.
-    stages: which stages to run (default: all, in dvc.yaml order). force: rerun even if up to date.
-    repo: the pipeline's repository root. retries: retries per stage for transient failures.
+    Args:
+        overrides: Parameters for this run (the form shows params.yaml; only values you change count). Changed
+            values make the run a DVC experiment, listed by `dvc exp show`; an identical one is reused.
+        stages: Stages to run, in dvc.yaml order (default: all); a group name such as shard_eval covers its sets.
+        force: Rerun the stages even if DVC says they are up to date. A forced train starts fresh from step 0:
+            its resumable checkpoint folder is set aside (models/checkpoints.previous) instead of resumed.
+        repo: The pipeline's checkout (default: $TIMETUNING_REPO, else the working directory).
+        retries: Retries per stage for transient failures only (killed by a signal, a resource limit).
+        lock_timeout: Seconds to wait for another flow run or dvc command on the same checkout before failing.
+        experiment_name: Name of the DVC experiment when values are overridden (default: DVC picks one).
     """
     logger = get_run_logger()
-    root = Path(repo).resolve()
+    root = resolve_repo(repo)
+    check_tools()
     base = load_params(root / "params.yaml")
-    flat = dotted_overrides(overrides)
     try:
+        flat = changed_overrides(base, dotted_overrides(overrides))
         params = apply_overrides(base, flat) if flat else base
     except ParamsError as err:
         raise ValueError(f"invalid overrides: {err}") from None
@@ -220,16 +193,37 @@ def timetuning(overrides: Optional[ParamsOverrides] = None, stages: Optional[lis
     unknown = [s for s in chosen if s.split("@")[0] not in known]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; dvc.yaml has {known}")
+    state = resumable_state(params)
     with workspace_lock(root, lock_timeout):
+        remote = default_remote(root)
+        if remote:
+            logger.info("DVC remote %r: stages pull what they miss and push what they produce", remote)
+        elif set(known) == set(PIPELINE):  # this project's pipeline: every input must be on disk or made by an
+            try:  # earlier stage of the run, checked before DVC removes any output
+                preflight(params, chosen, single_item=True, root=root)
+            except MissingInputError as err:
+                raise ValueError(f"nothing was run: {err}") from None
+        same = None
         if flat:
-            logger.info("overrides %s: running as a DVC experiment", flat)
-            result = run_experiment_task.with_options(retries=retries, retry_delay_seconds=RETRY_DELAY_S)(
-                str(root), flat, list(stages or []), force, experiment_name)
-            summary = {"mode": "experiment", **result}
-        else:
-            results = []
-            for stage in chosen:
-                results.append(run_stage_task.with_options(retries=retries, retry_delay_seconds=RETRY_DELAY_S)(str(root), stage, force))
-            summary = {"mode": "repro", "stages": results}
+            logger.info("overrides %s: this run is a DVC experiment", flat)
+            write_overrides(root, flat)
+            if same := identical_experiment(root):
+                logger.info("experiment %r has exactly these params: reusing its results", same)
+                apply_experiment(root, same)
+        stage_task = run_stage_task.with_options(retries=retries, retry_delay_seconds=RETRY_DELAY_S)
+        results = [stage_task(str(root), stage, force, lock_timeout, remote,
+                              str(state[stage.split("@")[0]]) if force and stage.split("@")[0] in state else None)
+                   for stage in chosen]
+        summary: dict[str, Any] = {"mode": "repro", "stages": results}
+        if flat:
+            ran = [s for r in results for s in r["ran"]]
+            exp = same if same and not ran else save_experiment(root, experiment_name)
+            logger.info("DVC experiment %r (%s)", exp, "reused" if exp == same else "recorded")
+            summary.update(mode="experiment", experiment=exp, reused=exp == same, overrides=flat, ran=ran,
+                           up_to_date=[r["stage"] for r in results if not r["ran"]])
         _publish_reports(root, params)
+    failed_pushes = [r["stage"] for r in results if r["push"].endswith("failed")]
+    if failed_pushes:
+        raise RuntimeError(f"the results of {failed_pushes} are in {root} but could not be pushed to the DVC remote "
+                           f"{remote!r} (see the log); push them later with `dvc push`")
     return summary

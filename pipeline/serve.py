@@ -1,51 +1,21 @@
-"""Serve the `timetuning` flow: a Prefect server on 127.0.0.1 and the flow as a deployment to run from the UI.
+"""Serve the `timetuning` flow: a Prefect server of its own and the flow as a deployment to run from the UI.
 
-    timetuning serve [--port 4200] [--repo .]     # then open http://127.0.0.1:4200, Deployments -> timetuning -> Run
+    timetuning serve [--port 4200] [--host 127.0.0.1] [--repo .]
+    # then open http://127.0.0.1:4200 -> Deployments -> timetuning -> Run -> Custom run
 
-Analytics and telemetry are off. With --api-url the flow is served against an existing Prefect API instead.
+The server binds to --host (loopback by default), its UI calls the API at --host:--port, and it lives exactly as
+long as this command: Ctrl-C stops both, and a killed `serve` (even SIGKILL) takes its server with it. A port
+already taken is an error, never a silent attach. With --api-url the flow is served against an existing server.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-
-def server_env(home: Path | None = None) -> dict[str, str]:
-    """The environment for `prefect server start`: loopback only, analytics off, optional PREFECT_HOME."""
-    env = dict(os.environ)
-    env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", PREFECT_SERVER_API_HOST="127.0.0.1")
-    if home is not None:
-        env["PREFECT_HOME"] = str(home)
-    return env
-
-
-def start_server(port: int, home: Path | None = None, log_path: Path | None = None) -> subprocess.Popen:
-    """`prefect server start` bound to 127.0.0.1 (a process of its own session, so it can be stopped by PID)."""
-    log = open(log_path, "wb") if log_path else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-                             str(port)], env=server_env(home), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def wait_healthy(api_url: str, timeout: float = 90.0, proc: subprocess.Popen | None = None) -> None:
-    """Poll ``<api_url>/health`` until it answers 200; fail early if ``proc`` (the server) exits."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the Prefect server exited with code {proc.returncode} before answering")
-        try:
-            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"no answer from {api_url}/health within {timeout:g} s")
+from pipeline.server import start_server, stop_server, url_host, wait_healthy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,25 +23,35 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="timetuning serve", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--port", type=int, default=4200)
+    ap.add_argument("--host", default="127.0.0.1", help="address the server binds to (default: loopback only)")
     ap.add_argument("--repo", default=".", help="the pipeline's repository root (default: .)")
     ap.add_argument("--api-url", default=None, help="serve against this Prefect API instead of starting a server")
     args = ap.parse_args(argv)
+    repo = Path(args.repo).resolve()
+    if not (repo / "params.yaml").is_file():
+        print(f"error: {repo} has no params.yaml: pass --repo with the pipeline's checkout", file=sys.stderr)
+        return 2
     proc = None
-    api_url = args.api_url or f"http://127.0.0.1:{args.port}/api"
+    api_url = args.api_url or f"http://{url_host(args.host)}:{args.port}/api"
     if args.api_url is None:
-        proc = start_server(args.port)
-        wait_healthy(api_url, proc=proc)
-        print(f"Prefect UI: http://127.0.0.1:{args.port}")
-    os.environ.update(PREFECT_API_URL=api_url, PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
-    from pipeline.flows import timetuning
-
+        try:
+            proc = start_server(args.port, host=args.host)
+        except RuntimeError as err:  # the port is taken: say so, never attach to whatever listens there
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     try:
-        timetuning.serve(name="timetuning", parameters={"repo": str(Path(args.repo).resolve())},
-                         description="Time-tuning pipeline through DVC: edit overrides, pick stages, run.")
+        if proc is not None:
+            wait_healthy(api_url, timeout=180, proc=proc)
+            print(f"Prefect UI: http://{url_host(args.host)}:{args.port}", flush=True)
+        os.environ.update(PREFECT_API_URL=api_url, PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+        from prefect import serve
+
+        from pipeline.deploy import build_deployment
+
+        serve(build_deployment(repo / "params.yaml", str(repo)))
     finally:
         if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
+            stop_server(proc)
     return 0
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from timetuning.config import Params
+from timetuning.inputs import check_stage_inputs
 from timetuning.stage import run_stage
 from timetuning.synthetic import CLASS_NAMES, generate_video, write_davis_sequence, write_video_file
 
@@ -36,6 +37,7 @@ def package_videos() -> list[Path]:
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
+    check_stage_inputs(params, "demo_data")  # before the old demo data are removed
     p = params.demo_data
     videos_dir, davis_dir = Path(p.videos_dir), Path(p.davis_dir)
     for d in (videos_dir, davis_dir):

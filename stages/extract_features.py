@@ -1,4 +1,5 @@
-"""DVC stage `extract_features`: dense patch features of every evaluation set, for every model -> Parquet."""
+"""DVC stage `extract_features@<set>`: dense patch features of one evaluation set, for every model -> Parquet
+(``<output_dir>/<set>/<model>/<split>.parquet``)."""
 
 from __future__ import annotations
 
@@ -11,38 +12,38 @@ import torch
 
 from timetuning.backbones import build_backbone
 from timetuning.config import Params
-from timetuning.features import extract_split, read_labels
+from timetuning.eval_shards import read_labels
+from timetuning.features import extract_split
 from timetuning.files import write_json_atomic
-from timetuning.stage import run_stage
+from timetuning.inputs import check_stage_inputs
+from timetuning.stage import run_stage, set_parser
 
 log = logging.getLogger("timetuning.stages.extract_features")
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    p = params.extract_features
-    out = Path(p.output_dir)
+    check_stage_inputs(params, f"extract_features@{args.set}")  # before any work, naming the stage to run
+    p, eval_set = params.extract_features, params.shard_eval.set(args.set)
+    set_dir, out = Path(params.shard_eval.output_dir) / args.set, Path(p.output_dir) / args.set
+    labels = read_labels(set_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    index: dict = {"input_size": p.input_size, "dtype": p.dtype, "models": {}, "sets": {}}
-    for name in params.shard_eval.sets:
-        index["sets"][name] = read_labels(Path(params.shard_eval.output_dir) / name)
+    index: dict = {"set": args.set, "input_size": p.input_size, "dtype": p.dtype, "labels": labels, "models": {}}
     for model in p.models:
         spec = model.resolve(params.train)
         backbone = build_backbone(spec).to(device)
-        index["models"][model.name] = {"backbone": spec.model_dump(mode="json"), "files": {}}
-        for name, eval_set in params.shard_eval.sets.items():
-            for split in eval_set.splits:
-                path = out / model.name / name / f"{split}.parquet"
-                stats = extract_split(backbone, Path(params.shard_eval.output_dir) / name, split, path,
-                                      input_size=p.input_size, dtype=p.dtype, batch_size=p.batch_size,
-                                      row_group_size=p.row_group_size, device=device)
-                log.info("%s %s/%s: %d patches of %d frames, %.1f frames/s", model.name, name, split, stats["rows"],
-                         stats["frames"], stats["frames_per_second"])
-                index["models"][model.name]["files"][f"{name}/{split}"] = {"path": str(path), **stats}
+        files = index["models"].setdefault(model.name, {"backbone": spec.model_dump(mode="json"), "files": {}})
+        for split in eval_set.splits:
+            path = out / model.name / f"{split}.parquet"
+            stats = extract_split(backbone, set_dir, split, path, input_size=p.input_size, dtype=p.dtype,
+                                  batch_size=p.batch_size, row_group_size=p.row_group_size, device=device)
+            log.info("%s %s/%s: %d patches of %d frames, %.1f frames/s", model.name, args.set, split, stats["rows"],
+                     stats["frames"], stats["frames_per_second"])
+            files["files"][split] = {"path": str(path), **{k: v for k, v in stats.items() if "second" not in k}}
     write_json_atomic(out / "index.json", index)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(run, __doc__, argv=argv)
+    return run_stage(run, __doc__, parser=set_parser(__doc__), argv=argv)
 
 
 if __name__ == "__main__":

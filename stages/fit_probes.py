@@ -1,5 +1,5 @@
-"""DVC stage `fit_probes`: clustering, overclustering, linear probe, retrieval and temporal consistency for every
-model x evaluation set (scored on each set's val split; fitted on its train split)."""
+"""DVC stage `fit_probes@<set>`: every evaluation protocol for every model on one set, and the comparison of each
+model with the starting model (deltas, bootstrap intervals, robustness, verdicts) -> ``<output_dir>/<set>/``."""
 
 from __future__ import annotations
 
@@ -11,41 +11,34 @@ from pathlib import Path
 import numpy as np
 
 from timetuning.config import Params
-from timetuning.features import read_labels
+from timetuning.eval_shards import read_labels
 from timetuning.files import atomic_path, write_json_atomic
-from timetuning.protocols import load_split, run_protocols
-from timetuning.stage import run_stage
+from timetuning.inputs import check_stage_inputs
+from timetuning.results import evaluate_set
+from timetuning.stage import run_stage, set_parser
 
 log = logging.getLogger("timetuning.stages.fit_probes")
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    p, feats = params.fit_probes, params.extract_features
-    out = Path(p.output_dir)
-    results: dict = {}
-    for model in feats.models:
-        for name, eval_set in params.shard_eval.sets.items():
-            set_dir = Path(params.shard_eval.output_dir) / name
-            labels = read_labels(set_dir)
-            score_split = "val" if "val" in eval_set.splits else eval_set.splits[-1]
-            fit_split = "train" if "train" in eval_set.splits and score_split != "train" else None
-            base = Path(feats.output_dir) / model.name / name
-            val = load_split(base / f"{score_split}.parquet", set_dir, score_split, feats.input_size)
-            train = load_split(base / f"{fit_split}.parquet", set_dir, fit_split, feats.input_size) if fit_split else None
-            metrics, examples = run_protocols(val, train, len(labels["classes"]), p,
-                                              params.evaluate.num_example_clips)
-            metrics["scored_on"], metrics["fitted_on"] = score_split, fit_split
-            results.setdefault(model.name, {})[name] = metrics
-            with atomic_path(out / model.name / f"{name}_examples.npz") as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez_compressed(f, **examples, clip_names=np.array(val.clip_names[: len(examples["frames_of_clip"])]))
-            log.info("%s on %s: per-clip clustering mIoU %.3f, linear %s", model.name, name,
-                     metrics["cluster_per_clip"]["mean"], metrics.get("linear", {}).get("miou"))
-    write_json_atomic(out / "results.json", results)
+    check_stage_inputs(params, f"fit_probes@{args.set}")  # before any work, naming the stage to run
+    eval_set, feats = params.shard_eval.set(args.set), params.extract_features
+    set_dir, out = Path(params.shard_eval.output_dir) / args.set, Path(params.fit_probes.output_dir) / args.set
+    classes = [c["name"] for c in read_labels(set_dir)["classes"]]
+    doc, examples = evaluate_set(args.set, set_dir, Path(feats.output_dir) / args.set, eval_set.splits,
+                                 [m.name for m in feats.models], feats.baseline_model(), classes, params.fit_probes,
+                                 params.evaluate.num_example_clips)
+    for model, arrays in examples.items():
+        with atomic_path(out / model / "examples.npz") as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, **{k.replace("/", "__"): v for k, v in arrays.items()})
+    write_json_atomic(out / "results.json", doc)
+    for model, comparison in doc["comparisons"].items():
+        for name, v in comparison["verdicts"].items():
+            log.info("%s vs %s, %s: %s", model, comparison["baseline"], name, v["text"])
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(run, __doc__, argv=argv)
+    return run_stage(run, __doc__, parser=set_parser(__doc__), argv=argv)
 
 
 if __name__ == "__main__":

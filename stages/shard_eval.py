@@ -8,6 +8,7 @@ import sys
 
 from timetuning.config import Params
 from timetuning.eval_shards import shard_eval_set
+from timetuning.inputs import check_stage_inputs
 from timetuning.stage import run_stage, stage_parser
 
 log = logging.getLogger("timetuning.stages.shard_eval")
@@ -18,11 +19,15 @@ def run(params: Params, args: argparse.Namespace) -> None:
     sets = section.sets
     chosen = [args.set] if args.set else list(sets)
     for name in chosen:
-        if name not in sets:
-            raise ValueError(f"shard_eval.sets: no set named {name!r} (have {sorted(sets)})")
+        check_stage_inputs(params, f"shard_eval@{name}")  # also names an unknown set
+    for name in chosen:
         manifest = shard_eval_set(sets[name], section.output_dir, section.on_error, section.maxcount)
         log.info("%s: %s samples per split, %d sequence(s) skipped", name, manifest["splits"],
                  len(manifest["skipped"]))
+        for item in manifest["skipped"]:
+            log.warning("skipped %s/%s: %s", item["split"], item["video_id"], item["reason"])
+        for warning in manifest.get("warnings", []):
+            log.warning("%s: %s", name, warning)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,12 +8,14 @@ import sys
 
 from timetuning.config import Params
 from timetuning.ingest import shard_videos
+from timetuning.inputs import check_stage_inputs
 from timetuning.stage import run_stage
 
 log = logging.getLogger("timetuning.stages.shard_videos")
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
+    check_stage_inputs(params, "shard_videos")
     p = params.shard_videos
     mapper = None
     if p.executor == "dask":  # scale-out over a Dask cluster through Prefect's task runner
@@ -26,8 +28,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
     log.info("%d clips from %d/%d videos -> %d shard(s) in %s; skipped %d",
              manifest["clips_written"], manifest["videos_used"], manifest["videos_seen"],
              len(manifest["shards"]), params.shard_videos.output_dir, len(manifest["videos_skipped"]))
-    for item in manifest["videos_skipped"]:
-        log.warning("skipped: %s", item["reason"])
+    for item in manifest["folders_skipped"] + manifest["videos_skipped"] + manifest["videos_shortened"]:
+        log.warning("%s: %s", "shortened" if item in manifest["videos_shortened"] else "skipped", item["reason"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ import sys
 
 from timetuning.config import Params
 from timetuning.distributed import cleanup, init_distributed
+from timetuning.inputs import check_stage_inputs
 from timetuning.stage import run_stage
 from timetuning.training import train
 from timetuning.validation import validation_data
@@ -20,6 +21,7 @@ def _rounded(value: float | None, digits: int = 4) -> str:
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
+    check_stage_inputs(params, "train")
     validation = validation_data(params)  # refuses data that evaluation scores, before any training
     ctx = init_distributed()
     try:

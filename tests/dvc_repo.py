@@ -33,15 +33,16 @@ def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
 def make_repo(path: Path, params: dict) -> Path:
     """Copy the pipeline (dvc.yaml, stages, library) into a fresh git + DVC repo with ``params``."""
     path.mkdir(parents=True, exist_ok=True)
-    for item in ("dvc.yaml", "stages", "timetuning", ".dvcignore", "splits"):
+    for item in ("dvc.yaml", "stages", "timetuning", ".dvcignore", "models/custom", "splits"):
         src = PROJECT / item
         if src.is_dir():
             shutil.copytree(src, path / item, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(src, path / item)
+    (path / "models/custom").mkdir(parents=True, exist_ok=True)
     # dvc.yaml interpolates ${section.key}: params.yaml must hold every key, so write the schema's full form
     (path / "params.yaml").write_text(dump_params(validate_params(params)))
-    (path / ".gitignore").write_text("/data/\n/models/\n/reports/\n")
+    shutil.copy(PROJECT / ".gitignore", path / ".gitignore")  # the project's: which outputs git tracks
     run(["git", "init", "-q"], path)
     run(["git", "config", "user.email", "test@example.com"], path)
     run(["git", "config", "user.name", "test"], path)
@@ -61,7 +62,7 @@ def tiny_params() -> dict:
                       "copy_package_videos": False},
         "shard_videos": {"fps": 6, "size": 32, "clips_per_video": 2, "workers": 1},
         "shard_eval": {"sets": {"davis_demo": {"layout": "davis", "root": "data/raw/davis_demo",
-                                                "size": 64, "frames_per_clip": 2, "max_clips_per_video": 2}}},
+                                                "short_side": 64, "frames_per_clip": 2, "max_clips_per_video": 2}}},
     }
 
 

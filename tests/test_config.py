@@ -3,6 +3,9 @@ import pytest
 from timetuning.config import Params, ParamsError, apply_overrides, load_params, validate_params
 
 
+PROJECT = __import__('pathlib').Path(__file__).resolve().parents[1]
+
+
 def test_repo_params_yaml_is_valid():
     params = load_params("params.yaml")
     assert isinstance(params, Params)
@@ -46,9 +49,103 @@ def test_overrides_apply_and_validate():
 
 
 def test_eval_sets_are_named_by_their_key():
-    params = validate_params({"shard_eval": {"sets": {"voc12": {"layout": "voc", "root": "x"}}}})
+    params = validate_params({"shard_eval": {"sets": {"voc12": {"layout": "voc", "root": "x"}}},
+                              "train": {"val_set": None}})
     assert params.shard_eval.sets["voc12"].name == "voc12"
     with pytest.raises(ParamsError, match="set name 'bad name'"):
         validate_params({"shard_eval": {"sets": {"bad name": {"layout": "voc", "root": "x"}}}})
     with pytest.raises(ParamsError, match=r"shard_eval\.sets\.v\.layout"):
         validate_params({"shard_eval": {"sets": {"v": {"layout": "coco", "root": "x"}}}})
+
+
+def test_no_dict_valued_dvc_param_holds_a_key_named_size_or_nfiles():
+    """DVC's run cache hashes a stage's params with every key named `size` or `nfiles` left out (to it they are
+    file metadata), so changing such a param would restore stale outputs from the run cache (seen with DVC 3.67:
+    an eval set's `size` 48 -> 40 restored the 48-px shards). A param DVC tracks as a whole mapping must not hold
+    such a key at any depth."""
+    import yaml
+
+    from timetuning.config import dump_params, validate_params
+
+    params = yaml.safe_load(dump_params(validate_params({})))
+    stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+    sets = params["shard_eval"]["sets"]
+
+    def keys(value, path):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield from keys(v, f"{path}.{k}")
+        if isinstance(value, list):
+            for i, v in enumerate(value):
+                yield from keys(v, f"{path}[{i}]")
+        yield path
+
+    bad = []
+    for stage in stages.values():
+        for entry in stage.get("do", stage).get("params", []):
+            for name in ([entry.replace("${key}", k) for k in sets] if "${key}" in entry else [entry]):
+                value = params
+                for part in name.split("."):
+                    value = value[part]
+                bad += [k for k in keys(value, name) if k != name and k.rsplit(".", 1)[-1] in ("size", "nfiles")]
+    assert bad == []
+
+
+def _error(data: dict) -> str:
+    with pytest.raises(ParamsError) as err:
+        validate_params(data)
+    lines = str(err.value).splitlines()
+    assert len(lines) == 2, lines  # the header and exactly one named problem
+    return lines[1].strip()
+
+
+def test_impossible_combinations_are_refused_naming_the_key():
+    # the default backbone (a CNN at output stride 16) at input_size 112 has a 7x7 patch grid: 49 patches
+    assert _error({"train": {"forwarder_topk": 50}}) == (
+        "train.forwarder_topk: 50 is more than the 49 patches a target patch can draw on from its first context "
+        "frame (the whole 7x7 patch grid at input_size 112 / stride 16): lower forwarder_topk or raise input_size")
+    validate_params({"train": {"forwarder_topk": 49}})
+    # a ViT's patch size comes from its name (patch8 at 112 px: a 14x14 grid); a window of radius 1 bounds it
+    validate_params({"train": {"backbone": {"name": "vit_small_patch8_224"}, "forwarder_window": 1,
+                               "forwarder_topk": 9}})
+    assert "a window of 3x3 patches, forwarder_window 1): lower forwarder_topk or widen forwarder_window" in _error(
+        {"train": {"backbone": {"name": "vit_small_patch8_224"}, "forwarder_window": 1, "forwarder_topk": 10}})
+    assert _error({"train": {"crop_scale": [0.9, 0.5]}}) == \
+        "train.crop_scale: (0.9, 0.5) must be (min, max) with 0 < min <= max <= 1"
+    assert _error({"train": {"crop_scale": [0.0, 0.5]}}).startswith("train.crop_scale: (0, 0.5) must be")
+    assert _error({"fit_probes": {"linear_drop_epoch": 25}}) == \
+        "fit_probes.linear_drop_epoch: 25 must be below linear_epochs (25), or the learning rate never drops"
+    validate_params({"fit_probes": {"linear_drop_epoch": 24}})
+    assert _error({"fit_probes": {"hummingbird_k": 50, "hummingbird_memory": 40}}).startswith(
+        "fit_probes.hummingbird_k: 50 neighbours cannot come from a memory of hummingbird_memory = 40")
+    assert _error({"fit_probes": {"seeds": []}}) == "fit_probes.seeds: at least one seed is needed"
+    assert _error({"train": {"val_set": "davis"}}).startswith(
+        "train.val_set: no evaluation set named 'davis' in shard_eval.sets (have ['davis_demo'])")
+    assert _error({"shard_videos": {"size": 2048, "max_aspect_ratio": 40}}) == (
+        "shard_videos.max_aspect_ratio: 40 with size 2048 allows frames 81920 px long, beyond JPEG's 65500")
+    assert _error({"shard_videos": {"size": 1024, "max_decoded_mib": 16}}).startswith(
+        "shard_videos.max_decoded_mib: 16 MiB cannot hold one clip (4 frames of up to 1024x4096 px)")
+    assert _error({"shard_videos": {"extensions": []}}).startswith("shard_videos.extensions: List should have")
+    assert _error({"demo_data": {"num_classes": 8}}).startswith("demo_data.num_classes: Input should be less than")
+
+
+def test_demo_class_bound_is_the_number_of_synthetic_designs():
+    from timetuning.config import DEMO_MAX_CLASSES
+    from timetuning.synthetic import CLASS_NAMES
+
+    assert DEMO_MAX_CLASSES == len(CLASS_NAMES)
+
+
+def test_eval_set_classes_and_splits_are_checked():
+    base = {"layout": "voc", "root": "x"}
+    ok = validate_params({"shard_eval": {"sets": {"v": base | {"classes": ["bg", "car"]}}}, "train": {"val_set": None}})
+    assert ok.shard_eval.sets["v"].classes == ["bg", "car"]
+    for classes, message in ((["bg"], "needs at least 2 class names"), (["bg", "car", "car"], "duplicate name(s)"),
+                             (["bg", " "], "empty name at id(s) [1]")):
+        assert message in _error({"shard_eval": {"sets": {"v": base | {"classes": classes}}},
+                                  "train": {"val_set": None}})
+    assert _error({"shard_eval": {"sets": {"y": {"layout": "ytvos", "root": "x", "classes": ["a", "b"]}}},
+                   "train": {"val_set": None}}).startswith(
+        "shard_eval.sets.y.classes: a YouTube-VOS set takes its categories from meta.json")
+    assert _error({"shard_eval": {"sets": {"v": base | {"splits": ["val", "val"]}}}, "train": {"val_set": None}}) \
+        == "shard_eval.sets.v.splits: ['val', 'val'] lists a split twice"

@@ -28,7 +28,7 @@ def _davis(root, n_train=2, n_val=1, frames=6):
 
 
 def _set(root, layout, **kw):
-    return EvalSetParams(name="s", layout=layout, root=str(root), size=32, frames_per_clip=2, **kw)
+    return EvalSetParams(name="s", layout=layout, root=str(root), short_side=32, frames_per_clip=2, **kw)
 
 
 def test_davis_layout_to_shards(tmp_path):
@@ -118,6 +118,118 @@ def test_clip_starts_spread_over_the_sequence():
     assert clip_starts(10, 4, 2, 3) == [0, 2, 3]
     assert clip_starts(20, 2, 1, 4) == [0, 6, 12, 18]
     assert clip_starts(3, 4, 1, 2) == []
+
+
+def test_damaged_frames_are_skipped_or_raise_naming_the_file(tmp_path):
+    root = _davis(tmp_path / "davis", n_train=3)
+    truncated = root / "JPEGImages" / "480p" / "train0" / "00002.jpg"
+    truncated.write_bytes(truncated.read_bytes()[:1000])  # a copy cut short
+    text = root / "JPEGImages" / "480p" / "train1" / "00001.jpg"
+    text.write_text("this is not a picture\n")
+    with pytest.raises(DatasetError, match=r"train0/00002.jpg: not a readable frame \(image file is truncated"):
+        shard_eval_set(_set(root, "davis", max_clips_per_video=3), tmp_path / "o1", on_error="raise", progress=False)
+    manifest = shard_eval_set(_set(root, "davis", max_clips_per_video=3), tmp_path / "o2", on_error="skip",
+                              progress=False)
+    reasons = {s["video_id"]: s["reason"] for s in manifest["skipped"]}
+    assert reasons.keys() == {"train0", "train1"}
+    assert reasons["train0"].startswith(f"{truncated}: not a readable frame (image file is truncated (")
+    assert reasons["train1"] == f"{text}: not a readable frame (not an image file)"
+    assert manifest["splits"]["train"] == 3  # the intact sequence is kept
+
+
+def test_shard_eval_stage_lists_skipped_files_and_succeeds(tmp_path, monkeypatch, caplog):
+    from stages.shard_eval import main
+
+    root = _davis(tmp_path / "davis", n_train=2)
+    text = root / "JPEGImages" / "480p" / "train0" / "00001.jpg"
+    text.write_text("not a jpeg")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(json.dumps({"shard_eval": {"output_dir": "out", "sets": {"davis_demo": {
+        "layout": "davis", "root": str(root), "short_side": 32, "frames_per_clip": 2}}}}))
+    with caplog.at_level("WARNING"):
+        assert main(["--params", "params.yaml", "--set", "davis_demo"]) == 0
+    assert f"skipped train/train0: {text}: not a readable frame (not an image file)" in caplog.text
+
+
+def _own_voc(root, masks: dict[str, np.ndarray]):
+    """A VOC-layout set of your own: a road scene with background/car/track labels."""
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name, mask in masks.items():
+        frame = rng.integers(0, 255, (*mask.shape, 3), dtype=np.uint8)
+        Image.fromarray(frame).save(root / "JPEGImages" / f"{name}.jpg")
+        Image.fromarray(mask.astype(np.uint8)).save(root / "SegmentationClass" / f"{name}.png")
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("".join(f"{n}\n" for n in masks))
+    return root
+
+
+def _road(value_of_track: int = 2) -> np.ndarray:
+    mask = np.zeros((40, 60), np.uint8)
+    mask[20:30, 10:25] = 1  # a car
+    mask[32:, :] = value_of_track  # the track
+    mask[:, :2] = 255
+    return mask
+
+
+def _class_names(out):
+    return [c["name"] for c in json.loads((out / "labels.json").read_text())["classes"]]
+
+
+def test_voc_layout_set_of_your_own_gets_its_class_list(tmp_path):
+    root = _own_voc(tmp_path / "road", {"a": _road(), "b": _road()})
+    names = ["background", "car", "track"]
+    for classes in (names, "classes.txt", "classes.json"):
+        (root / "classes.txt").write_text("background\ncar\ntrack\n")
+        (root / "classes.json").write_text(json.dumps(names))
+        manifest = shard_eval_set(_set(root, "voc", splits=["val"], classes=classes), tmp_path / "o", progress=False)
+        assert _class_names(tmp_path / "o" / "s") == names and manifest["warnings"] == []
+        assert manifest["classes_seen"] == [0, 1, 2]
+    # without a class list the layout's own is used (Pascal's 21), and the manifest says it does not fit
+    manifest = shard_eval_set(_set(root, "voc", splits=["val"]), tmp_path / "o", progress=False)
+    assert len(_class_names(tmp_path / "o" / "s")) == 21
+    assert manifest["warnings"] == [
+        "18 of Pascal VOC's 21 classes appear in no mask (3=bird, 4=boat, 5=bottle, 6=bus, 7=car, 8=cat, 9=chair, "
+        "10=cow ...); if this set is not Pascal VOC, give its class names in shard_eval.sets.s.classes"]
+
+
+def test_class_list_is_validated_against_the_mask_values(tmp_path):
+    root = _own_voc(tmp_path / "road", {"a": _road(), "b": _road(value_of_track=5)})
+    params = _set(root, "voc", splits=["val"], classes=["background", "car", "track"])
+    with pytest.raises(DatasetError, match=r"b.png: unknown class index/palette value\(s\) \[5\] \(the set has 3 "
+                                           r"classes, ids 0-2; its class list: shard_eval.sets.s.classes\)"):
+        shard_eval_set(params, tmp_path / "o", on_error="raise", progress=False)
+    manifest = shard_eval_set(params, tmp_path / "o", on_error="skip", progress=False)
+    assert [s["video_id"] for s in manifest["skipped"]] == ["b"] and manifest["splits"] == {"val": 1}
+    # a class never in any mask is reported (K for clustering counts it)
+    manifest = shard_eval_set(_set(root, "voc", splits=["val"], classes=["background", "car", "track", "bus",
+                                                                             "x", "y"]), tmp_path / "o", progress=False)
+    assert manifest["warnings"] == ["2 of the 6 classes appear in no mask (3=bus, 4=x); check "
+                                    "shard_eval.sets.s.classes (K for clustering is the number of classes)"]
+
+
+def test_davis_layout_classes_option_wins_over_classes_json(tmp_path):
+    root = _davis(tmp_path / "davis", n_train=1)
+    manifest = shard_eval_set(_set(root, "davis", classes=["bg", "disc", "square", "triangle"]), tmp_path / "o",
+                              progress=False)
+    assert _class_names(tmp_path / "o" / "s") == ["bg", "disc", "square", "triangle"] and not manifest["skipped"]
+    with pytest.raises(DatasetError, match=r"unknown class index/palette value\(s\) \[3\]"):
+        shard_eval_set(_set(root, "davis", classes=["bg", "disc", "square"]), tmp_path / "o2", on_error="raise",
+                       progress=False)
+
+
+def test_a_bad_class_file_fails_before_the_previous_shards_are_removed(tmp_path):
+    root = _own_voc(tmp_path / "road", {"a": _road()})
+    shard_eval_set(_set(root, "voc", splits=["val"], classes=["background", "car", "track"]), tmp_path / "o",
+                   progress=False)
+    before = sorted(p.name for p in (tmp_path / "o" / "s").iterdir())
+    (root / "dupes.txt").write_text("background\ncar\ncar\n")
+    with pytest.raises(DatasetError, match=r"shard_eval.sets.s.classes \(.*dupes.txt\): duplicate name\(s\) \['car'\]"):
+        shard_eval_set(_set(root, "voc", splits=["val"], classes="dupes.txt"), tmp_path / "o", progress=False)
+    with pytest.raises(DatasetError, match=r"shard_eval.sets.s.classes: .*missing.txt not found \(a relative path "
+                                           r"is read from the set's root\)"):
+        shard_eval_set(_set(root, "voc", splits=["val"], classes="missing.txt"), tmp_path / "o", progress=False)
+    assert sorted(p.name for p in (tmp_path / "o" / "s").iterdir()) == before
 
 
 def _ytvos_folder(root, folder, videos):

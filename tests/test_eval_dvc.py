@@ -1,8 +1,10 @@
-"""The evaluation chain under `dvc repro` in a real DVC repo: extract_features -> fit_probes -> evaluate on tiny data.
+"""The evaluation chain under `dvc repro` in a real DVC repo, one chain per evaluation set: a change reruns exactly
+what it affects; an image set of real photographs of mixed sizes and a video set of two aspect ratios go through
+extract_features -> fit_probes -> evaluate into the report.
 
 The ingest stages really run; the training stage's outputs (a time-tuned export, its log and summary) are written
-here and recorded with `dvc commit`, so DVC reproduces exactly the three evaluation stages. Both models are a tiny
-timm ViT with seeded weights (the time-tuned one perturbed), so every output is deterministic.
+here and recorded with `dvc commit`, so DVC reproduces exactly the evaluation stages. Both models are a tiny timm ViT
+with seeded weights (the time-tuned one perturbed), so every output is deterministic.
 """
 
 import csv
@@ -16,18 +18,20 @@ import yaml
 from safetensors.torch import save_file
 
 from tests.dvc_repo import dvc, make_repo, ran_stages, tiny_params
+from tests.evalsets import davis_set, photo_voc_set
 
 pytestmark = pytest.mark.slow
 
-EVAL_STAGES = ["extract_features", "fit_probes", "evaluate"]
+DEMO_CHAIN = ["extract_features@davis_demo", "fit_probes@davis_demo", "evaluate"]
 
 
 def _eval_params() -> dict:
     params = tiny_params()
     params["train"] = {"backbone": {"name": "test_vit", "weights": "models/start.safetensors"}, "input_size": 64}
     params["extract_features"] = {"input_size": 64, "batch_size": 4, "dtype": "float16", "row_group_size": 16}
-    params["fit_probes"] = {"seeds": [0, 1], "kmeans_restarts": 1, "overclustering_k": [6, 12], "linear_epochs": 4,
-                            "linear_drop_epoch": 3, "pca_dim": 8, "hummingbird_k": 5}
+    params["fit_probes"] = {"seeds": [0, 1], "kmeans_restarts": 1, "overclustering_k": [6], "linear_epochs": 4,
+                            "linear_drop_epoch": 3, "pca_dim": 8, "hummingbird_k": 5, "bootstrap_samples": 100,
+                            "dataset_eval_size": 48, "robustness_variants": ["l2_no_pca", "fixed_k"]}
     params["evaluate"] = {"num_example_clips": 2}
     return params
 
@@ -35,7 +39,7 @@ def _eval_params() -> dict:
 def _write_training_outputs(repo):
     """What the train stage would leave: starting weights, the time-tuned export, model.json, log and summary."""
     models = repo / "models"
-    (models / "checkpoints").mkdir(parents=True)
+    (models / "checkpoints").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     start = timm.create_model("test_vit").state_dict()
     tuned = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in start.items()}
@@ -49,58 +53,84 @@ def _write_training_outputs(repo):
         for step in range(1, 5):
             writer.writerow({"step": step, "loss": 5.0 - step, "lr": 1e-4, "clips_per_s": 2.0,
                              "val_miou": 0.3 + 0.01 * step if step % 2 == 0 else ""})
-    (models / "train_summary.json").write_text(json.dumps({"steps": 4, "final_loss": 1.0}))
+    (models / "train_summary.json").write_text(json.dumps({"steps": 4, "final_loss": 1.0, "best_step": 4}))
 
 
-def test_eval_chain_repro_metrics_and_offline_report(tmp_path):
+def _edit(repo, change):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    change(params)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _would_run(repo) -> set[str]:
+    return set(ran_stages(dvc(repo, "repro", "--dry").stdout))
+
+
+def test_per_set_chains_rerun_exactly_what_a_change_affects(tmp_path):
     repo = make_repo(tmp_path / "repo", _eval_params())
     dvc(repo, "repro", "demo_data", "shard_videos", "shard_eval@davis_demo")
     _write_training_outputs(repo)
     dvc(repo, "commit", "-f", "train")
-    first = dvc(repo, "repro")
-    assert ran_stages(first.stdout) == EVAL_STAGES
+    assert ran_stages(dvc(repo, "repro").stdout) == DEMO_CHAIN
 
-    # features: one Parquet per model x set x split, float16 vectors, bounded row groups
     import pyarrow.parquet as pq
 
     for model in ("start", "timetuned"):
         for split in ("train", "val"):
-            path = repo / "data/features" / model / "davis_demo" / f"{split}.parquet"
+            path = repo / "data/features/davis_demo" / model / f"{split}.parquet"
             meta = pq.ParquetFile(path).metadata
             assert meta.num_rows > 0 and meta.num_row_groups >= 2
-            assert meta.row_group(0).column(8).compression == "ZSTD"
             assert "halffloat" in str(pq.read_schema(path).field("feature").type)
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    row = metrics["start"]["davis_demo"]
+    for key in ("cluster_per_frame", "cluster_per_clip", "cluster_per_dataset", "overcluster_k6", "linear",
+                "hummingbird", "temporal_stability_per_frame", "temporal_stability_per_clip"):
+        assert 0.0 <= row[key] <= 100.0, key
+    assert metrics["delta"]["davis_demo"]["cluster_per_clip"] == pytest.approx(
+        metrics["timetuned"]["davis_demo"]["cluster_per_clip"] - row["cluster_per_clip"], abs=1e-3)
+    assert metrics["delta_ci_low"]["davis_demo"]["linear"] <= metrics["delta"]["davis_demo"]["linear"] <= \
+        metrics["delta_ci_high"]["davis_demo"]["linear"]
+    assert set(metrics["delta_robustness"]["davis_demo"]["cluster_per_clip"]) == {"l2_no_pca", "fixed_k"}
+    assert ran_stages(dvc(repo, "repro").stdout) == []
+
+    # add a set of real photos (mixed sizes, VOC layout) and a video set of two aspect ratios: only their chains
+    photo_voc_set(repo / "data/raw/photos")
+    davis_set(repo / "data/raw/wide", {"train": [(72, 128), (96, 128)], "val": [(72, 128), (96, 128)]})
+
+    def add_sets(p):
+        p["shard_eval"]["sets"]["photos"] = {"layout": "voc", "root": "data/raw/photos", "short_side": 48,
+                                            "splits": ["train", "val"]}
+        p["shard_eval"]["sets"]["wide"] = {"layout": "davis", "root": "data/raw/wide", "short_side": 48,
+                                          "frames_per_clip": 2, "max_clips_per_video": 2, "splits": ["train", "val"]}
+    _edit(repo, add_sets)
+    new = {f"{stage}@{s}" for stage in ("shard_eval", "extract_features", "fit_probes") for s in ("photos", "wide")}
+    assert set(ran_stages(dvc(repo, "repro").stdout)) == new | {"evaluate"}  # not train, not davis_demo's chain
 
     metrics = json.loads((repo / "reports/metrics.json").read_text())
-    for model in ("start", "timetuned"):
-        row = metrics[model]["davis_demo"]
-        for key in ("cluster_per_frame", "cluster_per_clip", "cluster_per_dataset", "overcluster_k6",
-                    "overcluster_k12", "linear", "hummingbird", "temporal_stability_per_frame",
-                    "temporal_stability_per_clip", "temporal_clip_minus_frame_miou"):
-            assert key in row, f"{model}: {key} missing from metrics.json"
-        for key in ("cluster_per_clip", "linear", "hummingbird", "temporal_stability_per_clip"):
-            assert 0.0 <= row[key] <= 1.0, (model, key, row[key])
-    assert metrics["start"]["davis_demo"] != metrics["timetuned"]["davis_demo"]  # two different models
-    delta = metrics["delta"]["davis_demo"]["cluster_per_clip"]
-    assert delta == pytest.approx(metrics["timetuned"]["davis_demo"]["cluster_per_clip"]
-                                  - metrics["start"]["davis_demo"]["cluster_per_clip"])
-    results = json.loads((repo / "data/probes/results.json").read_text())
-    assert len(results["start"]["davis_demo"]["cluster_per_clip"]["per_seed"]) == 2
-
+    for name in ("photos", "wide"):
+        assert "linear" in metrics["start"][name] and name in metrics["delta"]
+    assert "cluster_per_clip" not in metrics["start"]["photos"]  # no time in an image set
+    assert "temporal_stability_per_clip" in metrics["start"]["wide"]
+    results = json.loads((repo / "data/probes/photos/results.json").read_text())
+    assert results["image_set"] and "temporal_stability_per_frame" in results["models"]["start"]["not_applicable"]
     html = (repo / "reports/report.html").read_text()
-    assert html.count("<table>") >= 3  # training summary, protocols x models, per-class IoU
-    for needle in ("start", "timetuned", "Clustering per clip", "Linear probe", "Training", "IoU per class",
-                   "linear timetuned"):
+    for needle in ("photos: results", "image set", "wide: results", "n/a", "95% interval", "Robustness",
+                   "All-background baseline"):
         assert needle in html, needle
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    assert len(images) >= 5 and all(len(i) > 1000 for i in images)  # curves, per-class, confusion, 2 clips
-    assert "http://" not in html and "https://" not in html  # opens offline
-    assert (repo / "reports/plots/davis_demo_per_class_iou.csv").is_file()
+    assert len(images) >= 10 and "http://" not in html and "https://" not in html  # opens offline
 
-    assert ran_stages(dvc(repo, "repro").stdout) == []  # all cached
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["evaluate"]["num_example_clips"] = 1
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    assert ran_stages(dvc(repo, "repro").stdout) == ["fit_probes", "evaluate"]  # features are reused
-    again = json.loads((repo / "reports/metrics.json").read_text())
-    assert again["start"] == metrics["start"]  # deterministic for the same params, inputs and seeds
+    # edit one set: only its chain and the report run
+    _edit(repo, lambda p: p["shard_eval"]["sets"]["photos"].update(short_side=40))
+    assert _would_run(repo) == {"shard_eval@photos", "evaluate"}  # what the edit touches directly
+    assert ran_stages(dvc(repo, "repro").stdout) == ["shard_eval@photos", "extract_features@photos",
+                                                     "fit_probes@photos", "evaluate"]
+    # `--dry` lists the stages a change touches directly; their descendants follow when their outputs change
+    _edit(repo, lambda p: p["fit_probes"].update(overclustering_k=[5]))  # a probe param: every set's probes
+    assert _would_run(repo) == {f"fit_probes@{s}" for s in ("davis_demo", "photos", "wide")}
+    _edit(repo, lambda p: p["fit_probes"].update(overclustering_k=[6]))
+    _edit(repo, lambda p: p["train"].update(lr_head=5e-4))  # a train param: training (then the models' chains)
+    assert _would_run(repo) == {"train"}
+    _edit(repo, lambda p: p["train"].update(lr_head=1e-4, num_workers=0, log_every=3, checkpoint_every=7))
+    _edit(repo, lambda p: p["shard_videos"].update(workers=2, executor="dask"))
+    assert _would_run(repo) == set()  # execution-only params change no artifact

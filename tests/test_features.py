@@ -2,11 +2,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from timetuning.backbones import build_backbone
+from timetuning.backbones import build_backbone, dense_features
 from timetuning.config import BackboneParams, EvalSetParams
-from timetuning.eval_shards import shard_eval_set
-from timetuning.features import extract_split, patch_labels, read_features, resize_masks
+from timetuning.eval_shards import iter_eval_clips, shard_eval_set
+from timetuning.features import extract_split, feature_file, iter_feature_clips, prefetch, read_features
+from timetuning.masks import patch_labels
 from timetuning.synthetic import generate_video, write_davis_sequence
+from timetuning.upsampling import resize_nearest
 
 
 def test_patch_labels_majority_and_ignore():
@@ -22,8 +24,8 @@ def test_patch_labels_majority_and_ignore():
 
 def test_resize_masks_nearest():
     m = np.arange(16, dtype=np.uint8).reshape(1, 4, 4)
-    assert resize_masks(m, 2).tolist() == [[[0, 2], [8, 10]]]
-    assert set(np.unique(resize_masks(m, 8))) == set(range(16))
+    assert resize_nearest(m, (2, 2)).tolist() == [[[0, 2], [8, 10]]]
+    assert set(np.unique(resize_nearest(m, (8, 8)))) == set(range(16))
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def eval_set(tmp_path_factory):
     (root / "ImageSets" / "2017").mkdir(parents=True)
     (root / "ImageSets" / "2017" / "val.txt").write_text("\n".join(names))
     out = tmp_path_factory.mktemp("shards")
-    shard_eval_set(EvalSetParams(name="d", layout="davis", root=str(root), splits=["val"], size=48,
+    shard_eval_set(EvalSetParams(name="d", layout="davis", root=str(root), splits=["val"], short_side=48,
                                  frames_per_clip=2, max_clips_per_video=2), out, progress=False)
     return out / "d"
 
@@ -55,8 +57,6 @@ def test_parquet_round_trip_matches_the_model(tmp_path, eval_set):
     cols = read_features(path)
     assert cols["feature"].shape == (192, backbone.embed_dim)
     # the stored vectors are the model's features of the first frame, row-major over the grid
-    from timetuning.features import dense_features, iter_eval_clips
-
     clip = next(iter_eval_clips(eval_set, "val"))
     expected = dense_features(backbone.eval(), clip.frames, 64)[0].permute(1, 2, 0).reshape(16, -1).numpy()
     np.testing.assert_allclose(cols["feature"][:16], expected, rtol=1e-5, atol=1e-5)
@@ -99,9 +99,21 @@ def test_batches_span_clips_without_changing_the_rows(tmp_path, eval_set):
     np.testing.assert_allclose(a["feature"], b["feature"], rtol=1e-4, atol=1e-4)
 
 
-def test_prefetch_keeps_order_and_reraises():
-    from timetuning.features import prefetch
+def test_streamed_clips_equal_the_whole_file_whatever_the_batch(tmp_path, eval_set):
+    backbone = build_backbone(BackboneParams(name="test_vit", weights="none"))
+    path = tmp_path / "f.parquet"
+    extract_split(backbone, eval_set, "val", path, input_size=64, dtype="float32", row_group_size=40, progress=False)
+    info = feature_file(path)
+    assert (info.grid, info.input_size, info.dim, info.frames) == (4, 64, backbone.embed_dim, 12)
+    whole = read_features(path)
+    for batch_rows in (7, 16, 10_000):  # clip boundaries inside and across batches
+        clips = list(iter_feature_clips(path, batch_rows=batch_rows))
+        assert [c.clip_id for c in clips] == list(dict.fromkeys(whole["clip_id"].tolist()))
+        flat = np.concatenate([c.features.permute(0, 2, 3, 1).reshape(-1, info.dim).numpy() for c in clips])
+        np.testing.assert_array_equal(flat, whole["feature"])
 
+
+def test_prefetch_keeps_order_and_reraises():
     assert list(prefetch(iter(range(50)), depth=2)) == list(range(50))
 
     def broken():

@@ -4,6 +4,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import yaml
 
 from tests.media import make_video
 from timetuning.config import ShardVideosParams
-from timetuning.ingest import find_videos, process_pool_mapper, shard_videos, video_ids
+from timetuning.ingest import find_videos, process_pool_mapper, scan_videos, shard_videos, video_ids
 from timetuning.shards import iter_shard, list_shards
 
 
@@ -156,3 +157,85 @@ def test_frame_folders_are_videos(tmp_path):
                                               clips_per_video=3, maxcount=1, workers=1), seed=0, progress=False)
     assert manifest["clips_written"] == 12 and len(list_shards(out, "clips")) == 12
     assert not list(out.glob(".*.tmp"))
+
+
+def test_scan_follows_folder_links_once_and_lists_loops(tmp_path):
+    root = tmp_path / "videos"
+    for rel in ("a.mp4", "sub/b.mp4"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "c.mp4").write_bytes(b"x")
+    (root / "sub" / "loop").symlink_to("..")  # back to the root: would recurse forever
+    (root / "alias").symlink_to("sub")  # a second way into sub
+    (root / "linked").symlink_to(outside)  # a dataset linked in from elsewhere: followed
+    scan = scan_videos(root, [".mp4"])
+    assert [p.relative_to(root).as_posix() for p in scan.paths] == ["a.mp4", "linked/c.mp4", "sub/b.mp4"]
+    assert scan.folders_skipped == [
+        {"path": f"{root}/alias", "reason": f"{root}/alias: a second link to {root}/sub, which is scanned once"},
+        {"path": f"{root}/sub/loop",
+         "reason": f"{root}/sub/loop: a symbolic link loop to {root}, which is scanned once"},
+    ]
+
+
+def _scan_unprivileged(root: Path) -> dict:
+    """scan_videos as a user that permission bits apply to: root drops to nobody in a forked child."""
+    if os.geteuid() != 0:
+        scan = scan_videos(root, [".mp4"])
+        return {"paths": [str(p) for p in scan.paths], "skipped": scan.folders_skipped}
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            scan = scan_videos(root, [".mp4"])
+            os.write(write, json.dumps({"paths": [str(p) for p in scan.paths],
+                                        "skipped": scan.folders_skipped}).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as f:
+        return json.loads(f.read())
+
+
+def test_unreadable_subfolder_is_listed_with_its_reason():
+    shared = Path(tempfile.mkdtemp(prefix="tt-perm-"))  # /tmp: reachable by nobody, unlike pytest's tmp_path
+    try:
+        shared.chmod(0o755)
+        (shared / "locked").mkdir()
+        (shared / "open.mp4").write_bytes(b"x")
+        (shared / "locked" / "hidden.mp4").write_bytes(b"x")
+        assert _scan_unprivileged(shared)["paths"] == [str(shared / "locked" / "hidden.mp4"), str(shared / "open.mp4")]
+        (shared / "locked").chmod(0)
+        scan = _scan_unprivileged(shared)
+        assert scan["paths"] == [str(shared / "open.mp4")]
+        assert scan["skipped"] == [{"path": str(shared / "locked"), "reason": f"{shared / 'locked'}: folder not "
+                                    "readable (Permission denied); the videos inside it were not seen"}]
+    finally:
+        (shared / "locked").chmod(0o755)
+        shutil.rmtree(shared)
+
+
+def test_extreme_aspect_is_skipped_and_a_long_video_is_shortened_in_bounded_memory(tmp_path):
+    videos = tmp_path / "videos"
+    make_video(videos / "good.mp4", size="96x64", rate=10, seconds=2)
+    make_video(videos / "strip.mp4", size="8000x8", rate=10, seconds=1)
+    (videos / "self.mp4").symlink_to("self.mp4")
+    # 512 px short side: a 768x512 RGB frame is 1.125 MiB, so 16 MiB hold 14 of the 20 frames
+    params = ShardVideosParams(input_dir=str(videos), output_dir=str(tmp_path / "out"), fps=10, size=512,
+                               clips_per_video=2, max_decoded_mib=16)
+    manifest = shard_videos(params, seed=0, progress=False)
+    reasons = {Path(r["path"]).name: r["reason"] for r in manifest["videos_skipped"]}
+    assert reasons == {"strip.mp4": f"{videos}/strip.mp4: aspect ratio 1000:1 (8000x8) is beyond "
+                                    "shard_videos.max_aspect_ratio 4:1 (frames would be 512000x512)",
+                       "self.mp4": f"{videos}/self.mp4: symbolic link loop"}
+    assert manifest["videos_shortened"] == [{
+        "path": f"{videos}/good.mp4", "reason": f"{videos}/good.mp4: only the first 14 frames (1.4 s at 10 fps) "
+                                                "were used: shard_videos.max_decoded_mib = 16"}]
+    assert manifest["frames_decoded"] == 14 and manifest["clips_written"] == 2
+    for sample in wds.WebDataset([str(p) for p in list_shards(tmp_path / "out", "clips")], shardshuffle=False):
+        assert max(json.loads(sample["json"])["frame_indices"]) < 14

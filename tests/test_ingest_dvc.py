@@ -1,11 +1,20 @@
 """`dvc repro` of the ingest stages in a real DVC repo: runs, caches, and reruns only what a param change touches."""
 
+import ctypes
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
-from tests.dvc_repo import dvc, make_repo, ran_stages, tiny_params
+from tests.dvc_repo import dvc, dvc_env, make_repo, ran_stages, run, tiny_params
+from tests.media import make_audio, make_phone_video, make_video
+from timetuning.shards import iter_shard, list_shards
 
 pytestmark = pytest.mark.slow
 
@@ -38,3 +47,116 @@ def test_invalid_param_fails_the_stage_naming_the_key(tmp_path):
     proc = dvc(repo, "repro", "shard_videos", check=False)
     assert proc.returncode != 0
     assert "shard_videos.frames_per_clip" in proc.stdout + proc.stderr
+
+
+def _without_root_override() -> None:
+    """preexec_fn: a root child loses CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH for good (the bounding set survives
+    exec), so permission bits apply to it and to what it starts, as to any user; others need nothing."""
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def _fuzz_set(folder: Path) -> dict[str, str]:
+    """Every kind of bad input next to good ones; returns name -> the reason the manifest must give (None: used)."""
+    good = make_video(folder / "good.mp4", size="96x64", seconds=2)
+    expect = {"good.mp4": None}
+    (folder / "empty.mp4").write_bytes(b"")
+    expect["empty.mp4"] = "empty file (0 bytes)"
+    (folder / "truncated.mp4").write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+    expect["truncated.mp4"] = "not a readable video (Invalid data found when processing input)"
+    (folder / "random.mkv").write_bytes(np.random.default_rng(0).bytes(8192))
+    expect["random.mkv"] = "not a readable video ("
+    (folder / "notes.webm").write_text("a text file with a video extension\n" * 20)
+    expect["notes.webm"] = "not a readable video ("
+    make_audio(folder / "audio.mp4")
+    expect["audio.mp4"] = "no video stream (only audio)"
+    make_audio(folder / "album.mp4", cover_art=True)
+    expect["album.mp4"] = "no video stream (only a cover picture and audio)"
+    make_video(folder / "one_frame.mp4", size="96x64", frames=1)
+    expect["one_frame.mp4"] = "too short: 1 frames at 6 fps, a uniform clip needs 4"
+    make_video(folder / "strip.mp4", size="8000x8", seconds=1)
+    expect["strip.mp4"] = "aspect ratio 1000:1 (8000x8) is beyond shard_videos.max_aspect_ratio 4:1"
+    make_phone_video(folder / "phone.mov", make_video(folder.parent / "upright.mp4", size="64x96", seconds=2))
+    expect["phone.mov"] = None
+    for name in ("vidéo ü 名前 with space.mp4", "clip:1.mp4"):
+        shutil.copy(good, folder / name)
+        expect[name] = None
+    (folder / "sub").mkdir()
+    (folder / "sub" / "loop").symlink_to("..")
+    (folder / "locked").mkdir()
+    shutil.copy(good, folder / "locked" / "hidden.mp4")
+    (folder / "locked").chmod(0)
+    return expect
+
+
+def test_fuzz_set_through_dvc_repro_shard_videos(tmp_path):
+    params = tiny_params()
+    params["shard_videos"]["input_dir"] = "data/fuzz"
+    repo = make_repo(tmp_path / "repo", params)
+    fuzz = repo / "data" / "fuzz"
+    fuzz.mkdir(parents=True)
+    try:
+        expect = _fuzz_set(fuzz)
+        proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "shard_videos"], cwd=repo, env=dvc_env(),
+                              capture_output=True, text=True, preexec_fn=_without_root_override)
+    finally:
+        (fuzz / "locked").chmod(0o755)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and ran_stages(proc.stdout) == ["shard_videos"], out
+    assert "Traceback" not in out
+    manifest = json.loads((repo / "data/shards/train/manifest.json").read_text())
+    reasons = {Path(s["path"]).name: s["reason"] for s in manifest["videos_skipped"]}
+    for name, reason in expect.items():
+        if reason is None:
+            assert name not in reasons
+        else:
+            assert reasons[name].startswith(f"data/fuzz/{name}: {reason}"), (name, reasons.get(name))
+            assert f"skipped: {reasons[name]}" in out  # the stage's log lists it too
+    assert set(reasons) == {n for n, r in expect.items() if r is not None}
+    assert manifest["folders_skipped"] == [
+        {"path": "data/fuzz/locked", "reason": "data/fuzz/locked: folder not readable (Permission denied); the "
+                                               "videos inside it were not seen"},
+        {"path": "data/fuzz/sub/loop", "reason": "data/fuzz/sub/loop: a symbolic link loop to data/fuzz, which is "
+                                                 "scanned once"}]
+    assert manifest["videos_used"] == 4 and manifest["clips_written"] == 8
+    clips = {}
+    for shard in list_shards(repo / "data/shards/train", "clips"):
+        for sample in iter_shard(shard):
+            clips[Path(sample["json"]["source"]).name] = sample["json"]
+    assert set(clips) == {"good.mp4", "phone.mov", "vidéo ü 名前 with space.mp4", "clip:1.mp4"}
+    assert clips["phone.mov"]["source_size"] == [64, 96] and clips["phone.mov"]["size"] == [32, 48]  # upright
+
+
+def test_timetuning_repro_checks_before_dvc_touches_outputs(tmp_path):
+    params = tiny_params()
+    params["shard_videos"]["input_dir"] = "data/videos"
+    repo = make_repo(tmp_path / "repo", params)
+    make_video(repo / "data/videos/a.mp4", size="96x64", seconds=2)
+    cli = [sys.executable, "-m", "pipeline.cli", "repro", "shard_videos"]
+    first = run(cli, repo)
+    assert ran_stages(first.stdout) == ["shard_videos"]
+    shards = sorted((repo / "data/shards/train").iterdir())
+
+    # a link DVC cannot hash: named before DVC starts, nothing run
+    (repo / "data/videos/self.mp4").symlink_to("self.mp4")
+    proc = run(cli, repo, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == [
+        "error: shard_videos: data/videos/self.mp4 is a broken or looping link (shard_videos.input_dir): DVC cannot "
+        "hash the folder holding it; remove or fix the link", "nothing was run (dvc repro not started)"]
+    (repo / "data/videos/self.mp4").unlink()
+
+    # an impossible param: refused naming the key, and the stage's outputs are still there ...
+    text = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(text.replace("max_aspect_ratio: 4.0", "max_aspect_ratio: 0.5"))
+    proc = run(cli, repo, check=False)
+    assert proc.returncode == 1 and "shard_videos.max_aspect_ratio: Input should be greater than or equal to 1" \
+        in proc.stderr
+    assert sorted((repo / "data/shards/train").iterdir()) == shards
+    # ... which plain `dvc repro` removes before the stage fails on the same param: why the pre-flight exists
+    proc = dvc(repo, "repro", "shard_videos", check=False)
+    assert proc.returncode != 0 and not (repo / "data/shards/train/manifest.json").exists()

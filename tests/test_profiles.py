@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 from stages import shard_eval, shard_videos
 from stages import train as train_stage
 from tests.dvc_repo import PROJECT, dvc, make_repo, tiny_params
-from tests.eval_sets import davis_set
+from tests.evalsets import named_davis_set
 from timetuning.backbones import build_backbone
-from timetuning.cli import main as cli
+from pipeline.cli import main as cli
 from timetuning.config import ParamsError, load_params, validate_params
 from timetuning.profiles import apply_profile, merge, profiled_params, read_profile
 
@@ -92,7 +92,7 @@ def test_the_paper_profile_runs_end_to_end_with_a_stand_in_backbone(tmp_path):
     a few steps: shard_videos, shard_eval and train run, and only the last two blocks of the backbone change."""
     ytvos, davis = tmp_path / "youtube-vos", tmp_path / "DAVIS"
     _ytvos(ytvos, ["a1", "b2", "c3", "x8", "y9"])
-    davis_set(davis, {"train": ["d0", "d1"], "val": ["d2"]}, frames=6)
+    named_davis_set(davis, {"train": ["d0", "d1"], "val": ["d2"]}, frames=6)
     (tmp_path / "splits").mkdir()
     (tmp_path / "splits" / "ytvos_train.txt").write_text("a1\nb2\nc3\n")
     (tmp_path / "splits" / "ytvos_val.txt").write_text("x8\ny9\n")

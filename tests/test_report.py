@@ -1,53 +1,91 @@
 import numpy as np
 
-from timetuning import report
-
-RESULTS = {
-    "start": {"d": {"cluster_per_clip": {"mean": 0.40, "std": 0.01, "per_seed": [0.4]},
-                    "linear": {"miou": 0.5, "per_class_iou": [0.9, None], "confusion": [[9, 1], [3, 1]]},
-                    "temporal_stability_per_clip": 0.9, "scored_on": "val"}},
-    "timetuned": {"d": {"cluster_per_clip": {"mean": 0.46, "std": 0.02, "per_seed": [0.46]},
-                        "linear": {"miou": 0.55, "per_class_iou": [0.9, 0.2], "confusion": [[9, 1], [2, 2]]},
-                        "temporal_stability_per_clip": 0.95, "scored_on": "val"}},
-}
+from timetuning import figures, report
+from timetuning.evaluation_report import set_section, starting_model_warning, verdict_paragraphs
 
 
-def test_flat_metrics_and_deltas():
-    flat = report.flat_metrics(RESULTS)
-    assert flat["start"]["d"] == {"cluster_per_clip": 0.40, "linear": 0.5, "temporal_stability_per_clip": 0.9}
-    assert abs(flat["delta"]["d"]["cluster_per_clip"] - 0.06) < 1e-9
+def _summary(mean, std=0.01):
+    return {"mean": mean, "std": std, "per_seed": [mean]}
 
 
-def test_tables_render_both_models_and_the_delta():
-    flat = report.flat_metrics(RESULTS)
-    rows = report.metrics_table(flat, "d", report.protocol_names(RESULTS))
-    assert rows[0] == ["protocol", "start", "timetuned", "delta (time-tuned - start)"]
+def _doc():
+    d = {"delta": 0.06, "ci_low": 0.02, "ci_high": 0.1, "confidence": 0.95, "samples": 100, "seed_std": 0.01}
+    return {
+        "set": "d", "classes": ["bg", "obj"], "scored_on": "val", "fitted_on": "train", "image_set": False,
+        "protocol": {"features": "f", "reduction": "r", "cluster_eval_size": 64, "dataset_eval_size": 112,
+                     "clustering": "c", "k": "k", "matching": "m", "miou": "i",
+                     "kmeans": {"backend": "b", "iterations": 50, "restarts": 5, "points_per_centroid": 256,
+                                "switches": "none"},
+                     "linear": "l", "hummingbird": "h", "seeds": [0], "bootstrap": "bs",
+                     "variants": {"timet": "t", "l2_no_pca": "v"}},
+        "models": {
+            "start": {"protocols": {"cluster_per_clip": _summary(0.40),
+                                    "linear": {**_summary(0.5), "per_class_iou": [0.9, None],
+                                               "confusion": [[9, 1], [3, 1]]}},
+                      "variants": {}, "not_applicable": {"hummingbird": "no train split"},
+                      "facts": {"videos": 3, "frames": 12, "all_background_miou": 0.3}},
+            "timetuned": {"protocols": {"cluster_per_clip": _summary(0.46),
+                                        "linear": {**_summary(0.55), "per_class_iou": [0.9, 0.2],
+                                                   "confusion": [[9, 1], [2, 2]]}},
+                          "variants": {}, "not_applicable": {"hummingbird": "no train split"},
+                          "facts": {"videos": 3, "frames": 12, "all_background_miou": 0.3}},
+        },
+        "comparisons": {"timetuned": {
+            "baseline": "start",
+            "deltas": {"cluster_per_clip": d, "linear": {**d, "delta": 0.05, "ci_low": -0.01}},
+            "robustness": {"cluster_per_clip": {"l2_no_pca": {**d, "delta": -0.01}}},
+            "verdicts": {"cluster_per_clip": {"robust": False, "disagreeing_variants": ["l2_no_pca"],
+                                              "text": "not robust: ... l2_no_pca -1.0"},
+                         "linear": {"robust": False, "disagreeing_variants": [], "text": "interval includes zero"}},
+        }},
+    }
+
+
+def test_metrics_are_x100_with_deltas_intervals_robustness_and_baseline():
+    m = report.metrics_document({"d": _doc()})
+    assert m["start"]["d"] == {"cluster_per_clip": 40.0, "linear": 50.0}
+    assert m["delta"]["d"]["cluster_per_clip"] == 6.0 and m["delta_ci_low"]["d"]["linear"] == -1.0
+    assert m["delta_robustness"]["d"]["cluster_per_clip"] == {"l2_no_pca": -1.0}
+    assert m["baseline_all_background"]["d"] == 30.0 and m["seed_std"]["timetuned"]["d"]["linear"] == 1.0
+
+
+def test_main_table_has_interval_seed_std_verdict_and_not_applicable_rows():
+    rows = report.main_table(_doc(), "start", "timetuned")
+    assert rows[0] == ["protocol", "start", "timetuned", "delta", "95% interval", "seed std (start / timetuned)",
+                       "verdict"]
     clip = next(r for r in rows if r[0] == "Clustering per clip")
-    assert clip == ["Clustering per clip", "40.0", "46.0", "+6.0"]
-    md = report.markdown_table(rows)
-    assert md.count("\n") == len(rows) and "| Linear probe | 50.0 | 55.0 | +5.0 |" in md
-    assert "<td>+6.0</td>" in report.html_table(rows)
+    assert clip == ["Clustering per clip", "40.0", "46.0", "+6.0", "+2.0 to +10.0", "1.0 / 1.0", "not robust"]
+    hb = next(r for r in rows if r[0] == "Hummingbird retrieval")
+    assert hb[1:4] == ["n/a", "n/a", "n/a"] and hb[-1] == "no train split"
+    robust = report.robustness_table(_doc(), "timetuned")
+    assert robust[1][-1] == "no: l2_no_pca" and robust[1][2].startswith("-1.0")
 
 
-def test_overlay_leaves_background_unpainted():
+def test_verdict_sentences_and_the_starting_model_warning():
+    lines = verdict_paragraphs("d", _doc(), "timetuned")
+    assert lines[0] == "Verdict: time-tuning does not robustly help on any headline protocol of d."
+    assert any("l2_no_pca -1.0" in line for line in lines)
+    assert "STARTING model" in starting_model_warning({"best_step": 0, "steps": 200})
+    assert starting_model_warning({"best_step": 75, "steps": 200, "val_every": 25}) is None
+    assert "fewer than val_every" in starting_model_warning({"best_step": 5, "steps": 5, "val_every": 25})
+
+
+def test_report_files_figures_and_captions(tmp_path):
+    sections = set_section("d", _doc(), "start", "timetuned", [], {})
+    report.write_report(tmp_path, "t", [report.Section("Summary", ["intro"], warning="careful")] + sections)
+    html = (tmp_path / "report.html").read_text()
+    assert "data:image/png;base64," in html and html.count("<table>") >= 3 and 'class="warning"' in html
+    md = (tmp_path / "report.md").read_text()
+    assert "![d: linear-probe confusion matrices" in md and (tmp_path / "figures/d_confusion_linear.png").is_file()
+    assert "**Warning:** careful" in md
+
+
+def test_overlay_leaves_background_unpainted_and_segmentation_has_a_legend():
     frame = np.full((4, 4, 3), 100, np.uint8)
     labels = np.array([[0, 1], [255, 2]])
-    out = report.overlay(frame, labels)
+    out = figures.overlay(frame, labels)
     assert (out[:2, :2] == 100).all() and (out[2:, :2] == 100).all()
     assert not (out[:2, 2:] == 100).all()
-
-
-def test_report_files(tmp_path):
-    png = report.per_class_png(RESULTS, "d", ["bg", "obj"])
+    png = figures.segmentation_png(np.stack([frame, frame]), np.stack([labels, labels]), {"m": np.stack([labels] * 2)},
+                                   ["bg", "a", "b"], "title")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    report.write_report(tmp_path, "t", ["intro"], [("d", [["a", "b"], ["1", "2"]], [("x.png", png)])])
-    html = (tmp_path / "report.html").read_text()
-    assert "data:image/png;base64," in html and "<table>" in html
-    assert (tmp_path / "figures" / "x.png").read_bytes() == png
-    assert "![x.png](figures/x.png)" in (tmp_path / "report.md").read_text()
-
-
-def test_per_class_table_has_a_column_per_model_and_protocol():
-    rows = report.per_class_table(RESULTS, "d", ["bg", "obj"])
-    assert rows[0] == ["class", "linear start", "linear timetuned"]
-    assert rows[1] == ["bg", "90.0", "90.0"] and rows[2] == ["obj", "-", "20.0"]

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 import timetuning.training as training
 from tests.dvc_repo import PROJECT, dvc_env
-from tests.eval_sets import davis_set, sharded_set
+from tests.evalsets import named_davis_set, sharded_set
 from timetuning.backbones import build_backbone
 from timetuning.checkpoint import load_checkpoint, save_checkpoint
 from timetuning.config import TrainParams, dump_params, validate_params
@@ -43,7 +43,7 @@ def clip_shards(tmp_path_factory):
 @pytest.fixture(scope="module")
 def eval_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("davis")
-    davis_set(root, {"train": ["t0", "t1", "t2"], "val": ["v0"]})
+    named_davis_set(root, {"train": ["t0", "t1", "t2"], "val": ["v0"]})
     sharded_set(root, root.parent / f"{root.name}-shards", "davis", ["train", "val"], max_clips_per_video=2)
     return root
 

@@ -27,11 +27,14 @@ import re
 import socket
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
 from torch import nn
 
+from timetuning.checkpoint import CheckpointError, torch_load
 from timetuning.config import BackboneParams
+from timetuning.transforms import eval_transform
 
 PACKAGE_WEIGHTS = {"package:efficientnet_lite0": "tf_efficientnet_lite0"}
 HUB_HOST = ("huggingface.co", 443)
@@ -118,6 +121,22 @@ class DenseBackbone(nn.Module):
         return self
 
 
+@torch.no_grad()
+def forward_dense(backbone: DenseBackbone, images: torch.Tensor, batch_size: int = 16,
+                  device: str | torch.device = "cpu") -> torch.Tensor:
+    """Features ``[N, D, h, w]`` (float32, on the CPU) of normalised images ``[N, 3, H, W]``, in batches."""
+    out = [backbone(images[i:i + batch_size].to(device)).float().cpu() for i in range(0, images.shape[0], batch_size)]
+    return torch.cat(out)
+
+
+def dense_features(backbone: DenseBackbone, frames: np.ndarray, size: int, batch_size: int = 16,
+                   device: str | torch.device = "cpu") -> torch.Tensor:
+    """Features ``[T, D, size/stride, size/stride]`` of uint8 frames ``[T, H, W, 3]`` squashed to ``size``."""
+    x = eval_transform(torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2), size, backbone.mean,
+                       backbone.std)
+    return forward_dense(backbone, x, batch_size, device)
+
+
 def hub_reachable(timeout: float = 1.0) -> bool:
     """Whether the Hugging Face hub could answer: no for HF_HUB_OFFLINE, else a quick TCP connect."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
@@ -195,11 +214,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"backbone.weights: {path} not found (give a .safetensors/.pth file, 'hub', "
                            f"'none' or one of {sorted(PACKAGE_WEIGHTS)})")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise WeightsError(f"backbone.weights: {path}: damaged or not a safetensors file ({err})") from None
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch_load(path)
+        except CheckpointError as err:
+            raise WeightsError(f"backbone.weights: {err}") from None
         for key in ("teacher", "state_dict", "model", "backbone"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]

@@ -1,72 +1,177 @@
-"""Unsupervised clustering protocols on dense features (METHOD.md).
+"""Unsupervised semantic segmentation by k-means on dense features, scored per pixel (TimeT's protocol).
 
-Features are standardised, reduced by PCA (50 dims by default) and clustered with k-means (several restarts, fixed
-seed). Three scopes: per frame, per clip, per dataset — one k-means (and one matching) per group. Overclustering uses
-more clusters than classes with greedy many-to-one matching.
+TimeT's reference (``cluster_features`` in SMSD75/Timetuning): features are standardised and reduced to 50 dims by
+a PCA fitted once on the evaluated set; each group (a frame, a clip, or the whole dataset) is clustered on its
+features bilinearly upsampled to the evaluation resolution, per pixel, with ``faiss.Kmeans(niter=50, nredo=5)``;
+K is the number of classes present in the group's annotation (``use_annotations``) or a fixed number; clusters are
+matched to classes by the Hungarian algorithm on IoU (unmatched clusters count as background), or many-to-one by
+precision for overclustering.
+
+Two identities keep this cheap and exact: faiss trains on a random sample of at most 256 points per centroid,
+so only the sampled pixels' features are built (bilinear sampling, :mod:`timetuning.upsampling`); and the nearest
+centroid of a bilinearly interpolated feature is the argmin of ``|c|^2 - 2 x.c``, which is linear in ``x``: the
+argmin of the bilinearly upsampled *score* map (:func:`assign_clusters`), so no full-resolution feature map is built.
+
+Protocol variants (robustness checks, one choice changed each): ``l2_no_pca`` (L2-normalised features, no scaler or
+PCA: the DINO/Leopart way), ``pca_per_group`` (scaler and PCA fitted on each frame/clip), ``fixed_k`` (K = size of
+the label set), ``patch_level`` (cluster patches, upsample the cluster map by nearest neighbour).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
-from sklearn.cluster import KMeans, MiniBatchKMeans
-from sklearn.decomposition import PCA
-from sklearn.preprocessing import StandardScaler
+import torch
+from torch.nn import functional as F
 
-from timetuning.metrics import (confusion_matrix, greedy_mapping, hungarian_mapping, mean_iou, per_class_iou,
+from timetuning.kmeans import batched_kmeans
+from timetuning.metrics import (IGNORE_INDEX, confusion_matrix, greedy_mapping, hungarian_mapping, mean_iou,
                                 remap_confusion)
+from timetuning.upsampling import bilinear_sample, nearest_indices
+
+SCOPES = ("per_frame", "per_clip", "per_dataset")
 
 
-def reduce_features(features: np.ndarray, pca_dim: int, seed: int) -> np.ndarray:
-    """Standardise, then PCA to ``min(pca_dim, n_samples, n_features)`` dimensions."""
-    x = StandardScaler().fit_transform(np.asarray(features, dtype=np.float32))
-    dim = min(pca_dim, x.shape[0], x.shape[1])
-    return PCA(n_components=dim, random_state=seed).fit_transform(x).astype(np.float32)
+@dataclass(frozen=True)
+class ClusterVariant:
+    """One way of running the clustering protocols."""
+
+    name: str
+    features: Literal["pca", "l2", "pca_per_group"]  # global scaler+PCA, L2-normalised raw, or fitted per group
+    k_rule: Literal["present", "label_set"]  # K = classes present in the group, or the whole label set
+    pixels: bool  # cluster upsampled pixels (TimeT) or patches (cluster map upsampled by nearest neighbour)
+    description: str
 
 
-def kmeans(features: np.ndarray, k: int, seed: int, restarts: int = 5) -> np.ndarray:
-    """Cluster ids of k-means with ``restarts`` initialisations (mini-batch beyond 50k points)."""
-    k = max(1, min(k, features.shape[0]))
-    if features.shape[0] > 50_000:
-        model = MiniBatchKMeans(n_clusters=k, n_init=restarts, random_state=seed, batch_size=4096)
-    else:
-        model = KMeans(n_clusters=k, n_init=restarts, random_state=seed)
-    return model.fit_predict(features).astype(np.int64)
+TIMET = ClusterVariant("timet", "pca", "present", True,
+                       "scaler+PCA fitted once on the split, K = classes present in the group, pixels clustered")
+VARIANTS: dict[str, ClusterVariant] = {v.name: v for v in (
+    ClusterVariant("l2_no_pca", "l2", "present", True, "L2-normalised features, no scaler/PCA"),
+    ClusterVariant("pca_per_group", "pca_per_group", "present", True, "scaler+PCA fitted on each frame/clip"),
+    ClusterVariant("fixed_k", "pca", "label_set", True, "K = number of classes in the label set"),
+    ClusterVariant("patch_level", "pca", "present", False, "patches clustered, cluster map upsampled (nearest)"),
+)}
+
+
+@dataclass(frozen=True)
+class KMeansSettings:
+    iterations: int = 50
+    restarts: int = 5
+    points_per_centroid: int = 256  # faiss's max_points_per_centroid: the training sample per problem
+
+
+def classes_present(masks: np.ndarray, ignore_index: int = IGNORE_INDEX) -> int:
+    """Number of distinct classes in ``masks`` (the ignore label excluded)."""
+    values = np.unique(masks)
+    return int((values != ignore_index).sum())
+
+
+def group_pca(features: torch.Tensor, dim: int) -> torch.Tensor:
+    """Standardise and PCA-reduce ``[F, D, g, g]`` maps fitted on their own patches (the ``pca_per_group``
+    variant); the component signs do not matter to k-means."""
+    f, d, gh, gw = features.shape
+    x = features.permute(0, 2, 3, 1).reshape(-1, d).float()
+    x = x - x.mean(0)
+    std = x.std(0, unbiased=False)
+    x = x / torch.where(std > 1e-12, std, torch.ones_like(std))
+    u, s, _ = torch.linalg.svd(x, full_matrices=False)
+    k = min(dim, x.shape[0], d)
+    z = u[:, :k] * s[:k]
+    return z.reshape(f, gh, gw, k).permute(0, 3, 1, 2).contiguous()
+
+
+def sample_points(maps: torch.Tensor, positions: np.ndarray, size: tuple[int, int], pixels: bool) -> torch.Tensor:
+    """Features ``[P, d]`` of ``maps [F, d, g, g]`` at flat positions over ``F x size`` pixels (``pixels``: bilinear
+    upsampling) or over ``F x g x g`` patches."""
+    pos = torch.from_numpy(np.asarray(positions, dtype=np.int64))
+    if not pixels:
+        return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1]).index_select(0, pos)
+    h, w = size
+    return bilinear_sample(maps, pos // (h * w), (pos % (h * w)) // w, pos % w, size)
+
+
+def assign_clusters(maps: torch.Tensor, centroids: torch.Tensor, k: int | torch.Tensor, size: tuple[int, int],
+                    pixels: bool) -> np.ndarray:
+    """Nearest-centroid ids ``[F, h, w]`` at the evaluation size of ``maps [F, d, g, g]``; ``centroids`` is one
+    ``[K, d]`` set for every frame, or ``[F, K, d]`` (each frame its own, with ``k`` ``[F]``)."""
+    per_frame = centroids.ndim == 3
+    cents = centroids if per_frame else centroids[None].expand(maps.shape[0], -1, -1)
+    scores = torch.einsum("fdyx,fkd->fkyx", maps.float(), cents.float())
+    if pixels:  # the cost is linear in the feature: upsampling the scores = scoring the upsampled features
+        scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+    norms = (cents * cents).sum(-1)  # [F, K]
+    cost = norms[:, :, None, None] - 2 * scores
+    ks = torch.as_tensor(k).reshape(-1).expand(maps.shape[0]) if per_frame else torch.full((maps.shape[0],), int(k))
+    unused = torch.arange(cents.shape[1])[None, :] >= ks[:, None]
+    cost = cost.masked_fill(unused[:, :, None, None], float("inf"))
+    ids = cost.argmin(1).numpy()
+    if not pixels:
+        ids = ids[:, nearest_indices(ids.shape[1], size[0])][:, :, nearest_indices(ids.shape[2], size[1])]
+    return ids.astype(np.int64)
+
+
+def training_sample(count: int, k: int, points_per_centroid: int, rng: np.random.Generator) -> np.ndarray:
+    """Flat indices of the points k-means trains on: all of them, or ``points_per_centroid * k`` at random."""
+    n = min(count, points_per_centroid * k)
+    return np.sort(rng.choice(count, n, replace=False)) if n < count else np.arange(count)
+
+
+def _stack(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Concatenate groups' maps along frames, zero-padding the feature dims (zeros change no distance)."""
+    d = max(m.shape[1] for m in maps)
+    return torch.cat([F.pad(m.float(), (0, 0, 0, 0, 0, d - m.shape[1])) for m in maps])
+
+
+def cluster_groups(maps: Sequence[torch.Tensor], ks: Sequence[int], keys: Sequence[int], *, size: tuple[int, int],
+                   pixels: bool, seed: int, settings: KMeansSettings) -> list[np.ndarray]:
+    """k-means on each group (one vectorised problem per group) -> cluster ids ``[F_i, h, w]`` per group.
+
+    ``maps[i]``: the group's features ``[F_i, d, g, g]``; ``ks[i]``: its K; ``keys[i]``: its index in the split,
+    which seeds its training sample and initialisations (so no result depends on how groups are batched)."""
+    stacked = _stack(maps)
+    frames = np.array([m.shape[0] for m in maps])
+    offsets = np.concatenate([[0], np.cumsum(frames)])
+    per_frame = size[0] * size[1] if pixels else stacked.shape[2] * stacked.shape[3]
+    positions = []
+    for i, (k, key) in enumerate(zip(ks, keys)):
+        rng = np.random.default_rng([seed, key])
+        positions.append(offsets[i] * per_frame + training_sample(frames[i] * per_frame, k,
+                                                                  settings.points_per_centroid, rng))
+    values = sample_points(stacked, np.concatenate(positions), size, pixels)
+    counts = [len(p) for p in positions]
+    points = torch.zeros(len(maps), max(counts), stacked.shape[1])
+    valid = torch.zeros(len(maps), max(counts), dtype=torch.bool)
+    for i, chunk in enumerate(values.split(counts)):
+        points[i, : len(chunk)] = chunk
+        valid[i, : len(chunk)] = True
+    result = batched_kmeans(points, valid, torch.tensor(list(ks)), iterations=settings.iterations,
+                            restarts=settings.restarts, seeds=[seed * 1_000_003 + key for key in keys])
+    group_of_frame = torch.from_numpy(np.repeat(np.arange(len(maps)), frames))
+    ids = assign_clusters(stacked, result.centroids[group_of_frame], result.k[group_of_frame], size, pixels)
+    return np.split(ids, offsets[1:-1])
 
 
 @dataclass
-class ClusteringResult:
-    miou: float
-    per_class_iou: np.ndarray  # [num_classes], from the summed folded confusion over groups
-    confusion: np.ndarray  # [num_classes, num_classes] after matching, summed over groups
-    predictions: np.ndarray  # matched class per patch (same order as the input)
+class GroupScore:
+    miou: float  # NaN when the group has no scored pixel
+    confusion: np.ndarray  # [C, K] classes x clusters, before matching
+    mapping: np.ndarray  # [K] cluster -> class
 
 
-def cluster_and_match(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, *, num_classes: int,
-                      num_clusters: int, seed: int, pca_dim: int = 50, restarts: int = 5,
-                      matching: str = "hungarian", ignore_index: int = 255) -> ClusteringResult:
-    """Cluster each group (frame, clip or dataset) separately and match its clusters to classes.
+def match_group(ids: np.ndarray, masks: np.ndarray, num_classes: int, num_clusters: int,
+                matching: str = "hungarian") -> GroupScore:
+    """Match one group's clusters to classes and score it (mIoU over the classes present)."""
+    conf = confusion_matrix(ids, masks, num_clusters, num_classes)
+    mapping = hungarian_mapping(conf) if matching == "hungarian" else greedy_mapping(conf)
+    folded = remap_confusion(conf, mapping)
+    return GroupScore(mean_iou(folded) if folded.sum() else float("nan"), conf, mapping)
 
-    ``features`` ``[N, D]``, ``labels`` ``[N]`` (patch classes, ``ignore_index`` ignored), ``groups`` ``[N]``.
-    The reported mIoU averages the per-group mIoUs (the per-frame / per-clip protocols); per-class IoU and the
-    confusion matrix are accumulated over all groups.
-    """
-    if matching not in ("hungarian", "greedy"):
-        raise ValueError(f"matching must be 'hungarian' or 'greedy', got {matching!r}")
-    predictions = np.zeros(labels.shape[0], dtype=np.int64)
-    total = np.zeros((num_classes, num_classes), dtype=np.int64)
-    scores = []
-    for group in np.unique(groups):
-        idx = np.flatnonzero(groups == group)
-        x = reduce_features(features[idx], pca_dim, seed)
-        ids = kmeans(x, num_clusters, seed, restarts)
-        conf = confusion_matrix(ids, labels[idx], num_clusters, num_classes, ignore_index)
-        mapping = hungarian_mapping(conf) if matching == "hungarian" else greedy_mapping(conf)
-        folded = remap_confusion(conf, mapping)
-        if folded.sum() > 0:
-            scores.append(mean_iou(folded))
-        total += folded
-        predictions[idx] = mapping[ids]
-    return ClusteringResult(float(np.mean(scores)) if scores else float("nan"), per_class_iou(total), total,
-                            predictions)
+
+def score_confusion(conf: np.ndarray, matching: str = "hungarian") -> tuple[float, np.ndarray]:
+    """mIoU and the folded ``[C, C]`` confusion of a ``[C, K]`` classes x clusters matrix."""
+    mapping = hungarian_mapping(conf) if matching == "hungarian" else greedy_mapping(conf)
+    folded = remap_confusion(conf, mapping)
+    return mean_iou(folded), folded

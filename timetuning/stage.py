@@ -32,6 +32,13 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def set_parser(description: str) -> argparse.ArgumentParser:
+    """The parser of a per-set stage (``stage@<set>`` in dvc.yaml): ``--set NAME`` is required."""
+    parser = stage_parser(description)
+    parser.add_argument("--set", required=True, help="the evaluation set (a key of shard_eval.sets)")
+    return parser
+
+
 def run_stage(main: Callable[[Params, argparse.Namespace], Any], description: str,
               parser: argparse.ArgumentParser | None = None, argv: list[str] | None = None) -> int:
     """Parse args, load + validate params, seed, run ``main``; turn known errors into a clean exit 1."""
@@ -42,7 +49,8 @@ def run_stage(main: Callable[[Params, argparse.Namespace], Any], description: st
         params = load_params(args.params)
         seed_everything(params.seed)
         main(params, args)
-    except (ParamsError, FileNotFoundError, ValueError, RuntimeError, FloatingPointError) as err:
+    # OSError: what the environment refuses (permissions, a full disk) is told in one line, not a traceback
+    except (ParamsError, OSError, ValueError, RuntimeError, FloatingPointError) as err:
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -13,11 +13,11 @@ import numpy as np
 from timetuning.metrics import IGNORE_INDEX
 
 
-def _stable_counts(predictions: np.ndarray, labels: np.ndarray, ignore_index: int) -> tuple[int, int]:
+def stable_counts(predictions: np.ndarray, labels: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """(patches whose prediction is kept, patches whose ground truth is kept) over consecutive frames."""
     same_gt = (labels[1:] == labels[:-1]) & (labels[1:] != ignore_index) & (labels[:-1] != ignore_index)
     kept = predictions[1:] == predictions[:-1]
-    return int(kept[same_gt].sum()), int(same_gt.sum())
+    return np.array([int(kept[same_gt].sum()), int(same_gt.sum())])
 
 
 def label_stability(predictions: np.ndarray, labels: np.ndarray, ignore_index: int = IGNORE_INDEX) -> float:
@@ -31,6 +31,6 @@ def mean_stability(clips: list[tuple[np.ndarray, np.ndarray]], ignore_index: int
     """Patch-weighted stability over many clips (NaN if no ground truth is kept anywhere)."""
     kept = total = 0
     for pred, lab in clips:
-        k, n = _stable_counts(pred, lab, ignore_index)
+        k, n = stable_counts(pred, lab, ignore_index)
         kept, total = kept + k, total + n
     return kept / total if total else float("nan")

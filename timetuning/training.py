@@ -28,7 +28,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from timetuning.backbones import DenseBackbone, build_backbone
-from timetuning.checkpoint import (capture_rng_state, code_fingerprint, export_backbone, load_checkpoint,
+from timetuning.checkpoint import (capture_rng_state, code_fingerprint, export_backbone, load_resume_state,
                                    params_fingerprint, restore_rng_state, save_checkpoint)
 from timetuning.clip_stream import clip_batches, loader_workers, training_clips
 from timetuning.config import TrainParams
@@ -236,9 +236,9 @@ def train(p: TrainParams, seed: int, ctx: DistContext, validation: ValidationDat
     start_step, rows, best = 0, [], {"miou": -1.0, "step": -1}
     selected: dict[str, dict[str, torch.Tensor]] = {}  # the selected step's trainable weights, kept in checkpoints
 
-    # resume
-    if last_path.is_file():
-        state = load_checkpoint(last_path)
+    # resume (an unusable last.pt is set aside by rank 0 and the run starts fresh)
+    state = load_resume_state(last_path, may_set_aside=ctx.is_main)
+    if state is not None:
         finished_by_other_code = int(state.get("step", 0)) >= p.steps and state.get("code") != code
         if state.get("fingerprint") != fingerprint:
             log.info("ignoring %s: it was made with other params (fingerprint differs)", last_path)

@@ -12,7 +12,8 @@ by ``shard_videos``; evaluation video IDs are the sequence names (DAVIS) or vide
 
 The validation clips are ``train.val_clips`` clips spread over the videos of the split (one clip of each video in
 turn; when there are more videos than clips, videos evenly spaced in sorted order), fixed for the whole run.
-Their score is the per-clip clustering mIoU (K = number of classes) of the backbone's dense features.
+Their score is the per-clip clustering mIoU of the backbone's dense features under the evaluation's protocol (TimeT's:
+scaler+PCA fitted on these clips, K = classes present per clip, upsampled features clustered per pixel).
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from timetuning.backbones import DenseBackbone
-from timetuning.clustering import cluster_and_match
+from timetuning.backbones import DenseBackbone, dense_features
+from timetuning.clustering import KMeansSettings
 from timetuning.config import Params
-from timetuning.features import dense_features, patch_labels, read_labels, resize_masks
+from timetuning.eval_shards import read_labels
+from timetuning.evaluation import clip_clustering_miou
 from timetuning.shard_index import SampleRef, index_shards, read_sample
 from timetuning.shards import clip_frames, decode_image, decode_mask, list_shards, sanitize_key
+from timetuning.upsampling import resize_nearest
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +127,6 @@ def validation_data(params: Params) -> ValidationData | None:
                                 + ". Time-tune on other videos (shard_videos.video_list) or score other ones.")
     if p.val_set is None:
         return None
-    if p.val_set not in eval_params.sets:
-        raise ValueError(f"train.val_set: no evaluation set named {p.val_set!r} in shard_eval.sets (have "
-                         f"{sorted(eval_params.sets)}); name one of them, or null to export the last step")
     set_dir = out / p.val_set
     if not list_shards(set_dir, p.val_split):
         log.warning("validation skipped: no %s-*.tar shards in %s (run shard_eval); the last step is exported",
@@ -148,22 +148,16 @@ def validation_data(params: Params) -> ValidationData | None:
 @torch.no_grad()
 def validate(backbone: DenseBackbone, data: ValidationData, input_size: int, device: torch.device,
              seed: int = 0) -> float:
-    """Per-clip clustering mIoU (K = number of classes) of the backbone's features on the validation clips."""
+    """Per-clip clustering mIoU of the backbone's features on the validation clips (the evaluation's protocol)."""
     was_training = backbone.training
     backbone.eval()
-    feats, targets, groups = [], [], []
-    for i, ref in enumerate(data.clips):
+    feats, masks = [], []
+    for ref in data.clips:
         sample = read_sample(ref)
         names = clip_frames(sample)
         frames = np.stack([decode_image(sample[n]) for n in names])
-        masks = np.stack([decode_mask(sample[n.replace(".jpg", ".png")]) for n in names])
-        f = dense_features(backbone, frames, input_size, device=device)  # [T, D, g, g]
-        g = f.shape[-1]
-        feats.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).numpy())
-        targets.append(patch_labels(resize_masks(masks, g * (input_size // g)), (g, g), data.num_classes).reshape(-1))
-        groups.append(np.full(feats[-1].shape[0], i))
+        feats.append(dense_features(backbone, frames, input_size, device=device))  # [T, D, g, g]
+        clip_masks = np.stack([decode_mask(sample[n.replace(".jpg", ".png")]) for n in names])
+        masks.append(resize_nearest(clip_masks, (input_size, input_size)))  # the features' evaluation size
     backbone.train(was_training)
-    result = cluster_and_match(np.concatenate(feats), np.concatenate(targets).astype(np.int64),
-                               np.concatenate(groups), num_classes=data.num_classes, num_clusters=data.num_classes,
-                               seed=seed, pca_dim=50, restarts=3)
-    return result.miou
+    return clip_clustering_miou(feats, masks, data.num_classes, seed=seed, settings=KMeansSettings(restarts=3))

@@ -1,0 +1,93 @@
+"""Corrupt checkpoints: a one-line message naming the path, the bad file set aside, training starts fresh."""
+
+import logging
+import os
+
+import pytest
+import torch
+
+from timetuning.checkpoint import CheckpointError, load_checkpoint, load_resume_state, save_checkpoint
+from timetuning.config import TrainParams
+from timetuning.distributed import DistContext
+from timetuning.synthetic import write_clip_shards
+from timetuning.training import train
+
+
+def _real_checkpoint(path):
+    save_checkpoint(path, {"step": 6, "fingerprint": "abc", "model": {"w": torch.arange(2000.0)}, "log": []})
+    return path.read_bytes()
+
+
+def _corruptions(good: bytes) -> dict[str, bytes]:
+    return {"empty": b"", "garbage": os.urandom(4096), "text": b"not a checkpoint\n" * 8,
+            "truncated": good[: len(good) // 2], "cut_header": good[:10], "cut_tail": good[:-16]}
+
+
+class _Hostile:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_damaged_checkpoints_raise_one_line_naming_the_path(tmp_path):
+    good = _real_checkpoint(tmp_path / "good.pt")
+    assert load_checkpoint(tmp_path / "good.pt")["step"] == 6
+    for name, data in _corruptions(good).items():
+        path = tmp_path / f"{name}.pt"
+        path.write_bytes(data)
+        with pytest.raises(CheckpointError) as err:
+            load_checkpoint(path)
+        msg = str(err.value)
+        assert msg.startswith(f"{path}: ") and "\n" not in msg, (name, msg)
+    assert "empty file" in str(pytest.raises(CheckpointError, load_checkpoint, tmp_path / "empty.pt").value)
+
+
+def test_foreign_and_hostile_files_are_refused(tmp_path):
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="list.pt: not a training checkpoint"):
+        load_checkpoint(tmp_path / "list.pt")
+    torch.save({"step": 1, "fingerprint": "x", "payload": _Hostile()}, tmp_path / "hostile.pt")
+    with pytest.raises(CheckpointError, match=r"hostile.pt: refused: loading it would call posix.system"):
+        load_checkpoint(tmp_path / "hostile.pt")
+
+
+def test_unusable_last_checkpoint_is_set_aside_and_training_starts_fresh(tmp_path, caplog):
+    good = _real_checkpoint(tmp_path / "good.pt")
+    last = tmp_path / "checkpoints" / "last.pt"
+    last.parent.mkdir()
+    assert load_resume_state(last) is None  # no checkpoint: nothing to say
+    for n, (name, data) in enumerate(_corruptions(good).items(), start=1):
+        last.write_bytes(data)
+        with caplog.at_level(logging.WARNING, logger="timetuning.checkpoint"):
+            caplog.clear()
+            assert load_resume_state(last) is None, name
+        aside = last.with_name("last.pt.corrupt" if n == 1 else f"last.pt.corrupt-{n}")
+        assert not last.exists() and aside.read_bytes() == data  # kept, byte for byte, under a new name
+        (record,) = caplog.records
+        assert str(last) in record.getMessage() and f"moved to {aside}" in record.getMessage()
+    # another rank than 0 does not rename: it only starts fresh
+    last.write_bytes(b"")
+    assert load_resume_state(last, may_set_aside=False) is None and last.exists()
+    last.write_bytes(good)
+    assert load_resume_state(last)["step"] == 6
+
+
+def test_training_on_a_truncated_last_pt_warns_and_starts_fresh(tmp_path, caplog):
+    shards = write_clip_shards(tmp_path / "shards", videos=2, clips_per_video=2, frames=8, width=64, height=64,
+                               maxcount=4)
+    out = tmp_path / "run"
+    params = TrainParams(shards=str(shards), output_dir=str(out), input_size=32, batch_size=2, steps=2,
+                         num_prototypes=8, hidden_dim=16, bottleneck_dim=8, projection_dim=8, num_workers=0,
+                         checkpoint_every=2, val_set=None, forwarder_topk=4,
+                         backbone={"name": "test_vit", "weights": "none"})
+    last = out / "checkpoints" / "last.pt"
+    good = _real_checkpoint(tmp_path / "good.pt")
+    last.parent.mkdir(parents=True)
+    last.write_bytes(good[: len(good) // 3])
+    with caplog.at_level(logging.WARNING):
+        summary = train(params, 0, DistContext(), progress=False)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert warnings[0].startswith(f"{last}: damaged or not a checkpoint ({len(good) // 3} bytes; ")
+    assert warnings[0].endswith(f"; moved to {last}.corrupt, training starts fresh")
+    assert (last.parent / "last.pt.corrupt").read_bytes() == good[: len(good) // 3]
+    assert summary["resumed_from"] == 0 and load_checkpoint(last)["step"] == 2

@@ -1,0 +1,100 @@
+"""The evaluation protocols end to end on real shards and a real (tiny) model: known answers where the features
+separate the classes, sets of mixed sizes, image sets, and the protocol choices themselves."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.evalsets import MeanColour, davis_set, voc_set
+from timetuning.config import EvalSetParams, FitProbesParams
+from timetuning.eval_shards import shard_eval_set
+from timetuning.evaluation import SplitSource, evaluate_model, fit_split_pca
+from timetuning.features import extract_split, read_features
+from timetuning.pca import fit_standard_pca
+from timetuning.results import evaluate_set
+
+FAST = dict(seeds=[0, 1], kmeans_restarts=2, overclustering_k=[6], linear_epochs=30, linear_drop_epoch=25,
+            linear_lr=0.5, bootstrap_samples=200, hummingbird_k=5, cluster_eval_size=64, dataset_eval_size=64)
+
+
+def _features(tmp_path, set_params, splits, input_size=64, model=None):
+    out = tmp_path / "shards"
+    shard_eval_set(set_params, out, progress=False)
+    model = model or MeanColour()
+    for split in splits:
+        extract_split(model, out / set_params.name, split, tmp_path / "feats" / f"{split}.parquet",
+                      input_size=input_size, dtype="float32", progress=False)
+    return out / set_params.name
+
+
+@pytest.fixture(scope="module")
+def mixed_videos(tmp_path_factory):
+    """Videos of two aspect ratios (16:9 and 4:3) and one portrait: the batches across clips must not mix sizes."""
+    tmp = tmp_path_factory.mktemp("mixed")
+    root = davis_set(tmp / "davis", {"train": [(72, 128), (96, 128), (128, 96)], "val": [(72, 128), (96, 128), (72, 128)]})
+    params = EvalSetParams(name="mixed", layout="davis", root=str(root), short_side=48, frames_per_clip=2,
+                           max_clips_per_video=2)
+    set_dir = _features(tmp, params, ["train", "val"])
+    return tmp, set_dir
+
+
+def test_mixed_aspect_ratios_extract_and_every_protocol_scores_them(mixed_videos):
+    tmp, set_dir = mixed_videos
+    val = SplitSource(tmp / "feats/val.parquet", set_dir, "val")
+    train = SplitSource(tmp / "feats/train.parquet", set_dir, "train")
+    sizes = {c.masks.shape[1:] for _, c in val.clips()}
+    assert sizes == {(48, 85), (48, 64)}  # stored at each video's own aspect ratio
+    ev = evaluate_model(val, train, 4, FitProbesParams(**FAST), num_examples=2)
+    means = {k: float(np.nanmean(s.per_seed())) for k, s in ev.scores.items()}
+    # colour features separate the classes: clustering and the probes are near perfect
+    for key in ("cluster_per_frame", "cluster_per_clip", "cluster_per_dataset", "overcluster_k6"):
+        assert means[key] > 0.7, (key, means[key])
+    assert means["linear"] > 0.85 and means["hummingbird"] > 0.8, means
+    assert ev.examples["linear/0"].shape[1:] == (48, 85)  # the probe predicts at the stored mask size
+    assert ev.examples["cluster/0"].shape == (2, 64, 64)  # clusters at the stated square evaluation size
+    assert ev.facts["videos"] == 3 and ev.facts["frames"] == 12 and not ev.not_applicable
+
+
+def test_k_is_the_classes_present_per_frame(tmp_path):
+    """Every val frame shows background and one of the three classes: with K = classes present (2) each frame
+    splits into its two surfaces; forcing K = the label set (4) splits a surface and scores far lower."""
+    root = davis_set(tmp_path / "davis", {"val": [(64, 64), (64, 64)]}, classes_of=lambda i: [1 + i])
+    params = EvalSetParams(name="one", layout="davis", root=str(root), short_side=64, frames_per_clip=2,
+                           max_clips_per_video=2, splits=["val"])
+    set_dir = _features(tmp_path, params, ["val"])
+    val = SplitSource(tmp_path / "feats/val.parquet", set_dir, "val")
+    ev = evaluate_model(val, None, 4, FitProbesParams(**{**FAST, "robustness_variants": ["fixed_k"]}), 0)
+    ours = ev.scores["cluster_per_frame"].miou
+    fixed = ev.variant_scores["fixed_k"]["cluster_per_frame"].miou
+    assert ours.min() > 0.8
+    assert fixed.mean() < ours.mean() - 0.15
+
+
+def test_the_pca_is_fitted_once_on_the_whole_split(mixed_videos):
+    tmp, set_dir = mixed_videos
+    val = SplitSource(tmp / "feats/val.parquet", set_dir, "val")
+    streamed = fit_split_pca(val, 50)
+    whole = fit_standard_pca([read_features(tmp / "feats/val.parquet")["feature"]], 50)
+    x = torch.from_numpy(read_features(tmp / "feats/val.parquet")["feature"])
+    torch.testing.assert_close(streamed.transform(x), whole.transform(x), rtol=1e-4, atol=1e-4)
+
+
+def test_an_image_set_of_mixed_sizes_reports_time_protocols_as_not_applicable(tmp_path):
+    sizes = [(60, 80), (80, 60), (50, 90), (70, 70)]  # landscape, portrait, wide, square
+    root = voc_set(tmp_path / "voc", {"train": sizes * 2, "val": sizes})
+    params = EvalSetParams(name="photos", layout="voc", root=str(root), short_side=40, splits=["train", "val"])
+    set_dir = _features(tmp_path, params, ["train", "val"])
+    (tmp_path / "feats_by_model" / "m").mkdir(parents=True)
+    for split in ("train", "val"):
+        (tmp_path / "feats" / f"{split}.parquet").rename(tmp_path / "feats_by_model" / "m" / f"{split}.parquet")
+    doc, examples = evaluate_set("photos", set_dir, tmp_path / "feats_by_model", ["train", "val"], ["m"], "m",
+                                 ["background", "red", "green", "blue"], FitProbesParams(**FAST))
+    m = doc["models"]["m"]
+    assert doc["image_set"] is True
+    for key in ("cluster_per_clip", "temporal_stability_per_frame", "temporal_clip_minus_frame_miou"):
+        assert key in m["not_applicable"] and key not in m["protocols"]
+    assert m["protocols"]["linear"]["mean"] > 0.8 and m["protocols"]["cluster_per_frame"]["mean"] > 0.8
+    json.dumps(doc, allow_nan=False)  # valid JSON: no NaN anywhere
+    assert {a.shape for k, a in examples["m"].items() if k.startswith("linear/")} >= {(1, 40, 53), (1, 53, 40)}

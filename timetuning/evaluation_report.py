@@ -1,0 +1,146 @@
+"""What the evaluation report says: the verdict of every set in words, the protocol as run, the results and
+robustness tables, per-class results, pictures of segmentations, training curves, and loud warnings where the
+numbers cannot mean what a reader would assume."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from timetuning import figures
+from timetuning.eval_shards import EvalClip
+from timetuning.report import (HEADLINE, Section, label, main_table, per_class_table, protocol_order,
+                               robustness_table, x100)
+
+
+def starting_model_warning(summary: dict[str, Any]) -> str | None:
+    """A warning when the exported "time-tuned" model is in fact the starting model."""
+    if not summary:
+        return None
+    if summary.get("exported_is_start") or summary.get("best_step") == 0:
+        return ("the exported time-tuned model is the STARTING model: validation picked step 0 (no later "
+                "checkpoint scored higher), so every delta below compares the start model with itself plus "
+                "nothing; train longer or check the validation set.")
+    if summary.get("steps") is not None and summary.get("val_every") and summary["steps"] < summary["val_every"]:
+        return (f"training ran {summary['steps']} steps, fewer than val_every={summary['val_every']}: no "
+                "validation ran, the last step was exported unchecked.")
+    return None
+
+
+def verdict_paragraphs(set_name: str, doc: dict[str, Any], tuned: str) -> list[str]:
+    """Plain sentences: robust gains, robust losses, and what is inconclusive (with the reason)."""
+    comp = doc["comparisons"].get(tuned)
+    if not comp:
+        return [f"{set_name}: no starting model to compare with."]
+    verdicts, deltas = comp["verdicts"], comp["deltas"]
+    headline = [p for p in protocol_order(list(verdicts)) if p in HEADLINE or p.startswith("overcluster_k")]
+    gains = [p for p in headline if verdicts[p]["robust"] and deltas[p]["delta"] > 0]
+    losses = [p for p in headline if verdicts[p]["robust"] and deltas[p]["delta"] < 0]
+    unsure = [p for p in headline if not verdicts[p]["robust"]]
+    lines = []
+    if gains and not losses and not unsure:
+        summary = f"time-tuning robustly helps on every headline protocol of {set_name}."
+    elif gains:
+        summary = (f"time-tuning robustly helps on {len(gains)} of {len(headline)} headline protocols of {set_name}"
+                   + (f" and robustly hurts on {len(losses)}" if losses else "") + ".")
+    elif losses:
+        summary = f"time-tuning robustly hurts on {len(losses)} of {len(headline)} headline protocols of {set_name}."
+    else:
+        summary = f"time-tuning does not robustly help on any headline protocol of {set_name}."
+    lines.append("Verdict: " + summary)
+    for p in headline:
+        lines.append(f"{label(p)}: {verdicts[p]['text']}.")
+    return lines
+
+
+def protocol_paragraphs(doc: dict[str, Any]) -> list[str]:
+    proto = doc["protocol"]
+    return [
+        f"Scored on the {doc['scored_on']} split" + (f"; probes fitted on the {doc['fitted_on']} split."
+                                                      if doc["fitted_on"] else "; no train split, so no probes."),
+        f"Features: {proto['features']}. Reduction: {proto['reduction']}.",
+        f"Clustering: {proto['clustering']}, at {proto['cluster_eval_size']}x{proto['cluster_eval_size']} px per frame "
+        f"and per clip, {proto['dataset_eval_size']}x{proto['dataset_eval_size']} px per dataset. K = {proto['k']}. "
+        f"Matching: {proto['matching']}. mIoU: {proto['miou']}.",
+        f"k-means: {proto['kmeans']['backend']}; {proto['kmeans']['iterations']} iterations, "
+        f"{proto['kmeans']['restarts']} restarts, at most {proto['kmeans']['points_per_centroid']} training points per "
+        f"cluster; {proto['kmeans']['switches']}. Seeds {proto['seeds']}: every seeded protocol is the mean over them.",
+        f"Linear probe: {proto['linear']}. Hummingbird: {proto['hummingbird']}.",
+        f"Intervals: {proto['bootstrap']}. Robustness variants: "
+        + "; ".join(f"{k}: {v}" for k, v in proto["variants"].items() if k != "timet") + ".",
+    ]
+
+
+def example_figures(set_name: str, doc: dict[str, Any], clips: list[EvalClip],
+                    examples: dict[str, dict[str, np.ndarray]]) -> list[tuple[str, bytes, str]]:
+    """One overlay figure per example clip: ground truth, then each model's per-clip clusters (per-frame ones for
+    image sets) and linear probe, over time."""
+    out = []
+    classes = doc["classes"]
+    for i, clip in enumerate(clips):
+        preds = {}
+        for model, ex in examples.items():
+            if f"cluster__{i}" in ex:
+                preds[f"{model}: clusters"] = ex[f"cluster__{i}"]
+            if f"linear__{i}" in ex:
+                preds[f"{model}: linear"] = ex[f"linear__{i}"]
+        if not preds:
+            continue
+        kind = "per-frame" if doc["image_set"] else "per-clip"
+        caption = (f"{set_name}, clip {clip.clip_id} (video {clip.video_id}): frames over time (t = frame index in "
+                   f"the clip), ground truth, {kind} clusters matched to classes, and the linear probe's prediction; "
+                   "colours = classes (legend), background unpainted.")
+        image = figures.segmentation_png(clip.frames, clip.masks, preds, classes, f"{set_name}: {clip.clip_id}")
+        out.append((f"{set_name}_clip{i}.png", image, caption))
+    return out
+
+
+def set_section(set_name: str, doc: dict[str, Any], baseline: str | None, tuned: str | None,
+                clips: list[EvalClip], examples: dict[str, dict[str, np.ndarray]]) -> list[Section]:
+    """The sections of one evaluation set."""
+    classes = doc["classes"]
+    facts = next(iter(doc["models"].values()))["facts"]
+    head = Section(f"{set_name}: results ({doc['scored_on']} split, {facts['videos']} videos, {facts['frames']} "
+                   f"frames{', image set' if doc['image_set'] else ''})")
+    if baseline and tuned and tuned in doc["models"]:
+        head.paragraphs += verdict_paragraphs(set_name, doc, tuned)
+        if facts.get("all_background_miou") is not None:
+            start = doc["models"][baseline]["protocols"].get("cluster_per_dataset", {}).get("mean")
+            if start is not None:
+                margin = start - facts["all_background_miou"]
+                head.paragraphs.append(
+                    f"All-background baseline (predicting background everywhere, per-dataset scoring): "
+                    f"{x100(facts['all_background_miou'])} mIoU; the starting model's per-dataset clustering is "
+                    f"{x100(abs(margin))} points {'above' if margin >= 0 else 'BELOW'} it.")
+        head.tables.append(("All numbers x100 (mIoU; stability in %). Delta = time-tuned minus start with its 95% "
+                            "bootstrap interval over videos; seed std = standard deviation over seeds.",
+                            main_table(doc, baseline, tuned)))
+        robust = robustness_table(doc, tuned)
+        if robust:
+            head.tables.append(("Robustness: the same delta under protocol variants that each change one choice "
+                                "(x100, [95% interval]); 'robust' needs every variant to agree in sign and the "
+                                "default interval to exclude zero.", robust))
+        comp = doc["comparisons"][tuned]
+        rows = [(label(p), d["delta"] * 100, d["ci_low"] * 100, d["ci_high"] * 100, comp["verdicts"][p]["robust"])
+                for p, d in ((p, comp["deltas"][p]) for p in protocol_order(list(comp["deltas"])))
+                if not p.startswith("temporal_stability")]
+        head.figures.append((f"{set_name}_deltas.png", figures.deltas_png(rows, set_name),
+                             f"{set_name}: every delta (time-tuned minus start, x100) with its 95% interval; filled "
+                             "markers are robust."))
+    details = Section(f"{set_name}: protocol, classes and pictures", protocol_paragraphs(doc))
+    details.tables.append(("IoU per class (x100).", per_class_table(doc, classes)))
+    values = figures.per_class_values(doc)
+    if values:
+        details.figures.append((f"{set_name}_per_class_iou.png", figures.per_class_png(values, classes),
+                                f"{set_name}: IoU per class (x100) of each model for the linear probe, per-dataset "
+                                "clustering and retrieval."))
+    confusions = {m: d["protocols"]["linear"]["confusion"] for m, d in doc["models"].items()
+                  if "confusion" in d["protocols"].get("linear", {})}
+    if confusions:
+        details.figures.append((f"{set_name}_confusion_linear.png",
+                                figures.confusion_png(confusions, classes, "linear probe"),
+                                f"{set_name}: linear-probe confusion matrices, each row normalised to 100% of its "
+                                "ground-truth pixels (numbers in the cells)."))
+    details.figures += example_figures(set_name, doc, clips, examples)
+    return [head, details]
