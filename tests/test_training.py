@@ -318,7 +318,10 @@ def test_killed_process_resumes_to_the_bits_of_an_uninterrupted_run(clip_shards,
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["resumed_from"] >= killed_at and summary["steps"] == 16
     assert [int(s) for s in _log_column(out, "step")] == list(range(0, 17))  # none lost or doubled
-    train(tiny(clip_shards, tmp_path / "uninterrupted", steps=16, checkpoint_every=2), 0, CPU, progress=False)
+    # the reference runs as a process too: same thread count and start-up, whatever this test process did before
+    reference = _stage_params(clip_shards, tmp_path / "uninterrupted", steps=16, checkpoint_every=2)
+    subprocess.run([sys.executable, "-m", "stages.train", "--params", str(reference)], cwd=PROJECT, env=dvc_env(),
+                   check=True, capture_output=True)
     want = load_file(str(tmp_path / "uninterrupted" / "timetuned.safetensors"))
     got = load_file(str(out / "timetuned.safetensors"))
     assert all(torch.equal(got[k], want[k]) for k in want)
