@@ -11,7 +11,9 @@ import importlib
 import subprocess
 import sys
 
-STAGES = ("demo_data", "shard_videos", "shard_eval", "train", "extract_features", "fit_probes", "evaluate")
+from timetuning.dvc_yaml import pipeline_stages
+
+STAGES = pipeline_stages()  # dvc.yaml's
 # commands whose options go whole to their module's main (argparse's REMAINDER drops leading --flags)
 PASSTHROUGH = {"serve": "pipeline.serve", "deploy": "pipeline.deploy"}
 

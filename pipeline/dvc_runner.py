@@ -132,14 +132,6 @@ def _lines(stream) -> Iterator[str]:
         yield buf.decode("utf-8", "replace")
 
 
-def pipeline_stages(repo: Path) -> list[str]:
-    """Stage names in dvc.yaml order (foreach/matrix groups by their group name)."""
-    path = repo / "dvc.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no dvc.yaml in the flow's repo")
-    return list((yaml.safe_load(path.read_text()) or {}).get("stages", {}))
-
-
 def stage_outputs(repo: Path, stage: str) -> list[dict[str, str]]:
     """Outputs of ``stage`` (or of every item of a foreach group) with their hashes, from dvc.lock."""
     lock = repo / "dvc.lock"

@@ -21,12 +21,13 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
                                update_progress_artifact)
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.dvc_runner import (DvcResult, StageFailed, pipeline_stages, run_dvc, run_dvc_when_free,
+from pipeline.dvc_runner import (DvcResult, StageFailed, run_dvc, run_dvc_when_free,
                                  stage_outputs, workspace_lock)
 from pipeline.experiments import apply_experiment, identical_experiment, save_experiment, write_overrides
 from pipeline.overrides import ParamsOverrides, changed_overrides, dotted_overrides
 from pipeline.workspace import check_tools, default_remote, resolve_repo, set_aside
 from timetuning.config import Params, ParamsError, apply_overrides, load_params
+from timetuning.dvc_yaml import pipeline_stages
 from timetuning.inputs import PIPELINE, MissingInputError, preflight
 
 RETRY_DELAY_S = 5.0  # a transient failure (a signal, a resource limit) gets a moment to pass
@@ -188,7 +189,7 @@ def timetuning(overrides: Optional[ParamsOverrides] = None, stages: Optional[lis
         params = apply_overrides(base, flat) if flat else base
     except ParamsError as err:
         raise ValueError(f"invalid overrides: {err}") from None
-    known = pipeline_stages(root)
+    known = pipeline_stages(root / "dvc.yaml")
     chosen = stages or known
     unknown = [s for s in chosen if s.split("@")[0] not in known]
     if unknown:

@@ -16,15 +16,7 @@ log = logging.getLogger("timetuning.stages.shard_videos")
 
 def run(params: Params, args: argparse.Namespace) -> None:
     check_stage_inputs(params, "shard_videos")
-    p = params.shard_videos
-    mapper = None
-    if p.executor == "dask":  # scale-out over a Dask cluster through Prefect's task runner
-        import os
-
-        from pipeline.dask_ingest import dask_mapper
-
-        mapper = dask_mapper(p.dask_address, p.workers or os.cpu_count() or 1)
-    manifest = shard_videos(p, params.seed, mapper=mapper)
+    manifest = shard_videos(params.shard_videos, params.seed)  # on the executor params.yaml names
     log.info("%d clips from %d/%d videos -> %d shard(s) in %s; skipped %d",
              manifest["clips_written"], manifest["videos_used"], manifest["videos_seen"],
              len(manifest["shards"]), params.shard_videos.output_dir, len(manifest["videos_skipped"]))

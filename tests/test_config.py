@@ -149,3 +149,19 @@ def test_eval_set_classes_and_splits_are_checked():
         "shard_eval.sets.y.classes: a YouTube-VOS set takes its categories from meta.json")
     assert _error({"shard_eval": {"sets": {"v": base | {"splits": ["val", "val"]}}}, "train": {"val_set": None}}) \
         == "shard_eval.sets.v.splits: ['val', 'val'] lists a split twice"
+
+
+def test_propagation_defaults_are_dinos_and_params_yaml_holds_them():
+    from timetuning.config import PropagationParams
+
+    defaults = PropagationParams()
+    # facebookresearch/dino eval_video_segmentation.py: --topk 5, --size_mask_neighborhood 12, --n_last_frames 7,
+    # affinity exp(cos / 0.1), bilinear upsampling + norm_mask; DAVIS-2017 skips the last frame
+    assert (defaults.topk, defaults.window_radius, defaults.context_frames, defaults.temperature) == (5, 12, 7, 0.1)
+    assert defaults.upsampling == "bilinear" and defaults.rescale_per_object and not defaults.score_last_frame
+    assert load_params("params.yaml").fit_probes.propagation == defaults
+    with pytest.raises(ParamsError) as err:
+        validate_params({"fit_probes": {"propagation": {"topk": 0, "temperature": 0, "upsampling": "bicubic"}}})
+    msg = str(err.value)
+    for key in ("topk", "temperature", "upsampling"):
+        assert f"fit_probes.propagation.{key}" in msg

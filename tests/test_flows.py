@@ -240,7 +240,7 @@ def test_missing_inputs_stop_the_run_before_dvc_touches_anything(prefect_api, tm
 
 
 def test_ingest_fans_out_on_a_local_dask_cluster(prefect_api, tmp_path):
-    from pipeline.dask_ingest import dask_mapper
+    from timetuning.executors import dask_mapper
     from timetuning.ingest import shard_videos
     from timetuning.shards import list_shards
 

@@ -16,7 +16,8 @@ import yaml
 
 from tests.media import make_video
 from timetuning.config import ShardVideosParams
-from timetuning.ingest import find_videos, process_pool_mapper, scan_videos, shard_videos, video_ids
+from timetuning.executors import process_pool_mapper
+from timetuning.ingest import find_videos, scan_videos, shard_videos, video_ids
 from timetuning.shards import iter_shard, list_shards
 
 

@@ -39,6 +39,26 @@ def test_dvc_repro_ingest_caches_and_reruns_only_what_changed(tmp_path):
     assert json.loads((repo / "data/shards/train/manifest.json").read_text())["params"]["fps"] == 9
 
 
+def test_dask_ingest_under_a_plain_dvc_repro_reports_to_one_prefect_server(tmp_path):
+    """No PREFECT_API_URL (a plain `dvc repro`): one temporary server for the run, shared by the local Dask
+    workers, and the same shards and artifact hash as the process pool (the executor is execution-only)."""
+    repo = make_repo(tmp_path / "repo", tiny_params())
+    dvc(repo, "repro", "shard_videos")
+    before = (repo / "dvc.lock").read_text()
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["shard_videos"].update(executor="dask", workers=2)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    assert ran_stages(dvc(repo, "repro", "shard_videos").stdout) == []  # nothing to do: same artifacts
+    env = {k: v for k, v in dvc_env().items() if k != "PREFECT_API_URL"}
+    proc = subprocess.run([sys.executable, "-m", "stages.shard_videos"], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    output = proc.stdout + proc.stderr
+    assert output.count("Starting temporary server") == 1, output
+    assert dvc(repo, "status", "shard_videos").stdout.strip().endswith("up to date.")  # byte-identical shards
+    assert (repo / "dvc.lock").read_text() == before
+
+
 def test_invalid_param_fails_the_stage_naming_the_key(tmp_path):
     repo = make_repo(tmp_path / "repo", tiny_params())
     params = yaml.safe_load((repo / "params.yaml").read_text())

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from timetuning.kmeans import batched_kmeans
 from timetuning.metrics import (IGNORE_INDEX, confusion_matrix, greedy_mapping, hungarian_mapping, mean_iou,
                                 remap_confusion)
+from timetuning.pca import fit_standard_pca
 from timetuning.upsampling import bilinear_sample, nearest_indices
 
 SCOPES = ("per_frame", "per_clip", "per_dataset")
@@ -175,3 +176,21 @@ def score_confusion(conf: np.ndarray, matching: str = "hungarian") -> tuple[floa
     mapping = hungarian_mapping(conf) if matching == "hungarian" else greedy_mapping(conf)
     folded = remap_confusion(conf, mapping)
     return mean_iou(folded), folded
+
+
+def clip_clustering_miou(features: list[torch.Tensor], masks: list[np.ndarray], num_classes: int, *,
+                         pca_dim: int = 50, seed: int = 0, settings: KMeansSettings = KMeansSettings()) -> float:
+    """Per-clip clustering mIoU under TimeT's protocol for a handful of clips held in memory (training's model
+    selection): scaler+PCA fitted on these clips, each clip clustered per pixel at its masks' size."""
+    pca = fit_standard_pca([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for f in features], pca_dim)
+    reduce = lambda f: pca.transform(f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()  # noqa: E731
+    scores = []
+    for i, (f, m) in enumerate(zip(features, masks)):
+        size = (m.shape[-2], m.shape[-1])
+        k = classes_present(m)
+        if k == 0:
+            continue
+        ids = cluster_groups([reduce(f)], [k], [i], size=size, pixels=True, seed=seed,
+                             settings=settings)[0]
+        scores.append(match_group(ids, m, num_classes, k).miou)
+    return float(np.nanmean(scores)) if scores else float("nan")

@@ -27,8 +27,8 @@ def verdict(main: dict[str, Any], variants: dict[str, dict[str, Any]], scale: fl
     figure = f"{scale * delta:+.1f}{unit} ({level}% interval {scale * low:+.1f} to {scale * high:+.1f})"
     direction = "helps" if sign > 0 else "hurts" if sign < 0 else "does not change"
     if robust:
-        text = f"time-tuning {direction}: {figure}; robust: the interval excludes zero and all " \
-               f"{len(variants)} protocol variants agree in sign"
+        agree = f"all {len(variants)} protocol variants agree in sign" if variants else "no protocol variant applies"
+        text = f"time-tuning {direction}: {figure}; robust: the interval excludes zero and {agree}"
     else:
         reasons = []
         if not excludes_zero:

@@ -456,6 +456,34 @@ class ExtractFeaturesParams(Section):
 
 
 # --------------------------------------------------------------------------- stage 4: probes
+class PropagationParams(Section):
+    """Semi-supervised video object segmentation by label propagation (the ``propagation`` protocol).
+
+    Defaults are those of DINO's DAVIS-2017 evaluation (facebookresearch/dino ``eval_video_segmentation.py``:
+    ``--topk 5``, ``--size_mask_neighborhood 12``, ``--n_last_frames 7``, the affinity's fixed ``/ 0.1``, bilinear
+    upsampling of the patch-level labels followed by its per-object min-max rescaling ``norm_mask``); the scoring
+    convention is the DAVIS-2017 semi-supervised benchmark's (davis2017-evaluation: first and last frame skipped).
+    """
+
+    topk: PositiveInt = Field(5, le=1024, description="source patches whose labels each target patch averages, "
+                              "chosen jointly over all context frames (DINO --topk 5)")
+    window_radius: NonNegativeInt = Field(12, le=1024, description="a source patch contributes only if it lies "
+                                          "within this many rows and columns of the target patch on the patch "
+                                          "grid (DINO --size_mask_neighborhood 12)")
+    context_frames: NonNegativeInt = Field(7, le=1024, description="most recent predicted frames kept as context "
+                                           "besides the first (annotated) frame, which is always kept "
+                                           "(DINO --n_last_frames 7)")
+    temperature: PositiveFloat = Field(0.1, le=100.0, description="affinity softmax temperature: weights are "
+                                       "exp(cosine / temperature) over the top-k (DINO: fixed 0.1)")
+    upsampling: Literal["bilinear", "nearest"] = Field("bilinear", description="how the patch-level soft labels "
+                                                       "are brought to the mask resolution before the argmax "
+                                                       "(DINO: bilinear, align_corners=False)")
+    rescale_per_object: bool = Field(True, description="after upsampling, min-max rescale each object's soft "
+                                     "label map to [0, 1] before the argmax (DINO's norm_mask)")
+    score_last_frame: bool = Field(False, description="score the last frame too; the DAVIS-2017 semi-supervised "
+                                   "benchmark skips the first (given) and the last frame")
+
+
 ROBUSTNESS_VARIANTS = ("l2_no_pca", "pca_per_group", "fixed_k", "patch_level")
 
 
@@ -513,6 +541,8 @@ class FitProbesParams(Section):
         if not self.seeds:
             raise ValueError("seeds: at least one seed is needed")
         return self
+    propagation: PropagationParams = Field(default_factory=PropagationParams,
+                                           description="video object segmentation by label propagation (J&F)")
 
 
 # --------------------------------------------------------------------------- stage 5: reports

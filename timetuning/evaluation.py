@@ -36,6 +36,7 @@ from timetuning.metrics import confusion_matrix, hungarian_mapping
 from timetuning.pca import StandardPCA, fit_standard_pca
 from timetuning.probes import (MemoryBank, predict_linear_probe, retrieval_votes, train_linear_probe,
                                upsampled_argmax)
+from timetuning.propagation import LabeledClip, evaluate_propagation
 from timetuning.scores import ConfusionScores, DifferenceScores, GroupScores, RatioScores, Scores
 from timetuning.temporal import stable_counts
 from timetuning.upsampling import resize_nearest
@@ -186,23 +187,6 @@ def group_protocols(source: SplitSource, pca: StandardPCA, num_classes: int, p: 
     return GroupResult(scores, stability, examples)
 
 
-def clip_clustering_miou(features: list[torch.Tensor], masks: list[np.ndarray], num_classes: int, *,
-                         pca_dim: int = 50, seed: int = 0, settings: KMeansSettings = KMeansSettings()) -> float:
-    """Per-clip clustering mIoU under TimeT's protocol for a handful of clips held in memory (training's model
-    selection): scaler+PCA fitted on these clips, each clip clustered per pixel at its masks' size."""
-    pca = fit_standard_pca([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for f in features], pca_dim)
-    scores = []
-    for i, (f, m) in enumerate(zip(features, masks)):
-        size = (m.shape[-2], m.shape[-1])
-        k = classes_present(m)
-        if k == 0:
-            continue
-        ids = cluster_groups([feature_maps("pca", f, pca)], [k], [i], size=size, pixels=True, seed=seed,
-                             settings=settings)[0]
-        scores.append(match_group(ids, m, num_classes, k).miou)
-    return float(np.nanmean(scores)) if scores else float("nan")
-
-
 # ---------------------------------------------------------------------------------------------- per dataset
 @dataclass
 class DatasetConfig:
@@ -339,6 +323,42 @@ def retrieval_protocol(train: SplitSource, val: SplitSource, num_classes: int, p
     return ConfusionScores(confusion, "none"), examples
 
 
+def propagation_protocol(val: SplitSource, p: FitProbesParams, num_examples: int
+                         ) -> tuple[dict[str, GroupScores], dict[str, np.ndarray], dict[str, Any]] | None:
+    """Semi-supervised video object segmentation (J&F) on the clips whose shards carry instance masks; each
+    object's scores are kept with its video, for the bootstrap. None when the split has no instance masks."""
+    order: list[int] = []  # the index in the split of each clip offered to the protocol
+
+    def labeled():
+        for i, (f, clip) in enumerate(val.clips()):
+            if clip.instances is not None and clip.num_frames > 2:
+                order.append(i)
+                yield LabeledClip(clip.video_id, f.features, clip.instances)
+
+    try:
+        result = evaluate_propagation(labeled(), p.propagation, num_examples=num_examples)
+    except ValueError:
+        if order:  # a real error of a clip that has instance masks
+            raise
+        return None  # no clip carries instance masks
+    index = {v: i for i, v in enumerate(val.videos)}
+    video = np.array([index[o.video] for o in result.objects])
+    j = np.array([o.j_mean for o in result.objects])
+    f = np.array([o.f_mean for o in result.objects])
+    scores = {"jf_mean": GroupScores(video, ((j + f) / 2)[None]), "j_mean": GroupScores(video, j[None]),
+              "f_mean": GroupScores(video, f[None])}
+    seen: dict[str, int] = {}
+    examples = {}
+    for clip_index, video_id in zip(order, (val.videos[val.clip_video[i]] for i in order)):
+        k = seen.get(video_id, 0)
+        seen[video_id] = k + 1
+        match = [e for e in result.examples if e.video == video_id and e.clip == k]
+        if clip_index < num_examples and match:
+            examples[f"propagation/{clip_index}"] = match[0].predicted.astype(np.uint8)
+    facts = {"propagation_objects": len(result.objects), "propagation_skipped": result.skipped}
+    return scores, examples, facts
+
+
 # ---------------------------------------------------------------------------------------------- one model
 @dataclass
 class ModelEvaluation:
@@ -385,6 +405,16 @@ def evaluate_model(val: SplitSource, train: SplitSource | None, num_classes: int
     else:
         for key in ("linear", "hummingbird"):
             not_applicable[key] = "the set has no train split to fit on"
+    propagation = propagation_protocol(val, p, num_examples) if val.has_time else None
+    if propagation is None:
+        for key in ("jf_mean", "j_mean", "f_mean"):
+            not_applicable[key] = "no instance masks (label propagation needs a DAVIS-style instance-annotated set)" \
+                if val.has_time else "single-frame clips (an image set): nothing to propagate"
+    else:
+        prop_scores, ex, prop_facts = propagation
+        scores.update(prop_scores)
+        examples.update(ex)
+        facts.update(prop_facts)
     facts.update(pca_dim=pca.dim, pca_explained_variance=float(pca.explained_variance_ratio.sum()),
                  frames=val.num_frames, clips=len(val.clip_frames), videos=len(val.videos),
                  grid=val.info.grid, feature_dim=val.info.dim, input_size=val.info.input_size)

@@ -79,6 +79,15 @@ def example_figures(set_name: str, doc: dict[str, Any], clips: list[EvalClip],
     out = []
     classes = doc["classes"]
     for i, clip in enumerate(clips):
+        propagated = {f"{m}: propagated": ex[f"propagation__{i}"] for m, ex in examples.items()
+                      if f"propagation__{i}" in ex}
+        if propagated and clip.instances is not None:
+            names = ["background"] + [f"object {k}" for k in range(1, 255)]
+            caption = (f"{set_name}, clip {clip.clip_id}: label propagation (J&F protocol). The first frame's instance "
+                       "masks are given; each model's features carry them through the clip (colours = instances).")
+            out.append((f"{set_name}_propagation{i}.png",
+                        figures.segmentation_png(clip.frames, clip.instances, propagated, names,
+                                                 f"{set_name}: {clip.clip_id} (instances)"), caption))
         preds = {}
         for model, ex in examples.items():
             if f"cluster__{i}" in ex:

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from timetuning.config import ShardVideosParams, artifact_params
+from timetuning.executors import Mapper, ingest_mapper
 from timetuning.files import write_json_atomic
 from timetuning.sampling import min_frames_needed, sample_clips, video_rng
 from timetuning.shards import ShardWriter, encode_jpeg, sanitize_key
@@ -36,7 +36,6 @@ FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 log = logging.getLogger(__name__)
 
-Mapper = Callable[[Callable[..., Any], list[Any]], Iterable[Any]]
 
 
 @dataclass
@@ -209,19 +208,6 @@ def _video_to_clips_star(args: tuple) -> VideoResult:
     return video_to_clips(*args)
 
 
-def process_pool_mapper(workers: int) -> Mapper:
-    """An ordered map over a local process pool (``workers`` processes; 1 = in this process)."""
-
-    def mapper(fn: Callable[..., Any], items: list[Any]) -> Iterator[Any]:
-        if workers <= 1:
-            yield from map(fn, items)
-            return
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            yield from pool.map(fn, items, chunksize=1)
-
-    return mapper
-
-
 def video_name(path: Path) -> str:
     """The ID a video list names: the file stem, or the frame folder's name (YouTube-VOS/DAVIS video ids)."""
     return path.name if path.is_dir() else path.stem
@@ -286,8 +272,9 @@ def shard_videos(params: ShardVideosParams, seed: int, mapper: Mapper | None = N
         raise FileNotFoundError(f"shard_videos.input_dir: no {what} under {root}{unseen}")
     if params.video_list:
         paths = select_listed(paths, params.video_list)
-    workers = params.workers or os.cpu_count() or 1
-    mapper = mapper or process_pool_mapper(min(workers, len(paths)))
+    if mapper is None:  # the executor params.yaml names; a local pool never larger than the number of videos
+        workers = min(params.workers or os.cpu_count() or 1, len(paths))
+        mapper = ingest_mapper(params.executor, workers, params.dask_address)
     jobs = [(str(p), vid, params, seed) for p, vid in zip(paths, video_ids(paths, root))]
     out_dir = Path(params.output_dir)
     # a rerun replaces the previous shards entirely; the manifest goes first, so a killed run never leaves one

@@ -28,10 +28,9 @@ import numpy as np
 import torch
 
 from timetuning.backbones import DenseBackbone, dense_features
-from timetuning.clustering import KMeansSettings
+from timetuning.clustering import KMeansSettings, clip_clustering_miou
 from timetuning.config import Params
 from timetuning.eval_shards import read_labels
-from timetuning.evaluation import clip_clustering_miou
 from timetuning.shard_index import SampleRef, index_shards, read_sample
 from timetuning.shards import clip_frames, decode_image, decode_mask, list_shards, sanitize_key
 from timetuning.upsampling import resize_nearest

@@ -1,0 +1,58 @@
+"""dvc.yaml's code deps are the files each stage imports (no stale cache after a code change), and the layers
+only import downward: the library imports neither stages nor pipeline, stages import only the library."""
+
+import ast
+import re
+from pathlib import Path
+
+from timetuning.dvc_yaml import PACKAGES, ROOT, code_deps, dvc_yaml_problems, imported_files, write_dvc_yaml
+
+
+def test_every_stage_depends_on_exactly_the_project_files_it_imports():
+    assert dvc_yaml_problems() == []
+
+
+def test_the_walk_follows_lazy_relative_and_package_imports(tmp_path):
+    pkg = tmp_path / "timetuning"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from timetuning import b\nfrom . import c\n")
+    (pkg / "b.py").write_text("def f():\n    import timetuning.d  # lazy: runs when f does\n")
+    (pkg / "c.py").write_text("import numpy\n")
+    (pkg / "d.py").write_text("")
+    (pkg / "unused.py").write_text("")
+    got = {p.name for p in imported_files("timetuning.a", tmp_path)}
+    assert got == {"__init__.py", "a.py", "b.py", "c.py", "d.py"}
+
+
+def test_write_restores_deps_that_were_dropped(tmp_path):
+    text = (ROOT / "dvc.yaml").read_text()
+    broken = re.sub(r"^      - timetuning/forwarder.py\n", "", text, count=1, flags=re.M)  # train's
+    assert broken != text
+    (tmp_path / "dvc.yaml").write_text(broken)
+    for package in PACKAGES:  # code_deps reads the sources next to dvc.yaml
+        (tmp_path / package).symlink_to(ROOT / package)
+    import timetuning.dvc_yaml as cd
+
+    assert cd.dvc_yaml_problems(tmp_path / "dvc.yaml") == ["train: imports timetuning/forwarder.py but does not "
+                                                           "depend on it"]
+    write_dvc_yaml(tmp_path / "dvc.yaml")
+    assert cd.dvc_yaml_problems(tmp_path / "dvc.yaml") == []
+    assert "timetuning/forwarder.py" in code_deps("stages.train")
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_layers_import_only_downward():
+    for path in sorted((ROOT / "timetuning").rglob("*.py")):
+        assert not _imports(path) & {"stages", "pipeline"}, f"{path}: the library imports a caller"
+    for path in sorted((ROOT / "stages").rglob("*.py")):
+        assert "pipeline" not in _imports(path), f"{path}: a stage imports the pipeline that runs it"
