@@ -24,7 +24,8 @@ from timetuning.backbones import build_backbone  # noqa: E402
 from timetuning.config import BackboneParams, TrainParams  # noqa: E402
 from timetuning.distributed import DistContext  # noqa: E402
 from timetuning.head import ClusteringHead  # noqa: E402
-from timetuning.training import TimeTuner, build_optimizer, clip_loader, endless, loss_config  # noqa: E402
+from timetuning.clip_stream import clip_batches, loader_workers, training_clips  # noqa: E402
+from timetuning.training import TimeTuner, build_optimizer, loss_config  # noqa: E402
 from timetuning.transforms import ClipAugmentation  # noqa: E402
 
 
@@ -83,17 +84,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         shards = clip_shards(Path(tmp) / "shards", size=args.size + args.size // 4)
         backbone = build_backbone(bp, trainable_blocks=p.trainable_blocks)
-        tuner = TimeTuner(backbone, ClusteringHead(backbone.embed_dim), loss_config(p)).to(device).train()
+        # the backbone alone autocasts (bf16 on a GPU); head, Sinkhorn and the Feature-Forwarder stay fp32
+        tuner = TimeTuner(backbone, ClusteringHead(backbone.embed_dim), loss_config(p), amp).to(device).train()
         optimizer = build_optimizer(tuner, p)
         aug = ClipAugmentation(args.size, backbone.mean, backbone.std)
-        batches = endless(clip_loader(shards, p, aug, 0, DistContext(device=device), 10_000 * args.batch))
+        batches = iter(clip_batches(training_clips(shards), aug, 0, args.batch, DistContext(device=device), 0,
+                                    10_000, loader_workers(args.workers, device)))
 
         fixed = next(batches).to(device)
 
         def tt_step(clips: torch.Tensor | None = None) -> None:
             clips = next(batches).to(device, non_blocking=True) if clips is None else clips
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                loss = tuner(clips)
+            loss = tuner(clips)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

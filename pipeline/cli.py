@@ -1,4 +1,5 @@
-"""The ``timetuning`` command: run one stage, the whole pipeline, serve the Prefect flow, or deploy it to a pool.
+"""The ``timetuning`` command: run one stage, the whole pipeline, apply a params profile, serve the Prefect flow, or
+deploy it to a pool.
 
 It lives in `pipeline/` (not in the library) because it starts stages and flows.
 """
@@ -27,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("stages", nargs="*", help="stages to run (default: all; shard_eval or shard_eval@<set>)")
     rp.add_argument("-s", "--single-item", action="store_true", help="run only these stages, not what they need")
     rp.add_argument("-f", "--force", action="store_true", help="rerun even if DVC says the stages are up to date")
+    pr = sub.add_parser("profile", help="merge a params profile (profiles/<name>.yaml or a file) into params.yaml")
+    pr.add_argument("name", help="profile name (e.g. paper) or path of a profile file")
+    pr.add_argument("--params", default="params.yaml", help="the params file to update (default: %(default)s)")
     sub.add_parser("serve", help="start a Prefect server on 127.0.0.1 and serve the flow (see serve --help)")
     sub.add_parser("deploy", help="register the flow on a Prefect work pool for workers (see deploy --help)")
     args = sys.argv[1:] if argv is None else list(argv)
@@ -36,7 +40,24 @@ def main(argv: list[str] | None = None) -> int:
     if ns.command == "stage":
         module = importlib.import_module(f"stages.{ns.name}")
         return int(module.main(ns.args) or 0)
+    if ns.command == "profile":
+        return profile(ns.name, ns.params)
     return repro(ns.stages, ns.single_item, ns.force)
+
+
+def profile(name: str, params_file: str = "params.yaml") -> int:
+    """Merge a profile into params.yaml (validated first; comments kept): DVC and the flow see param changes."""
+    from timetuning.config import ParamsError
+    from timetuning.profiles import apply_profile, profile_path
+
+    try:
+        path = profile_path(name)
+        apply_profile(path, params_file)
+    except ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"{params_file}: applied {path}; `timetuning repro` (or `dvc repro`, `dvc exp run`) now runs with it")
+    return 0
 
 
 def repro(stages: list[str], single_item: bool = False, force: bool = False) -> int:

@@ -5,31 +5,35 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from timetuning.config import Params
 from timetuning.distributed import cleanup, init_distributed
 from timetuning.inputs import check_stage_inputs
 from timetuning.stage import run_stage
 from timetuning.training import train
+from timetuning.validation import validation_data
 
 log = logging.getLogger("timetuning.stages.train")
 
 
+def _rounded(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
 def run(params: Params, args: argparse.Namespace) -> None:
     check_stage_inputs(params, "train")
-    p = params.train
-    # the schema checked that val_set names a set; without its shards training skips validation (logged)
-    val_dir = Path(params.shard_eval.output_dir) / p.val_set if p.val_set else None
+    validation = validation_data(params)  # refuses data that evaluation scores, before any training
     ctx = init_distributed()
     try:
-        summary = train(p, params.seed, ctx, val_dir=val_dir)
+        summary = train(params.train, params.seed, ctx, validation=validation)
     finally:
         cleanup(ctx)
     if ctx.is_main:
-        log.info("trained %d steps (resumed from %d): loss %s -> %s, %s clips/s, val mIoU %s -> best %s",
-                 summary["steps"], summary["resumed_from"], summary["first_loss"], summary["final_loss"],
-                 summary["mean_clips_per_s"], summary["val_miou_start"], summary["val_miou_best"])
+        log.info("trained %d steps (resumed from %d): loss %s -> %s, %s clips/s, val mIoU %s -> best %s at step %s; "
+                 "exported %s", summary["steps"], summary["resumed_from"], _rounded(summary["first_loss"]),
+                 _rounded(summary["final_loss"]), _rounded(summary["mean_clips_per_s"], 3),
+                 _rounded(summary["val_miou_start"]), _rounded(summary["val_miou_best"]), summary["best_step"],
+                 summary["exported"])
 
 
 def main(argv: list[str] | None = None) -> int:

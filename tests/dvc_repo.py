@@ -33,7 +33,7 @@ def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
 def make_repo(path: Path, params: dict) -> Path:
     """Copy the pipeline (dvc.yaml, stages, library) into a fresh git + DVC repo with ``params``."""
     path.mkdir(parents=True, exist_ok=True)
-    for item in ("dvc.yaml", "stages", "timetuning", ".dvcignore", "models/custom"):
+    for item in ("dvc.yaml", "stages", "timetuning", ".dvcignore", "models/custom", "splits"):
         src = PROJECT / item
         if src.is_dir():
             shutil.copytree(src, path / item, ignore=shutil.ignore_patterns("__pycache__"))
@@ -70,7 +70,7 @@ def tiny_full_params() -> dict:
     """Every stage, tiny: real package weights at 64 px, a few training steps, one seed."""
     params = tiny_params()
     params["train"] = {"input_size": 64, "batch_size": 4, "steps": 4, "num_prototypes": 16, "hidden_dim": 64,
-                       "bottleneck_dim": 32, "projection_dim": 16, "num_workers": 0, "shuffle_buffer": 8,
+                       "bottleneck_dim": 32, "projection_dim": 16, "num_workers": 0,
                        "checkpoint_every": 2, "val_every": 2}
     params["extract_features"] = {"input_size": 64, "batch_size": 8}
     params["fit_probes"] = {"seeds": [0], "kmeans_restarts": 1, "overclustering_k": [8], "linear_epochs": 3,

@@ -1,4 +1,5 @@
 import json
+import logging
 import time
 
 import numpy as np
@@ -156,8 +157,63 @@ def test_vit_patch_tokens_without_prefix_tokens():
     vit = build_backbone(BackboneParams(name="test_vit", weights="none"), trainable_blocks=1)
     out = vit(torch.randn(2, 3, 64, 96))
     assert out.shape == (2, vit.embed_dim, 4, 6) and vit.stride == 16
-    trainable = [n for n, p in vit.named_parameters() if p.requires_grad]
-    assert trainable and all(n.startswith(("model.blocks.", "model.norm")) for n in trainable)
+
+
+def test_vit_trains_its_last_blocks_and_nothing_else():
+    """The paper trains the last two blocks of ViT-S: the final LayerNorm stays frozen."""
+    vit = build_backbone(BackboneParams(name="test_vit", weights="none"), trainable_blocks=2)
+    depth = len(vit.model.blocks)
+    trainable = {n.split(".")[2] for n, p in vit.named_parameters() if p.requires_grad}
+    assert {n.split(".")[1] for n, p in vit.named_parameters() if p.requires_grad} == {"blocks"}
+    assert trainable == {str(depth - 2), str(depth - 1)}
+    assert not any(p.requires_grad for p in vit.model.norm.parameters())
+
+
+def test_mean_and_std_come_from_params_else_the_weights_config():
+    dino_name = build_backbone(BackboneParams(name="vit_small_patch16_224.dino", weights="none"))
+    assert dino_name.mean == (0.485, 0.456, 0.406) and dino_name.std == (0.229, 0.224, 0.225)
+    plain = build_backbone(BackboneParams(name="test_vit", weights="none"))
+    assert plain.mean == plain.std == (0.5, 0.5, 0.5)
+    given = build_backbone(BackboneParams(name="test_vit", weights="none", mean=(0.1, 0.2, 0.3), std=(1, 2, 3)))
+    assert given.mean == (0.1, 0.2, 0.3) and given.std == (1.0, 2.0, 3.0)
+
+
+def _vit_state(extra=None):
+    state = timm.create_model("test_vit").state_dict()
+    return state | (extra or {})
+
+
+def test_a_local_file_whose_family_disagrees_with_the_name_is_refused(tmp_path, caplog):
+    """DINO weights (told by DINO's head keys, or by a file name like dino_deitsmall16_pretrain.pth) under a name
+    whose config says mean/std 0.5 would be normalised wrongly: refused unless mean/std are given."""
+    with_head = tmp_path / "checkpoint.pth"
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in _vit_state().items()}
+                | {"head.last_layer.weight_g": torch.ones(1)}}, with_head)
+    by_name = tmp_path / "dino_testvit_pretrain.pth"
+    torch.save(_vit_state(), by_name)
+    for path in (with_head, by_name):
+        with pytest.raises(WeightsError, match=r"looks like dino .*configures mean \(0.5, 0.5, 0.5\)"):
+            build_backbone(BackboneParams(name="test_vit", weights=str(path)))
+        ok = build_backbone(BackboneParams(name="test_vit", weights=str(path), mean=(0.485, 0.456, 0.406),
+                                           std=(0.229, 0.224, 0.225)))
+        assert ok.mean == (0.485, 0.456, 0.406)
+    unknown = tmp_path / "weights.pth"
+    torch.save(_vit_state(), unknown)
+    with caplog.at_level(logging.WARNING, logger="timetuning.backbones"):
+        build_backbone(BackboneParams(name="test_vit", weights=str(unknown)))
+    assert "cannot tell which normalisation" in caplog.text and "(0.5, 0.5, 0.5)" in caplog.text
+
+
+def test_exports_record_their_normalisation(tmp_path):
+    """A run normalised with ImageNet's mean/std exports them; reloading under a name configured otherwise fails."""
+    path = tmp_path / "timetuned.safetensors"
+    export_backbone(path, _vit_state(), {"name": "test_vit", "mean": json.dumps([0.485, 0.456, 0.406]),
+                                         "std": json.dumps([0.229, 0.224, 0.225])})
+    with pytest.raises(WeightsError, match="test_vit as exported"):
+        build_backbone(BackboneParams(name="test_vit", weights=str(path)))
+    again = build_backbone(BackboneParams(name="test_vit", weights=str(path), mean=(0.485, 0.456, 0.406),
+                                          std=(0.229, 0.224, 0.225)))
+    assert again.std == (0.229, 0.224, 0.225)
 
 
 def test_offline_hub_fails_fast_with_advice(monkeypatch):

@@ -295,3 +295,47 @@ def test_a_bad_class_file_fails_before_the_previous_shards_are_removed(tmp_path)
                                            r"is read from the set's root\)"):
         shard_eval_set(_set(root, "voc", splits=["val"], classes="missing.txt"), tmp_path / "o", progress=False)
     assert sorted(p.name for p in (tmp_path / "o" / "s").iterdir()) == before
+
+
+def _ytvos_folder(root, folder, videos):
+    """A YouTube-VOS folder (``<folder>/JPEGImages``, ``Annotations``, ``meta.json``), one object per video."""
+    rng = np.random.default_rng(1)
+    meta = {"videos": {}}
+    for vid in videos:
+        (root / folder / "JPEGImages" / vid).mkdir(parents=True)
+        (root / folder / "Annotations" / vid).mkdir(parents=True)
+        for t in range(0, 10, 5):
+            Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(
+                root / folder / "JPEGImages" / vid / f"{t:05d}.jpg")
+            mask = np.zeros((40, 60), np.uint8)
+            mask[5:20, 5:20] = 1
+            Image.fromarray(mask).save(root / folder / "Annotations" / vid / f"{t:05d}.png")
+        meta["videos"][vid] = {"objects": {"1": {"category": "cat", "frames": []}}}
+    (root / folder / "meta.json").write_text(json.dumps(meta))
+
+
+def test_video_lists_cut_disjoint_splits_from_one_youtube_vos_folder(tmp_path):
+    root = tmp_path / "ytvos"
+    _ytvos_folder(root, "train", ["a1", "b2", "c3", "d4"])
+    (tmp_path / "select.txt").write_text("c3\n")
+    (tmp_path / "val.txt").write_text("# held out for scoring\nd4\nb2\n\n")
+    params = _set(root, "ytvos", splits=["select", "val"],
+                  video_lists={"select": str(tmp_path / "select.txt"), "val": str(tmp_path / "val.txt")})
+    manifest = shard_eval_set(params, tmp_path / "o", progress=False)
+    assert manifest["splits"] == {"select": 1, "val": 2}
+    videos = {split: [s["json"]["video_id"] for s in iter_shard(list_shards(tmp_path / "o" / "s", split)[0])]
+              for split in ("select", "val")}
+    assert videos == {"select": ["c3"], "val": ["d4", "b2"]}  # the list's order, read from the train folder
+    (tmp_path / "val.txt").write_text("d4\nzz9\n")
+    with pytest.raises(DatasetError, match=r"video_lists.val: 1 listed video\(s\) not in .*train/meta.json.*zz9"):
+        read_sequences(params, "val")
+
+
+def test_video_lists_replace_davis_split_files(tmp_path):
+    root = _davis(tmp_path / "davis", n_train=3)
+    (tmp_path / "hold.txt").write_text("train2\n")
+    params = _set(root, "davis", splits=["train", "hold"], video_lists={"hold": str(tmp_path / "hold.txt")})
+    assert [s.video_id for s in read_sequences(params, "hold")[0]] == ["train2"]
+    assert [s.video_id for s in read_sequences(params, "train")[0]] == ["train0", "train1", "train2"]
+    with pytest.raises(ValueError, match=r"video_lists: split\(s\) \['other'\] are not in splits"):
+        _set(root, "davis", splits=["train"], video_lists={"other": "x.txt"})

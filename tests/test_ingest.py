@@ -8,8 +8,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import webdataset as wds
+from PIL import Image
 import yaml
 
 from tests.media import make_video
@@ -89,7 +91,44 @@ def test_dense_sampler_and_no_clip_failure(video_dir, tmp_path):
         shard_videos(_params(tmp_path / "nowhere", tmp_path / "o"), seed=0, progress=False)
 
 
-def test_sigkilled_stage_leaves_only_complete_shards(tmp_path):
+def test_video_list_selects_videos_by_name_and_the_manifest_names_them(video_dir, tmp_path):
+    listed = tmp_path / "train.txt"
+    listed.write_text("b\n# a comment\na\n")
+    manifest = shard_videos(_params(video_dir, tmp_path / "o", video_list=str(listed)), seed=0, progress=False)
+    assert manifest["videos_seen"] == 2 and manifest["video_names"] == ["a", "b"]
+    keys = {s["__key__"].split("__")[0] for p in list_shards(tmp_path / "o", "clips") for s in iter_shard(p)}
+    assert keys == {"a", "sub_b"}
+    listed.write_text("a\nnope\n")
+    with pytest.raises(FileNotFoundError, match=r"video_list .*train.txt: 1 listed video\(s\) not found.*nope"):
+        shard_videos(_params(video_dir, tmp_path / "o2", video_list=str(listed)), seed=0, progress=False)
+
+
+def _frame_folder(folder, frames, size=(60, 40), seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for t in range(frames):
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(folder / f"{t:05d}.jpg")
+
+
+def test_frame_folders_are_videos(tmp_path):
+    """YouTube-VOS ships videos as JPEG folders: each folder is a video named by the folder, resampled from
+    frames_fps to fps without duplicating frames and scaled like a decoded video."""
+    root = tmp_path / "JPEGImages"
+    _frame_folder(root / "0a1b2c", frames=12)  # 12 frames at 6 fps, resampled to 3 fps: 6 frames
+    _frame_folder(root / "ffee00", frames=3, size=(40, 60))
+    (root / "empty").mkdir()
+    listed = tmp_path / "train.txt"
+    listed.write_text("0a1b2c\nffee00\n")
+    params = ShardVideosParams(input_dir=str(root), output_dir=str(tmp_path / "o"), input_format="frames",
+                               frames_fps=6, fps=3, size=32, clips_per_video=2, video_list=str(listed))
+    manifest = shard_videos(params, seed=0, progress=False)
+    assert manifest["video_names"] == ["0a1b2c"] and manifest["frames_decoded"] == 6  # ffee00 gave no clip
+    samples = [s for p in list_shards(tmp_path / "o", "clips") for s in iter_shard(p)]
+    first = [s for s in samples if s["__key__"].startswith("0a1b2c")]
+    assert len(first) == 2 and first[0]["json"]["size"] == [48, 32] and first[0]["json"]["fps"] == 3.0
+    assert max(first[0]["json"]["frame_indices"]) < 6
+    assert [r["path"].split("/")[-1] for r in manifest["videos_skipped"]] == ["ffee00"]  # 2 frames < 4 per clip
+
     """A real `kill -9` of the stage mid-run: final names hold complete shards only; the rerun cleans up."""
     videos = tmp_path / "videos"
     for i in range(4):

@@ -101,3 +101,45 @@ def test_adamw_groups_and_per_iteration_cosine_schedules():
     last = apply_schedules(opt, 10, p)
     assert last["lr_backbone"] == pytest.approx(0.0, abs=1e-15) and last["weight_decay"] == pytest.approx(0.4)
     assert all(g["weight_decay"] == (0.4 if g["apply_wd"] else 0.0) for g in opt.param_groups)
+
+
+def test_defaults_are_the_papers_constants():
+    cfg = LossConfig()
+    assert (cfg.sinkhorn_epsilon, cfg.sinkhorn_iterations, cfg.student_temperature) == (0.05, 10, 0.1)
+    assert (cfg.forwarder_temperature, cfg.forwarder_topk, cfg.forwarder_window, cfg.forwarder_context) == (0.1, 5, 6, 7)
+    p = TrainParams()
+    assert (p.sinkhorn_epsilon, p.sinkhorn_iterations, p.student_temperature, p.forwarder_temperature) == (
+        0.05, 10, 0.1, 0.1)
+    assert (p.forwarder_topk, p.forwarder_window, p.forwarder_context, p.num_prototypes) == (5, 6, 7, 200)
+    assert (p.hidden_dim, p.bottleneck_dim, p.projection_dim, p.trainable_blocks) == (1024, 512, 256, 2)
+    assert (p.lr_backbone, p.lr_head, p.weight_decay_start, p.weight_decay_end) == (1e-5, 1e-4, 0.04, 0.4)
+    assert p.grad_clip == 0.0  # the paper does not clip
+
+
+def test_objective_equals_a_plain_reference_on_nine_frames():
+    """The whole objective, recomputed step by step from the tests' own references: Sinkhorn on frame 0's scores
+    (loops), the Feature-Forwarder carrying them over 9 frames (loops over frames and patches, context frame 0 + 7
+    previous), argmax, cross-entropy of the last frame's scores over the student temperature. Distinct constants, so
+    a swapped temperature or epsilon cannot pass."""
+    from tests.test_forwarder import reference_propagation
+    from tests.test_sinkhorn import reference_sinkhorn
+
+    g = torch.Generator().manual_seed(7)
+    b, t, d, h, w, k = 2, 9, 12, 3, 4, 6
+    feats = torch.randn(b, 1, d, h, w, generator=g) + 0.7 * torch.randn(b, t, d, h, w, generator=g)
+    cfg = LossConfig(sinkhorn_epsilon=0.07, sinkhorn_iterations=4, student_temperature=0.2,
+                     forwarder_temperature=0.05, forwarder_topk=3, forwarder_window=1, forwarder_context=7)
+    head = ClusteringHead(d, num_prototypes=k, hidden_dim=16, bottleneck_dim=16, out_dim=8, generator=g)
+    with torch.no_grad():
+        first = head(feats[:, 0])  # [B, N, K]
+        last = head(feats[:, -1])
+    q0 = torch.tensor(reference_sinkhorn(first.reshape(-1, k).tolist(), 0.07, 4)).reshape(b, h * w, k)
+    want = []
+    for i in range(b):
+        labels = reference_propagation(feats[i], q0[i].t().reshape(k, h, w), temperature=0.05, topk=3, radius=1,
+                                       previous_frames=7)
+        targets = labels[-1].reshape(k, -1).argmax(0)
+        want.append(F.cross_entropy(last[i].double() / 0.2, targets, reduction="none"))
+    expected = torch.cat(want).mean()
+    got = time_tuning_loss(last, propagated_targets(feats, first, cfg), cfg.student_temperature)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)

@@ -22,10 +22,18 @@ Starting weights (``BackboneParams.weights``):
   mapped tensor for tensor onto timm's ``tf_efficientnet_lite0`` (the offline default);
 - ``"none"``: random initialisation;
 - a path to a ``.safetensors`` / ``.pth`` state dict (e.g. ``models/timetuned.safetensors``, or a DINO checkpoint).
+
+Normalisation is never silent: the input mean/std are ``BackboneParams.mean``/``std`` when given, else the model
+config's (``vit_small_patch16_224.dino`` has ImageNet's, plain ``vit_small_patch16_224`` timm's augreg 0.5). A local
+file whose weights family can be told (safetensors metadata of our exports, DINO's head keys, a family word in the
+file name such as ``dino``/``mae``/``clip``) and whose normalisation disagrees with the name's config is refused
+unless mean/std are given; a file whose family cannot be told gets a warning saying which mean/std are used.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import socket
@@ -44,6 +52,14 @@ from timetuning.transforms import eval_transform
 PACKAGE_WEIGHTS = {"package:efficientnet_lite0": "tf_efficientnet_lite0"}
 HUB_HOST = ("huggingface.co", 443)
 CNN_HEAD_LAYERS = ("head_conv", "head_preact")
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+# words in a weights file's name that tell its family, and the normalisation that family was trained with
+FAMILY_NORMALISATION = {"dino": IMAGENET, "dinov2": IMAGENET, "ibot": IMAGENET, "mae": IMAGENET,
+                        "leopart": IMAGENET, "timet": IMAGENET, "neco": IMAGENET, "augreg": HALF, "clip": CLIP}
+
+log = logging.getLogger(__name__)
 
 
 class WeightsError(RuntimeError):
@@ -69,16 +85,17 @@ def parse_feature_layer(spec: str) -> list[str]:
 class DenseBackbone(nn.Module):
     """A timm model seen as a dense feature extractor (the whole timm model is kept, so exports load in timm)."""
 
-    def __init__(self, model: nn.Module, name: str, feature_layer: str = "final"):
+    def __init__(self, model: nn.Module, name: str, feature_layer: str = "final",
+                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None):
         super().__init__()
         self.model = model
         self.name = name
         self.is_vit = _is_vit(model)
         self.feature_layer = feature_layer
         self.layers = parse_feature_layer(feature_layer)
-        cfg = model.pretrained_cfg
-        self.mean: tuple[float, ...] = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
-        self.std: tuple[float, ...] = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+        config_mean, config_std = config_normalisation(model)
+        self.mean: tuple[float, ...] = tuple(mean) if mean is not None else config_mean
+        self.std: tuple[float, ...] = tuple(std) if std is not None else config_std
         if self.is_vit:
             self.stride = int(model.patch_embed.patch_size[0])
         else:
@@ -197,13 +214,15 @@ class DenseBackbone(nn.Module):
         return [m for n in names if isinstance(m := getattr(self.model, n, None), nn.Module)]
 
     def set_trainable_blocks(self, count: int) -> list[nn.Parameter]:
-        """Freeze everything except the ``count`` blocks ending at the deepest block the features read, and the
-        head layers the features pass through; return the trainable parameters. Blocks after the feature layer
-        stay frozen: they do not change the features."""
+        """Freeze everything except the ``count`` blocks ending at the deepest block the features read, and a CNN's
+        head layers the features pass through; return the trainable parameters. Blocks after the feature layer stay
+        frozen: they do not change the features. A ViT's final norm stays frozen (the paper trains the last two
+        blocks and nothing else of the backbone)."""
         self.requires_grad_(False)
         if count > 0:
             last = self.deepest_block()
-            for module in self.blocks()[max(0, last + 1 - count): last + 1] + self.head_modules():
+            for module in self.blocks()[max(0, last + 1 - count): last + 1] + ([] if self.is_vit else
+                                                                               self.head_modules()):
                 module.requires_grad_(True)
         return [p for p in self.parameters() if p.requires_grad]
 
@@ -241,6 +260,65 @@ def hub_reachable(timeout: float = 1.0) -> bool:
             return True
     except OSError:
         return False
+
+
+def config_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean/std of a timm model's pretrained config (ImageNet's when it names none)."""
+    cfg = model.pretrained_cfg
+    return tuple(cfg.get("mean", IMAGENET[0])), tuple(cfg.get("std", IMAGENET[1]))
+
+
+def weights_family(path: str | Path, state: dict[str, torch.Tensor]) -> tuple[str, tuple, tuple] | None:
+    """(family, mean, std) of a weights file where it can be told, else None.
+
+    Our exports name their timm model in the safetensors metadata; DINO checkpoints carry DINO's projection head
+    (``head.last_layer``); otherwise a family word in the file name (``dino_deitsmall16_pretrain.pth``).
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        name = metadata.get("name")
+        if name and "mean" in metadata and "std" in metadata:  # what the exporting run normalised with
+            return (f"{name} as exported (its metadata)", tuple(json.loads(metadata["mean"])),
+                    tuple(json.loads(metadata["std"])))
+        if name:
+            cfg = timm.models.get_pretrained_cfg(name)
+            if cfg is not None:
+                return f"{name} (named in the file's metadata)", tuple(cfg.mean), tuple(cfg.std)
+    if any(k.startswith("head.last_layer") for k in state):
+        return "dino (DINO's projection head in the file)", *IMAGENET
+    for word in re.split(r"[^a-z0-9]+", path.stem.lower()):
+        if word in FAMILY_NORMALISATION:
+            return f"{word} (from the file name)", *FAMILY_NORMALISATION[word]
+    return None
+
+
+def check_normalisation(params: BackboneParams, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Refuse a local weights file whose family's normalisation disagrees with the name's config, unless
+    ``backbone.mean``/``std`` say which to use; warn when the family cannot be told."""
+    config_mean, config_std = config_normalisation(model)
+    family = weights_family(params.weights, state)
+    explicit = params.mean is not None and params.std is not None
+    if family is None:
+        if not explicit:
+            log.warning("backbone.weights %s: cannot tell which normalisation these weights were trained with; "
+                        "using %s's config mean %s std %s. Set backbone.mean/std if they were trained with others.",
+                        params.weights, params.name, config_mean, config_std)
+        return
+    label, mean, std = family
+    agrees = all(abs(a - b) < 1e-3 for a, b in zip(mean + std, config_mean + config_std))
+    if agrees or explicit:
+        if not agrees:
+            log.warning("backbone.weights %s looks like %s weights (mean %s std %s); using the given backbone.mean "
+                        "%s std %s", params.weights, label, mean, std, params.mean, params.std)
+        return
+    raise WeightsError(f"backbone.weights: {params.weights} looks like {label} weights, trained with mean {mean} std "
+                       f"{std}, but backbone.name {params.name!r} configures mean {config_mean} std {config_std}: "
+                       f"every feature would be off. Use the name with the weights' pretrained tag (e.g. "
+                       f"'vit_small_patch16_224.dino'), or set backbone.mean and backbone.std.")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -328,6 +406,7 @@ def build_backbone(params: BackboneParams, trainable_blocks: int = 0) -> DenseBa
         if missing:
             raise WeightsError(f"backbone.weights: {weights} lacks {len(missing)} tensor(s) of {params.name!r}, "
                                f"e.g. {missing[:3]}")
-    backbone = DenseBackbone(model, params.name, params.feature_layer)
+        check_normalisation(params, model, state)
+    backbone = DenseBackbone(model, params.name, params.feature_layer, params.mean, params.std)
     backbone.set_trainable_blocks(trainable_blocks)
     return backbone

@@ -7,11 +7,13 @@ import json
 import logging
 import os
 import pickle
+import random
 import re
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -24,15 +26,19 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the path and what is wrong."""
 
 
+# train params that never change the weights or the selection (validation cadence does: it picks the export)
+EXECUTION_ONLY = ("num_workers", "log_every", "checkpoint_every", "progress_seconds", "output_dir")
+
+
 def params_fingerprint(section: dict[str, Any], seed: int) -> str:
     """Hash of the settings that define a run (a resume must never continue a run made with other params)."""
-    relevant = {k: v for k, v in section.items() if k not in ("num_workers", "log_every", "checkpoint_every",
-                                                               "val_every", "output_dir")}
+    relevant = {k: v for k, v in section.items() if k not in EXECUTION_ONLY}
     blob = json.dumps({"train": relevant, "seed": seed}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-TRAINING_MODULES = ("backbones", "forwarder", "sinkhorn", "head", "loss", "transforms", "schedules", "training")
+TRAINING_MODULES = ("backbones", "forwarder", "sinkhorn", "head", "loss", "transforms", "schedules", "training",
+                    "clip_stream", "shard_index", "validation")
 
 
 def code_fingerprint() -> str:
@@ -130,3 +136,25 @@ def export_backbone(path: str | Path, state_dict: dict[str, torch.Tensor], metad
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+
+
+def capture_rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's random states (torch, CUDA, NumPy, Python) in a form ``weights_only`` loading accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)

@@ -20,6 +20,8 @@ DEMO_MAX_CLASSES = 6  # background + the 5 photographed objects of timetuning.de
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+RGBTriple = tuple[float, float, float]
+PositiveRGBTriple = tuple[PositiveFloat, PositiveFloat, PositiveFloat]
 
 
 EXECUTION_ONLY = {"execution_only": True}  # how a job runs, not what it makes: no DVC dependency, no artifact
@@ -119,6 +121,13 @@ class ShardVideosParams(Section):
         default=1024, ge=16,
         description="memory bound (MiB) of one video's decoded frames per worker; a longer video is used up to "
                     "there and listed under videos_shortened in the manifest")
+    input_format: Literal["videos", "frames"] = "videos"
+    """videos: video files; frames: one folder of JPEG/PNG frames per video (YouTube-VOS, DAVIS JPEGImages)."""
+    frames_fps: PositiveFloat = 30.0
+    """input_format frames: the frame rate of the frame folders."""
+    video_list: str | None = None
+    """File of video IDs (one per line: file stem or frame-folder name) to use from input_dir; empty = every video.
+    Keep it under splits/ (a DVC dependency)."""
 
     @model_validator(mode="after")
     def _bounded_geometry(self) -> ShardVideosParams:
@@ -161,11 +170,23 @@ class EvalSetParams(Section):
         description="class names by id (id 0 first), or a file of them (JSON list, or one name per line; a relative "
                     "path is read from `root`); every mask value must be one of these ids (255 = ignore). None: "
                     "DAVIS reads classes.json at its root or names the ids found, VOC uses Pascal VOC's 21 classes")
+    video_lists: dict[str, str] = Field(default_factory=dict)
+    """Split -> file of video IDs (one per line) forming that split, instead of the layout's own split file; keep
+    them under splits/ (a DVC dependency)."""
+    video_folder: str = "train"
+    """ytvos: the folder under root that listed splits read from (YouTube-VOS's one annotated folder)."""
+
+    @property
+    def scored_split(self) -> str:
+        """The split evaluation scores."""
+        return scoring_splits(self.splits)[0]
 
     @model_validator(mode="after")
     def _check_classes(self) -> EvalSetParams:
         if len(set(self.splits)) != len(self.splits):
             raise ValueError(f"splits: {self.splits} lists a split twice")
+        if unknown := sorted(set(self.video_lists) - set(self.splits)):
+            raise ValueError(f"video_lists: split(s) {unknown} are not in splits {self.splits}")
         if self.classes is None:
             return self
         if self.layout == "ytvos":
@@ -176,6 +197,15 @@ class EvalSetParams(Section):
             return self
         check_class_names(self.classes, "classes")
         return self
+
+
+def scoring_splits(splits: list[str]) -> tuple[str, str | None]:
+    """(scored split, split the probes are fitted on): ``val`` is scored when present (else the last split);
+    probes fit on ``train`` when it exists and is not the scored split. Model selection may use neither the scored
+    split nor any video in it (``Params`` and :mod:`timetuning.validation` check)."""
+    scored = "val" if "val" in splits else splits[-1]
+    fitted = "train" if "train" in splits and scored != "train" else None
+    return scored, fitted
 
 
 def check_class_names(names: list[str], where: str) -> None:
@@ -248,6 +278,11 @@ class BackboneParams(Section):
     head_conv / head_preact (CNNs: the last 1x1 conv before its norm / before its activation), block-N (output of
     blocks[-N]); '+' concatenates, each part L2-normalised. trainable_blocks counts back from the deepest block
     the features read (timetuning/backbones.py)."""
+    mean: RGBTriple | None = None
+    """Per-channel input mean the weights were trained with; empty = the model config's (ImageNet's for
+    vit_small_patch16_224.dino, 0.5 for plain vit_small_patch16_224)."""
+    std: PositiveRGBTriple | None = None
+    """Per-channel input std the weights were trained with; empty = the model config's."""
 
 
 class TrainParams(Section):
@@ -263,8 +298,9 @@ class TrainParams(Section):
     backbone: BackboneParams = Field(default_factory=lambda: BackboneParams(feature_layer="block-2"))
     """The backbone to time-tune, its starting weights and the layer read as its features."""
     trainable_blocks: NonNegativeInt = 2
-    """Blocks fine-tuned, counted back from the deepest block that backbone.feature_layer reads (later blocks do
-    not change the features and stay frozen), plus the head layers the features pass through; 0 = frozen."""
+    """Blocks fine-tuned (the paper: 2), counted back from the deepest block that backbone.feature_layer reads
+    (later blocks do not change the features and stay frozen), plus a CNN's head layers the features pass through;
+    a ViT's final norm stays frozen; 0 = frozen."""
     input_size: Annotated[int, Field(ge=16)] = 112
     """Crop size of the training clips in pixels."""
     # clip augmentations (METHOD.md)
@@ -292,7 +328,7 @@ class TrainParams(Section):
     forwarder_window: NonNegativeInt = 6
     """Spatial window (patches) the Feature-Forwarder searches."""
     forwarder_context: PositiveInt = 7
-    """Context frames the Feature-Forwarder propagates from."""
+    """Previous frames the Feature-Forwarder keeps besides frame 0 (the reference: frame 0 + 7 previous)."""
     # optimisation
     batch_size: PositiveInt = 8
     """Clips per step per process (global batch = batch_size x processes)."""
@@ -306,22 +342,27 @@ class TrainParams(Section):
     """Weight decay at step 0 (cosine schedule)."""
     weight_decay_end: Annotated[float, Field(ge=0)] = 0.4
     """Weight decay at the last step."""
-    grad_clip: Annotated[float, Field(ge=0)] = 3.0  # 0 = off
-    """Gradient norm clipping; 0 = off."""
+    grad_clip: Annotated[float, Field(ge=0)] = 0.0
+    """Gradient norm clipping; 0 = off (the paper does not clip)."""
     num_workers: Annotated[int, Field(ge=-1)] = Field(-1, json_schema_extra=EXECUTION_ONLY)
     """Data loader workers; -1 = auto (0 on CPU, up to 8 per GPU process) (execution only)."""
-    shuffle_buffer: NonNegativeInt = 64
-    """Clips in the shuffle buffer of the data loader."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """auto (bf16 on GPU), fp32, bf16 or fp16 (with a grad scaler)."""
+    """Autocast of the backbone on a GPU: auto (bf16), fp32, bf16 or fp16 (with a grad scaler); head, Sinkhorn and
+    Feature-Forwarder always run in fp32, and a CPU runs fp32."""
     checkpoint_every: PositiveInt = Field(20, json_schema_extra=EXECUTION_ONLY)
     """Steps between resumable checkpoints (execution only)."""
     val_every: PositiveInt = 20
-    """Steps between validations."""
-    val_set: str | None = "davis_demo"  # an eval set name whose *train* split validates; never a test set
-    """Evaluation set whose train split validates (never a test split); empty = no validation."""
+    """Steps between validations, and the last step (independent of log_every; it picks the exported step)."""
+    val_set: str | None = "davis_demo"
+    """Evaluation set whose val_split selects the exported step; empty = no validation, the last step is exported."""
+    val_split: str = "train"
+    """Split of val_set that selects the exported step: never the split evaluation scores, nor any of its videos."""
+    val_clips: PositiveInt = 32
+    """Validation clips, spread over the videos of val_split (one clip of each video in turn)."""
     log_every: PositiveInt = Field(1, json_schema_extra=EXECUTION_ONLY)
     """Steps between rows of train_log.csv (execution only)."""
+    progress_seconds: PositiveFloat = Field(10.0, json_schema_extra=EXECUTION_ONLY)
+    """Seconds between the rounded progress lines in the stage's log (execution only)."""
 
     @model_validator(mode="after")
     def _possible_combinations(self) -> TrainParams:
@@ -551,9 +592,19 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _cross_section(self) -> Params:
-        if self.train.val_set and self.train.val_set not in self.shard_eval.sets:
-            raise ValueError(f"train.val_set: no evaluation set named {self.train.val_set!r} in shard_eval.sets "
+        name = self.train.val_set
+        if name and name not in self.shard_eval.sets:
+            raise ValueError(f"train.val_set: no evaluation set named {name!r} in shard_eval.sets "
                              f"(have {sorted(self.shard_eval.sets)}); name one or set val_set: null")
+        if name:  # model selection must never see what evaluation scores
+            chosen, split = self.shard_eval.sets[name], self.train.val_split
+            if split not in chosen.splits:
+                raise ValueError(f"train.val_split: {split!r} is not a split of shard_eval.sets.{name} "
+                                 f"(splits {chosen.splits})")
+            if split == chosen.scored_split:
+                raise ValueError(f"train.val_split: {name}/{split} is the split evaluation scores for "
+                                 f"shard_eval.sets.{name}; model selection on it would leak. Select on another split "
+                                 f"(e.g. a held-out video list in shard_eval.sets.{name}.video_lists)")
         return self
 
 

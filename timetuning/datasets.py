@@ -90,6 +90,18 @@ def _read_json(path: Path) -> Any:
         raise DatasetError(f"{path}: not valid JSON ({err})") from None
 
 
+def split_names(params: EvalSetParams, split: str, layout_file: Path) -> list[str]:
+    """The video/image IDs of a split: from ``video_lists[split]`` when given, else the layout's own split file."""
+    listed = params.video_lists.get(split)
+    if listed is None:
+        return _read_split(layout_file)
+    path = Path(listed)
+    if not path.is_file():
+        raise DatasetError(f"shard_eval.sets[{params.name}].video_lists.{split}: {path} not found")
+    ids = [ln.split("#", 1)[0].strip() for ln in path.read_text().splitlines()]
+    return list(dict.fromkeys(i for i in ids if i))
+
+
 def _paired(video_id: str, frame_dir: Path, mask_dir: Path) -> Sequence:
     if not frame_dir.is_dir():
         raise DatasetError(f"{frame_dir}: frame folder of sequence {video_id!r} not found")
@@ -153,7 +165,7 @@ def davis_sequences(params: EvalSetParams, split: str) -> tuple[list[Sequence], 
     ``classes.json`` at the root when present (semantic annotations); otherwise the indices found are the classes.
     """
     root = Path(params.root)
-    names = _read_split(root / "ImageSets" / "2017" / f"{split}.txt")
+    names = split_names(params, split, root / "ImageSets" / "2017" / f"{split}.txt")
     seqs = [_paired(n, root / "JPEGImages" / params.resolution / n, root / "Annotations" / params.resolution / n)
             for n in names]
     declared = declared_classes(params)
@@ -189,31 +201,43 @@ def ytvos_categories(root: Path) -> list[str]:
     for meta_path in sorted(root.glob("*/meta.json")):
         meta = json.loads(meta_path.read_text())
         for video in meta.get("videos", {}).values():
-            cats |= {str(o["category"]) for o in video.get("objects", {}).values()}
+            cats |= {str(o["category"]) for o in video.get("objects", {}).values() if "category" in o}
     return ["background"] + sorted(cats)
 
 
 def ytvos_sequences(params: EvalSetParams, split: str) -> tuple[list[Sequence], list[str]]:
     """YouTube-VOS: ``<split>/JPEGImages/<vid>/*.jpg``, ``<split>/Annotations/<vid>/*.png``, ``<split>/meta.json``.
 
-    Masks hold per-video instance ids; meta.json maps them to categories. Only annotated frames are used.
+    Masks hold per-video instance ids; meta.json maps them to categories. Only annotated frames are used. A split
+    given in ``video_lists`` takes the listed videos from the ``video_folder`` folder instead (YouTube-VOS only
+    annotates its train folder publicly, so held-out splits are cut from it).
     """
     root = Path(params.root)
-    meta_path = root / split / "meta.json"
+    folder = params.video_folder if split in params.video_lists else split
+    meta_path = root / folder / "meta.json"
     if not meta_path.is_file():
         raise DatasetError(f"{meta_path}: meta.json not found")
     meta = json.loads(meta_path.read_text())
     classes = ytvos_categories(root)
     class_id = {c: i for i, c in enumerate(classes)}
+    videos = meta.get("videos", {})
+    if split in params.video_lists:
+        vids = split_names(params, split, meta_path)
+        missing = [v for v in vids if v not in videos]
+        if missing:
+            raise DatasetError(f"shard_eval.sets[{params.name}].video_lists.{split}: {len(missing)} listed video(s) "
+                               f"not in {meta_path}, e.g. {missing[:5]}")
+    else:
+        vids = sorted(videos)
     seqs = []
-    for vid in sorted(meta.get("videos", {})):
-        objects = meta["videos"][vid].get("objects", {})
+    for vid in vids:
+        objects = videos[vid].get("objects", {})
         mapping = {0: 0} | {int(k): class_id[str(o["category"])] for k, o in objects.items()}
-        mask_dir = root / split / "Annotations" / vid
+        mask_dir = root / folder / "Annotations" / vid
         masks = sorted(mask_dir.glob("*.png"))
         if not masks:
             raise DatasetError(f"{mask_dir}: no annotated frames for video {vid!r}")
-        frames = [root / split / "JPEGImages" / vid / f"{m.stem}.jpg" for m in masks]
+        frames = [root / folder / "JPEGImages" / vid / f"{m.stem}.jpg" for m in masks]
         seqs.append(Sequence(vid, frames, masks, mapping, instances=True))
     return seqs, classes
 
@@ -221,7 +245,7 @@ def ytvos_sequences(params: EvalSetParams, split: str) -> tuple[list[Sequence], 
 def voc_sequences(params: EvalSetParams, split: str) -> tuple[list[Sequence], list[str]]:
     """Pascal VOC: ``JPEGImages/<id>.jpg``, ``SegmentationClass/<id>.png``, ``ImageSets/Segmentation/<split>.txt``."""
     root = Path(params.root)
-    ids = _read_split(root / "ImageSets" / "Segmentation" / f"{split}.txt")
+    ids = split_names(params, split, root / "ImageSets" / "Segmentation" / f"{split}.txt")
     seqs = [Sequence(i, [root / "JPEGImages" / f"{i}.jpg"], [root / "SegmentationClass" / f"{i}.png"]) for i in ids]
     return seqs, declared_classes(params) or list(VOC_CLASSES)
 

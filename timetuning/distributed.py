@@ -54,6 +54,24 @@ def broadcast_object(ctx: DistContext, obj):
     return box[0]
 
 
+def all_gather_object(ctx: DistContext, obj) -> list:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if not ctx.distributed:
+        return [obj]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def global_mean(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """The mean of a scalar over all ranks (NaN/inf on any rank makes it non-finite everywhere)."""
+    value = value.detach().float().clone()
+    if ctx.distributed:
+        dist.all_reduce(value)
+        value /= ctx.world_size
+    return value
+
+
 def cleanup(ctx: DistContext) -> None:
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()

@@ -1,5 +1,10 @@
 """Raw videos -> training clip shards: find videos, cut clips per video, write shards and a manifest.
 
+A video is a video file (``input_format: videos``) or a folder of JPEG/PNG frames (``input_format: frames``, as
+YouTube-VOS and DAVIS ship them), optionally restricted to the IDs of ``video_list`` (file stems / folder names), so
+a train/val/test split of one folder stays disjoint. The manifest lists the IDs used (``video_names``): training
+refuses to start when an evaluation split it would be scored on shares one of them.
+
 The per-video work (:func:`video_to_clips`) is a pure top-level function, so any executor can map it over videos:
 a local process pool (default), or Dask through Prefect's task runner (``pipeline/``). Results are consumed in
 sorted video order, so the shards are byte-identical whatever the executor or worker count.
@@ -15,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from timetuning.config import ShardVideosParams, artifact_params
@@ -22,7 +29,10 @@ from timetuning.executors import Mapper, ingest_mapper
 from timetuning.files import write_json_atomic
 from timetuning.sampling import min_frames_needed, sample_clips, video_rng
 from timetuning.shards import ShardWriter, encode_jpeg, sanitize_key
-from timetuning.video import VideoError, check_geometry, decode_video, output_size, probe_video
+from timetuning.video import (DecodedVideo, VideoError, VideoInfo, check_geometry, decode_video, output_size,
+                              probe_video)
+
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +100,12 @@ def scan_videos(root: str | Path, extensions: Iterable[str]) -> VideoScan:
     return VideoScan(sorted(paths), skipped)
 
 
+def scan_frame_folders(root: str | Path) -> VideoScan:
+    """Every folder under ``root`` (itself included) that directly holds JPEG/PNG frames: one video each, sorted."""
+    scan = scan_videos(root, FRAME_EXTENSIONS)
+    return VideoScan(sorted({p.parent for p in scan.paths}), scan.folders_skipped)
+
+
 def find_videos(root: str | Path, extensions: Iterable[str]) -> list[Path]:
     """Every file under ``root`` (recursively) with one of ``extensions`` (case-insensitive), sorted."""
     return scan_videos(root, extensions).paths
@@ -101,15 +117,59 @@ def max_frames_in_memory(info_width: int, info_height: int, params: ShardVideosP
     return max(1, params.max_decoded_mib * 2**20 // (w * h * 3))
 
 
+def decode_frame_folder(path: str | Path, source_fps: float, fps: float, short_side: int, crop: str = "none",
+                        max_aspect_ratio: float = 64.0, max_frames: int | None = None) -> DecodedVideo:
+    """A folder of frames (sorted by name, at ``source_fps``) resampled to at most ``fps`` and scaled like a video.
+
+    Frames are taken every ``source_fps / fps`` (never duplicated: uniform clips need distinct frames); at most
+    ``max_frames`` of them (the memory bound), and ``cut_at`` says so.
+    """
+    files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in FRAME_EXTENSIONS)
+    if not files:
+        raise VideoError(f"{path}: no frames")
+    step = max(1.0, source_fps / fps)
+    chosen = [files[int(i)] for i in np.arange(0, len(files), step)]
+    cut_at = max_frames if max_frames is not None and len(chosen) > max_frames else None
+    frames, size, info = [], None, None
+    for f in chosen[:max_frames]:
+        try:
+            with Image.open(f) as img:
+                img = img.convert("RGB")
+                if size is None:
+                    size = img.size
+                    info = VideoInfo(str(path), size[0], size[1], float(source_fps), len(files) / source_fps,
+                                     "frames", "rgb24")
+                    check_geometry(info, short_side, max_aspect_ratio)
+                    scaled = output_size(*size, short_side, "none")
+                    out_w, out_h = output_size(*size, short_side, crop)
+                elif img.size != size:
+                    raise VideoError(f"{f}: frame size {img.size} differs from the folder's first frame {size}")
+                img = img.resize(scaled, Image.BICUBIC)
+        except OSError as err:
+            raise VideoError(f"{f}: unreadable frame ({err})") from None
+        left, top = (scaled[0] - out_w) // 2, (scaled[1] - out_h) // 2
+        frames.append(np.asarray(img)[top:top + out_h, left:left + out_w])
+    out_fps = source_fps / step
+    return DecodedVideo(np.stack(frames), np.arange(len(frames)) / out_fps, float(out_fps), info, cut_at)
+
+
 def video_to_clips(path: str, video_id: str, params: ShardVideosParams, seed: int) -> VideoResult:
-    """Decode one video (one ffmpeg process), sample its clips and encode them as shard samples."""
+    """Decode one video (one ffmpeg process, or its frame folder), sample its clips and encode them as samples."""
     result = VideoResult(path=path, video_id=video_id)
     try:
-        info = probe_video(path)
-        check_geometry(info, params.size, params.max_aspect_ratio)
-        max_frames = max_frames_in_memory(info.width, info.height, params)
-        video = decode_video(path, params.fps, params.size, params.crop, info=info, max_frames=max_frames)
-    except VideoError as err:
+        if params.input_format == "frames":
+            first = next(p for p in sorted(Path(path).iterdir()) if p.suffix.lower() in FRAME_EXTENSIONS)
+            with Image.open(first) as img:
+                max_frames = max_frames_in_memory(*img.size, params)
+            video = decode_frame_folder(path, params.frames_fps, params.fps, params.size, params.crop,
+                                        params.max_aspect_ratio, max_frames)
+            info = video.info
+        else:
+            info = probe_video(path)
+            check_geometry(info, params.size, params.max_aspect_ratio)
+            max_frames = max_frames_in_memory(info.width, info.height, params)
+            video = decode_video(path, params.fps, params.size, params.crop, info=info, max_frames=max_frames)
+    except (VideoError, OSError) as err:
         result.skipped = str(err)
         return result
     result.frames_decoded = video.num_frames
@@ -148,6 +208,37 @@ def _video_to_clips_star(args: tuple) -> VideoResult:
     return video_to_clips(*args)
 
 
+def video_name(path: Path) -> str:
+    """The ID a video list names: the file stem, or the frame folder's name (YouTube-VOS/DAVIS video ids)."""
+    return path.name if path.is_dir() else path.stem
+
+
+def read_video_list(path: str | Path) -> list[str]:
+    """Video IDs, one per line (blank lines and ``#`` comments ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"shard_videos.video_list: {path} not found")
+    ids = [ln.split("#", 1)[0].strip() for ln in path.read_text().splitlines()]
+    return [i for i in ids if i]
+
+
+def select_listed(paths: list[Path], list_path: str | Path) -> list[Path]:
+    """The videos whose names are in the list file; every listed ID must exist exactly once."""
+    wanted = read_video_list(list_path)
+    by_name: dict[str, list[Path]] = {}
+    for p in paths:
+        by_name.setdefault(video_name(p), []).append(p)
+    missing = [i for i in wanted if i not in by_name]
+    if missing:
+        raise FileNotFoundError(f"shard_videos.video_list {list_path}: {len(missing)} listed video(s) not found "
+                                f"under the input folder, e.g. {missing[:5]}")
+    ambiguous = [i for i in wanted if len(by_name[i]) > 1]
+    if ambiguous:
+        raise ValueError(f"shard_videos.video_list {list_path}: video(s) {ambiguous[:5]} name several files "
+                         f"({[str(p) for p in by_name[ambiguous[0]]]})")
+    return sorted(by_name[i][0] for i in dict.fromkeys(wanted))
+
+
 def video_ids(paths: list[Path], root: Path) -> list[str]:
     """Unique, stable ids from paths relative to ``root``."""
     ids, seen = [], set()
@@ -169,15 +260,18 @@ def shard_videos(params: ShardVideosParams, seed: int, mapper: Mapper | None = N
     Bad videos are skipped and listed with their reason; fails only if no clip at all could be written.
     """
     root = Path(params.input_dir)
-    scan = scan_videos(root, params.extensions)
+    frames = params.input_format == "frames"
+    scan = scan_frame_folders(root) if frames else scan_videos(root, params.extensions)
     paths = scan.paths
     for item in scan.folders_skipped:
         log.info("skipped %s", item["reason"])  # the stage lists every skip at its end
     if not paths:
         unseen = f"; not entered: {'; '.join(s['reason'] for s in scan.folders_skipped[:3])}" \
             if scan.folders_skipped else ""
-        raise FileNotFoundError(f"shard_videos.input_dir: no videos with extensions {params.extensions} under "
-                                f"{root}{unseen}")
+        what = f"folders of {FRAME_EXTENSIONS} frames" if frames else f"videos with extensions {params.extensions}"
+        raise FileNotFoundError(f"shard_videos.input_dir: no {what} under {root}{unseen}")
+    if params.video_list:
+        paths = select_listed(paths, params.video_list)
     if mapper is None:  # the executor params.yaml names; a local pool never larger than the number of videos
         workers = min(params.workers or os.cpu_count() or 1, len(paths))
         mapper = ingest_mapper(params.executor, workers, params.dask_address)
@@ -188,7 +282,7 @@ def shard_videos(params: ShardVideosParams, seed: int, mapper: Mapper | None = N
     (out_dir / "manifest.json").unlink(missing_ok=True)
     for old in out_dir.glob("clips-*.tar"):
         old.unlink()
-    skipped, shortened, frames_decoded, clips = [], [], 0, 0
+    skipped, shortened, frames_decoded, clips, used = [], [], 0, 0, []
     with ShardWriter(out_dir, prefix="clips", maxcount=params.maxcount, maxsize=params.maxsize) as writer:
         bar = tqdm(mapper(_video_to_clips_star, jobs), total=len(jobs), desc="shard_videos", unit="video",
                    disable=not progress)
@@ -201,6 +295,7 @@ def shard_videos(params: ShardVideosParams, seed: int, mapper: Mapper | None = N
                 log.info("shortened %s", result.shortened)
                 shortened.append({"path": result.path, "reason": result.shortened})
             frames_decoded += result.frames_decoded
+            used.append(video_name(Path(result.path)))
             for sample in result.samples:
                 writer.write(sample)
                 clips += 1
@@ -210,6 +305,7 @@ def shard_videos(params: ShardVideosParams, seed: int, mapper: Mapper | None = N
             raise RuntimeError(f"shard_videos: no clip written from {len(paths)} video(s) under {root}: {reasons}")
     manifest = {
         "input_dir": str(root), "videos_seen": len(paths), "videos_used": len(paths) - len(skipped),
+        "video_names": sorted(used),
         "videos_skipped": skipped, "videos_shortened": shortened, "folders_skipped": scan.folders_skipped,
         "clips_written": clips, "frames_decoded": frames_decoded,
         "shards": [vars(r) for r in writer.records], "params": artifact_params(params), "seed": seed,

@@ -20,7 +20,7 @@ class LossConfig:
     forwarder_temperature: float = 0.1
     forwarder_topk: int = 5
     forwarder_window: int = 6
-    forwarder_context: int = 7
+    forwarder_context: int = 7  # previous frames kept besides frame 0 (the reference: first + 7 previous)
 
 
 def propagated_targets(features: torch.Tensor, first_scores: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
@@ -35,7 +35,7 @@ def propagated_targets(features: torch.Tensor, first_scores: torch.Tensor, cfg: 
     q0 = q0.reshape(b, h * w, k).transpose(1, 2).reshape(b, k, h, w)
     q = propagate_assignments(features.detach(), q0, temperature=cfg.forwarder_temperature,
                               topk=cfg.forwarder_topk, window_radius=cfg.forwarder_window,
-                              max_context=cfg.forwarder_context)
+                              previous_frames=cfg.forwarder_context)
     return q[:, -1].flatten(2).argmax(dim=1)  # [B, h*w]
 
 

@@ -45,12 +45,11 @@ def propagate_labels(features: torch.Tensor, first_labels: torch.Tensor,
                      params: PropagationParams | None = None) -> torch.Tensor:
     """Soft patch labels of every frame ``[T, K, h, w]`` (frame 0 = ``first_labels``) from features ``[T, D, h, w]``.
 
-    The Feature-Forwarder keeps frame 0 and the latest ``max_context - 1`` frames, so ``max_context`` is
-    ``context_frames + 1``.
+    The Feature-Forwarder keeps frame 0 and the latest ``context_frames`` frames (its ``previous_frames``).
     """
     p = params or PropagationParams()
     return propagate_assignments(features[None].float(), first_labels[None].float(), temperature=p.temperature,
-                                 topk=p.topk, window_radius=p.window_radius, max_context=p.context_frames + 1)[0]
+                                 topk=p.topk, window_radius=p.window_radius, previous_frames=p.context_frames)[0]
 
 
 def labels_to_mask(soft: torch.Tensor, ids: list[int], size: tuple[int, int],

@@ -10,19 +10,11 @@ import numpy as np
 
 from timetuning.clustering import TIMET, VARIANTS
 from timetuning.comparison import compare_models
-from timetuning.config import FitProbesParams
+from timetuning.config import FitProbesParams, scoring_splits  # one rule for evaluation and selection
 from timetuning.evaluation import ModelEvaluation, SplitSource, evaluate_model
 from timetuning.scores import summary
 
 KMEANS_BACKEND = "timetuning.kmeans: batched torch Lloyd, faiss-style sampling and restarts"
-
-
-def scoring_splits(splits: list[str]) -> tuple[str, str | None]:
-    """(scored split, split the probes are fitted on): ``val`` is scored when present (else the last split);
-    probes fit on ``train`` when it exists and is not the scored split."""
-    scored = "val" if "val" in splits else splits[-1]
-    fitted = "train" if "train" in splits and scored != "train" else None
-    return scored, fitted
 
 
 def protocol_statement(p: FitProbesParams, input_size: int) -> dict[str, Any]:

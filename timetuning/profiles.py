@@ -1,0 +1,94 @@
+"""Params profiles: a partial ``params.yaml`` (e.g. ``profiles/paper.yaml``, the paper's recipe) applied onto the
+workspace's ``params.yaml``, so ``dvc repro``, ``dvc exp run`` and the Prefect flow all see ordinary param changes.
+
+Merging walks into the schema's sections (``train.backbone``) and replaces everything else whole: a list, or a
+mapping such as ``shard_eval.sets``, comes from the profile as it is written there. The merged params are
+validated by the schema before anything is written; ``params.yaml`` keeps its comments and key order.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+from ruamel.yaml import YAML
+
+from timetuning.config import Params, ParamsError, Section, validate_params
+from timetuning.files import write_text_atomic
+
+PROFILE_DIR = "profiles"
+
+
+def profile_path(name_or_path: str, repo: str | Path = ".") -> Path:
+    """A profile file: a path as given, else ``<repo>/profiles/<name>.yaml``, else the project's own profiles."""
+    given = Path(name_or_path)
+    candidates = [given, Path(repo) / PROFILE_DIR / f"{name_or_path}.yaml",
+                  Path(__file__).resolve().parents[1] / PROFILE_DIR / f"{name_or_path}.yaml"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise ParamsError(f"profile {name_or_path!r}: no such file (looked at {', '.join(str(c) for c in candidates)})")
+
+
+def read_profile(path: str | Path) -> dict[str, Any]:
+    data = yaml.safe_load(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: a profile is a mapping of params sections")
+    return data
+
+
+def merge(base: dict[str, Any], profile: dict[str, Any], schema: type[BaseModel] = Params,
+          where: str = "") -> None:
+    """Write ``profile`` into ``base`` in place: sections are walked into, every other value replaced whole."""
+    for key, value in profile.items():
+        info = schema.model_fields.get(key)
+        if info is None:
+            raise ParamsError(f"profile: unknown key {where + key!r}")
+        section = info.annotation
+        if isinstance(section, type) and issubclass(section, Section) and isinstance(value, dict):
+            if not isinstance(base.get(key), dict):
+                base[key] = {}
+            merge(base[key], value, section, f"{where}{key}.")
+        elif base.get(key) != value:
+            _drop_end_of_line_comment(base, key)  # it described the old value
+            base[key] = value
+
+
+def _drop_end_of_line_comment(mapping: Any, key: str) -> None:
+    """Remove the comment after ``key: value`` on its line (a round-trip mapping keeps the comment lines below)."""
+    items = getattr(getattr(mapping, "ca", None), "items", {})
+    tokens = items.get(key)
+    if not tokens or len(tokens) < 3 or tokens[2] is None:
+        return
+    text = tokens[2].value
+    if text.lstrip(" ").startswith("#"):
+        rest = text.split("\n", 1)[1] if "\n" in text else ""
+        tokens[2].value = "\n" + rest
+
+
+def profiled_params(params: dict[str, Any], profile: dict[str, Any], source: str = "profile") -> Params:
+    """``params`` (a plain mapping) with ``profile`` merged in, validated."""
+    data = yaml.safe_load(yaml.safe_dump(params))  # a deep copy
+    merge(data, profile)
+    return validate_params(data, source)
+
+
+def apply_profile(profile: str | Path, params_path: str | Path = "params.yaml") -> Params:
+    """Merge a profile into ``params_path`` (comments kept), after validating the result; return the new params."""
+    params_path = Path(params_path)
+    round_trip = YAML()
+    round_trip.preserve_quotes = True
+    round_trip.representer.add_representer(
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
+    document = round_trip.load(params_path.read_text()) if params_path.is_file() else {}
+    profile_data = read_profile(profile)
+    result = profiled_params(yaml.safe_load(params_path.read_text()) if params_path.is_file() else {}, profile_data,
+                             f"{params_path} + {profile}")
+    merge(document, profile_data)
+    out = io.StringIO()
+    round_trip.dump(document, out)
+    write_text_atomic(params_path, out.getvalue())
+    return result
