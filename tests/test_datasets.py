@@ -332,7 +332,7 @@ def test_video_lists_cut_disjoint_splits_from_one_youtube_vos_folder(tmp_path):
 
 
 def test_video_lists_replace_davis_split_files(tmp_path):
-    root = _davis(tmp_path / "davis", n_train=3)
+    root, _ = _davis(tmp_path / "davis", n_train=3)
     (tmp_path / "hold.txt").write_text("train2\n")
     params = _set(root, "davis", splits=["train", "hold"], video_lists={"hold": str(tmp_path / "hold.txt")})
     assert [s.video_id for s in read_sequences(params, "hold")[0]] == ["train2"]
