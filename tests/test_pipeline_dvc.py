@@ -3,11 +3,14 @@ report; the report opens offline with its tables and pictures; `dvc metrics` see
 
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.dvc_repo import dvc, make_repo, ran_stages, tiny_full_params
+from tests.dvc_repo import dvc, dvc_env, make_repo, ran_stages, tiny_full_params
 
 pytestmark = pytest.mark.slow
 
@@ -45,3 +48,26 @@ def test_full_pipeline_repro_report_and_metrics(tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     assert ran_stages(dvc(repo, "repro").stdout) == ["fit_probes@davis_demo", "evaluate"]
     assert "overcluster_k6" in json.loads((repo / "reports/metrics.json").read_text())["start"]["davis_demo"]
+
+
+def test_readme_multi_gpu_recipe_works_in_a_script(tmp_path):
+    """The README's torchrun line, word for word but for the process count (2 gloo ranks on CPU) and the venv:
+    train runs as DDP, `dvc commit --force` records it without asking, and `dvc repro` runs only what follows."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    lines = [ln for ln in readme.splitlines()
+             if ln.startswith(".venv/bin/torchrun --standalone") and "dvc commit" in ln]
+    assert len(lines) == 1, lines
+    venv = f"{Path(sys.executable).parent}/"
+    line = lines[0].replace("--nproc_per_node=4", "--nproc_per_node=2").replace(".venv/bin/", venv)
+    params = tiny_full_params()
+    params["fit_probes"]["robustness_variants"] = []  # the probes are not what this test is about
+    repo = make_repo(tmp_path / "repo", params)
+    dvc(repo, "repro", "shard_videos", "shard_eval@davis_demo")
+
+    proc = subprocess.run(["bash", "-c", f"set -euo pipefail; {line}"], cwd=repo, env=dvc_env(), capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL)  # no terminal: DVC cannot ask for confirmation
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads((repo / "models/train_summary.json").read_text())["world_size"] == 2
+    assert set(ran_stages(proc.stdout)) == {"extract_features@davis_demo", "fit_probes@davis_demo", "evaluate"}
+    assert (repo / "reports/metrics.json").is_file()
+    assert ran_stages(dvc(repo, "repro").stdout) == []  # train's DDP outputs are what dvc.lock records
