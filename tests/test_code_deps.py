@@ -57,6 +57,21 @@ def test_a_params_key_left_out_of_a_stage_is_named():
         "shard_videos: params list shard_videos.workers, which is not an artifact field of shard_videos"]
 
 
+def test_a_key_dvc_yaml_tracks_but_params_yaml_lacks_is_named(tmp_path):
+    """DVC refuses to run a stage whose tracked key is missing from params.yaml, whatever the schema's default."""
+    import yaml
+
+    from timetuning.dvc_yaml import missing_params
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert missing_params(stages, ROOT / "params.yaml") == []
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    del params["shard_videos"]["video_list"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert missing_params(stages, tmp_path / "params.yaml") == ["shard_videos: params.yaml has no "
+                                                                "shard_videos.video_list"]
+
+
 def _imports(path: Path) -> set[str]:
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):

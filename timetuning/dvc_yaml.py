@@ -113,7 +113,29 @@ def dvc_yaml_problems(dvc_yaml: Path = ROOT / "dvc.yaml") -> list[str]:
         needed = set(code_deps(module, dvc_yaml.parent))
         problems += [f"{name}: imports {f} but does not depend on it" for f in sorted(needed - listed)]
         problems += [f"{name}: depends on {f}, which it does not import" for f in sorted(listed - needed)]
-    return problems + param_problems(stages)
+    return problems + param_problems(stages) + missing_params(stages, dvc_yaml.parent / "params.yaml")
+
+
+def missing_params(stages: dict, params_yaml: Path) -> list[str]:
+    """Keys dvc.yaml's stages track that params.yaml lacks: DVC refuses to run such a stage ("Parameters ... are
+    missing from 'params.yaml'"), so the schema's default is not enough for a key that dvc.yaml names."""
+    import yaml
+
+    if not params_yaml.is_file():
+        return []
+    values = yaml.safe_load(params_yaml.read_text()) or {}
+    problems = []
+    for name, stage in stages.items():
+        for key in stage.get("do", stage).get("params", []):
+            if not isinstance(key, str) or "${" in key:
+                continue
+            node = values
+            for part in key.split("."):
+                if not isinstance(node, dict) or part not in node:
+                    problems.append(f"{name}: params.yaml has no {key}")
+                    break
+                node = node[part]
+    return problems
 
 
 def param_problems(stages: dict) -> list[str]:
