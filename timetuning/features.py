@@ -90,6 +90,32 @@ def _prepared_clips(set_dir: Path, split: str, size: int, mean, std) -> Iterator
         yield clip, eval_transform(images, size, mean, std)
 
 
+class RowGroupWriter:
+    """Clip rows into a Parquet file in full row groups: batches are buffered until ``row_group_size`` rows, so
+    memory is bounded by one row group and the file's layout depends only on the rows, not on who wrote them."""
+
+    def __init__(self, path: str | Path, schema: pa.Schema, row_group_size: int):
+        self.writer = pq.ParquetWriter(path, schema, compression="zstd")
+        self.row_group_size = row_group_size
+        self.buffer: list[pa.RecordBatch] = []
+        self.rows = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self.buffer.append(batch)
+        self.rows += batch.num_rows
+        if sum(b.num_rows for b in self.buffer) >= self.row_group_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.writer.write_table(pa.Table.from_batches(self.buffer), row_group_size=self.row_group_size)
+            self.buffer = []
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+
 def extract_split(backbone: DenseBackbone, set_dir: str | Path, split: str, out_path: str | Path, *,
                   input_size: int, dtype: str = "float16", batch_size: int = 16, row_group_size: int = 65536,
                   device: str = "cpu", progress: bool = True) -> dict:
@@ -108,7 +134,6 @@ def extract_split(backbone: DenseBackbone, set_dir: str | Path, split: str, out_
     schema = feature_schema(int(backbone.embed_dim), dtype, grid, input_size)
     rows = frames_done = 0
     seconds = 0.0
-    buffer: list[pa.RecordBatch] = []
     pending: list[tuple[EvalClip, torch.Tensor]] = []  # clips whose frames are not all embedded yet, in order
     computed: list[torch.Tensor] = []  # features of the leading frames of ``pending``
     num_computed = 0
@@ -121,24 +146,22 @@ def extract_split(backbone: DenseBackbone, set_dir: str | Path, split: str, out_
         seconds += time.perf_counter() - start
         num_computed += images.shape[0]
 
-    def finish_clips(writer: pq.ParquetWriter) -> None:
-        nonlocal rows, frames_done, buffer, num_computed
+    def finish_clips(writer: RowGroupWriter) -> None:
+        nonlocal rows, frames_done, num_computed
         while pending and pending[0][0].num_frames <= num_computed:
             clip, _ = pending.pop(0)
             t = clip.num_frames
             feats = torch.cat(computed)
             computed[:] = [feats[t:]]
             num_computed -= t
-            batch = _clip_rows(clip, feats[:t], set_dir.name, split, grid, num_classes, np_dtype, input_size, schema)
-            buffer.append(batch)
-            if sum(b.num_rows for b in buffer) >= row_group_size:  # bounded memory: flush full row groups
-                writer.write_table(pa.Table.from_batches(buffer), row_group_size=row_group_size)
-                buffer = []
+            batch = clip_rows(clip, feats[:t], set_dir.name, split, grid, num_classes, np_dtype, input_size, schema)
+            writer.write(batch)  # bounded memory: full row groups are flushed
             rows += batch.num_rows
             frames_done += t
 
     with atomic_path(out_path) as tmp:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        writer = RowGroupWriter(tmp, schema, row_group_size)
+        try:
             clips = prefetch(_prepared_clips(set_dir, split, input_size, backbone.mean, backbone.std), depth=2)
             for item in tqdm(clips, total=labels["splits"].get(split), desc=f"{set_dir.name}/{split}", unit="clip",
                              disable=not progress):
@@ -153,14 +176,14 @@ def extract_split(backbone: DenseBackbone, set_dir: str | Path, split: str, out_
                 finish_clips(writer)
             if rows == 0:
                 raise FileNotFoundError(f"{set_dir}: split {split!r} has no clips")
-            if buffer:
-                writer.write_table(pa.Table.from_batches(buffer), row_group_size=row_group_size)
+        finally:
+            writer.close()
     return {"rows": rows, "frames": frames_done, "grid": grid, "dim": int(backbone.embed_dim),
             "forward_seconds": seconds, "frames_per_second": frames_done / seconds if seconds else 0.0}
 
 
-def _clip_rows(clip: EvalClip, feats: torch.Tensor, dataset: str, split: str, grid: int, num_classes: int,
-               np_dtype: type, input_size: int, schema: pa.Schema) -> pa.RecordBatch:
+def clip_rows(clip: EvalClip, feats: torch.Tensor, dataset: str, split: str, grid: int, num_classes: int,
+              np_dtype: type, input_size: int, schema: pa.Schema) -> pa.RecordBatch:
     """The Parquet rows (one per patch) of one clip's features ``[T, D, g, g]``."""
     t, d = feats.shape[:2]
     square = resize_nearest(clip.masks, (input_size, input_size))  # the masks as the model saw the frames

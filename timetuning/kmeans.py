@@ -50,41 +50,49 @@ def _initial_centroids(points: torch.Tensor, valid: torch.Tensor, k_max: int, se
 
 def _lloyd(points, valid, centroid_valid, centroids, iterations):
     """Lloyd iterations per problem until its assignments stop changing (a fixed point: more iterations would
-    change nothing) or ``iterations``; converged problems leave the batch. Returns the centroids and inertias."""
+    change nothing) or ``iterations``; converged problems leave the batch. Returns the centroids and inertias.
+
+    The problems still running are kept in compact tensors, gathered again only when some converge (not every
+    iteration), and the one-hot is scattered in place: the same arithmetic, in the same batches, as before. (Lazier
+    compaction is faster but changes the batches, and MKL's batched products round differently by batch size.)"""
     g, n, d = points.shape
     k_max = centroids.shape[1]
     norms = (points * points).sum(-1, keepdim=True)
     bias = torch.zeros(g, 1, k_max, device=points.device).masked_fill_(~centroid_valid[:, None, :], INFINITY)
     weights = valid.to(points.dtype)
-    centroids = centroids.clone()
+    final = centroids.clone()
     active = torch.arange(g, device=points.device)
+    x, x_norms, c, b, w, ok = points, norms, final.clone(), bias, weights, valid
+    c_valid = centroid_valid
     previous = torch.full((g, n), -1, dtype=torch.long, device=points.device)
     for _ in range(iterations):
-        x, c = points[active], centroids[active]
-        d2 = _distances(x, norms[active], c, bias[active])
+        d2 = _distances(x, x_norms, c, b)
         nearest = d2.argmin(-1)  # [A, N]
-        moved = (nearest != previous[active]).any(1)
-        previous[active] = nearest
-        if not moved.all():  # problems whose assignments did not change are done
+        moved = (nearest != previous).any(1)
+        if not moved.all():  # problems whose assignments did not change are done: keep their centroids
+            final[active[~moved]] = c[~moved]
             keep = moved.nonzero().flatten()
-            active, x, c, d2, nearest = active[keep], x[keep], c[keep], d2[keep], nearest[keep]
-            if active.numel() == 0:
+            active, x, x_norms, c, b, w, ok, c_valid, d2, nearest = (
+                t[keep] for t in (active, x, x_norms, c, b, w, ok, c_valid, d2, nearest))
+            if keep.numel() == 0:
                 break
-        w = weights[active]
-        onehot = torch.nn.functional.one_hot(nearest, k_max).to(x.dtype) * w[..., None]  # [A, N, K]
+        previous = nearest
+        onehot = torch.zeros(*nearest.shape, k_max, dtype=x.dtype, device=x.device)
+        onehot.scatter_(2, nearest[..., None], w[..., None])  # [A, N, K]: the point's weight at its cluster
         counts = onehot.sum(1)  # [A, K]
         sums = torch.bmm(onehot.transpose(1, 2), x)  # [A, K, d]
         updated = torch.where((counts > 0)[..., None], sums / counts.clamp(min=1)[..., None], c)
-        empty = (counts == 0) & centroid_valid[active]
+        empty = (counts == 0) & c_valid
         if empty.any():  # move each empty cluster onto the point farthest from its centroid
-            gap = d2.min(-1).values.masked_fill(~valid[active], -1.0)  # [A, N]
+            gap = d2.min(-1).values.masked_fill(~ok, -1.0)  # [A, N]
             for a in torch.nonzero(empty.any(1)).flatten().tolist():
                 slots = torch.nonzero(empty[a]).flatten()
                 updated[a, slots] = x[a, gap[a].topk(len(slots)).indices]
-        centroids[active] = updated
-    d2 = _distances(points, norms, centroids, bias)
+        c = updated
+    final[active] = c
+    d2 = _distances(points, norms, final, bias)
     inertia = (d2.min(-1).values * weights).sum(1)
-    return centroids, inertia
+    return final, inertia
 
 
 def batched_kmeans(points: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, *, iterations: int = 50,
