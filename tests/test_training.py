@@ -24,7 +24,6 @@ from timetuning.checkpoint import load_checkpoint, save_checkpoint
 from timetuning.config import TrainParams, dump_params, validate_params
 from timetuning.distributed import DistContext
 from timetuning.head import ClusteringHead
-from timetuning.loss import LossConfig
 from timetuning.synthetic import write_clip_shards
 from timetuning.training import (NonFiniteLossError, ProgressLog, TimeTuner, beats, build_optimizer, build_tuner,
                                  optimisation_step, train)
@@ -247,7 +246,7 @@ def test_only_the_backbone_runs_under_autocast():
     head = ClusteringHead(d, num_prototypes=6, hidden_dim=32, bottleneck_dim=16, out_dim=8, generator=g)
     head_autocast = []
     head.register_forward_pre_hook(lambda m, args: head_autocast.append(torch.is_autocast_enabled("cpu")))
-    tuner = TimeTuner(backbone, head, LossConfig())
+    tuner = TimeTuner(backbone, head, TrainParams())
     clips = torch.zeros(b, t, 3, 16, 16)
     fp32 = tuner(clips)
     tuner.amp_dtype = torch.bfloat16

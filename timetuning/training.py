@@ -35,7 +35,7 @@ from timetuning.config import TrainParams
 from timetuning.distributed import DistContext, all_gather_object, barrier, broadcast_object, global_mean
 from timetuning.files import write_json_atomic, write_text_atomic
 from timetuning.head import ClusteringHead
-from timetuning.loss import LossConfig, propagated_targets, time_tuning_loss
+from timetuning.loss import propagated_targets, time_tuning_loss
 from timetuning.schedules import cosine
 from timetuning.transforms import ClipAugmentation
 from timetuning.validation import ValidationData, validate
@@ -55,10 +55,10 @@ class TimeTuner(nn.Module):
     (in bf16 a few percent of the forwarder's targets flip), even when a caller autocasts around this module.
     """
 
-    def __init__(self, backbone: DenseBackbone, head: ClusteringHead, loss_cfg: LossConfig,
+    def __init__(self, backbone: DenseBackbone, head: ClusteringHead, params: TrainParams,
                  amp_dtype: torch.dtype | None = None):
         super().__init__()
-        self.backbone, self.head, self.loss_cfg, self.amp_dtype = backbone, head, loss_cfg, amp_dtype
+        self.backbone, self.head, self.params, self.amp_dtype = backbone, head, params, amp_dtype
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         b, t = clips.shape[:2]
@@ -72,13 +72,8 @@ class TimeTuner(nn.Module):
             feats = feats.float().reshape(b, t, *feats.shape[1:])
             with torch.no_grad():
                 first_scores = self.head(feats[:, 0])
-            targets = propagated_targets(feats, first_scores, self.loss_cfg)
-            return time_tuning_loss(self.head(feats[:, -1]), targets, self.loss_cfg.student_temperature)
-
-
-def loss_config(p: TrainParams) -> LossConfig:
-    return LossConfig(p.sinkhorn_epsilon, p.sinkhorn_iterations, p.student_temperature, p.forwarder_temperature,
-                      p.forwarder_topk, p.forwarder_window, p.forwarder_context)
+            targets = propagated_targets(feats, first_scores, self.params)
+            return time_tuning_loss(self.head(feats[:, -1]), targets, self.params.student_temperature)
 
 
 def autocast_dtype(p: TrainParams, device: torch.device) -> torch.dtype | None:
@@ -93,7 +88,7 @@ def build_tuner(p: TrainParams, seed: int, device: torch.device) -> TimeTuner:
     backbone = build_backbone(p.backbone, trainable_blocks=p.trainable_blocks)
     head = ClusteringHead(backbone.embed_dim, p.num_prototypes, p.hidden_dim, p.bottleneck_dim, p.projection_dim,
                           generator=torch.Generator().manual_seed(seed))
-    tuner = TimeTuner(backbone, head, loss_config(p), autocast_dtype(p, device)).to(device)
+    tuner = TimeTuner(backbone, head, p, autocast_dtype(p, device)).to(device)
     return tuner.to(memory_format=torch.channels_last) if device.type == "cuda" else tuner
 
 
