@@ -72,3 +72,10 @@ def test_layers_import_only_downward():
         assert not _imports(path) & {"stages", "pipeline"}, f"{path}: the library imports a caller"
     for path in sorted((ROOT / "stages").rglob("*.py")):
         assert "pipeline" not in _imports(path), f"{path}: a stage imports the pipeline that runs it"
+
+
+def test_stages_are_thin_entry_points():
+    """A stage reads its params section, calls the library and writes its outputs (STYLE.md): under 60 lines, so a
+    decision worth testing lives in timetuning/, where the tests and the other callers reach it."""
+    sizes = {p.name: len(p.read_text().splitlines()) for p in sorted((ROOT / "stages").glob("*.py"))}
+    assert {name: n for name, n in sizes.items() if n >= 60} == {}
