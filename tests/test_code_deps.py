@@ -79,3 +79,12 @@ def test_stages_are_thin_entry_points():
     decision worth testing lives in timetuning/, where the tests and the other callers reach it."""
     sizes = {p.name: len(p.read_text().splitlines()) for p in sorted((ROOT / "stages").glob("*.py"))}
     assert {name: n for name, n in sizes.items() if n >= 60} == {}
+
+
+def test_the_readme_module_map_names_every_library_module():
+    """README "Development" lists each module of timetuning/ once, with its concept: a new module is added to the
+    map, a removed one leaves it."""
+    text = (ROOT / "README.md").read_text().split("## Development", 1)[1]
+    listed = re.findall(r"^  (\w+)\.py +\S", text, re.M)
+    modules = sorted(p.stem for p in (ROOT / "timetuning").glob("*.py") if p.stem != "__init__")
+    assert len(listed) == len(set(listed)) and sorted(listed) == modules
