@@ -91,3 +91,29 @@ def test_training_on_a_truncated_last_pt_warns_and_starts_fresh(tmp_path, caplog
     assert warnings[0].endswith(f"; moved to {last}.corrupt, training starts fresh")
     assert (last.parent / "last.pt.corrupt").read_bytes() == good[: len(good) // 3]
     assert summary["resumed_from"] == 0 and load_checkpoint(last)["step"] == 2
+
+
+def test_the_code_fingerprint_covers_exactly_the_train_stages_dvc_deps(tmp_path):
+    """The fingerprint and dvc.yaml's train deps are one fact: a change to any file the stage depends on makes a
+    finished checkpoint stale, a change elsewhere does not."""
+    import shutil
+
+    import yaml
+
+    from timetuning.checkpoint import code_fingerprint
+    from timetuning.dvc_yaml import PACKAGES, ROOT
+
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]
+    deps = {d for d in stage["deps"] if d.endswith(".py")}
+    assert "timetuning/loss.py" in deps and "stages/train.py" in deps
+    others = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.py")} - deps
+    assert "timetuning/report.py" in others
+    before = code_fingerprint(tmp_path)
+    assert before == code_fingerprint(tmp_path)  # deterministic
+    for name in sorted(deps | {"timetuning/report.py", "pipeline/flows.py"}):
+        original = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(original + b"\n# edited\n")
+        assert (code_fingerprint(tmp_path) != before) == (name in deps), name
+        (tmp_path / name).write_bytes(original)

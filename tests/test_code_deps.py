@@ -87,3 +87,19 @@ def test_layers_import_only_downward():
         assert not _imports(path) & {"stages", "pipeline"}, f"{path}: the library imports a caller"
     for path in sorted((ROOT / "stages").rglob("*.py")):
         assert "pipeline" not in _imports(path), f"{path}: a stage imports the pipeline that runs it"
+
+
+def test_stages_are_thin_entry_points():
+    """A stage reads its params section, calls the library and writes its outputs (STYLE.md): under 60 lines, so a
+    decision worth testing lives in timetuning/, where the tests and the other callers reach it."""
+    sizes = {p.name: len(p.read_text().splitlines()) for p in sorted((ROOT / "stages").glob("*.py"))}
+    assert {name: n for name, n in sizes.items() if n >= 60} == {}
+
+
+def test_the_readme_module_map_names_every_library_module():
+    """README "Development" lists each module of timetuning/ once, with its concept: a new module is added to the
+    map, a removed one leaves it."""
+    text = (ROOT / "README.md").read_text().split("## Development", 1)[1]
+    listed = re.findall(r"^  (\w+)\.py +\S", text, re.M)
+    modules = sorted(p.stem for p in (ROOT / "timetuning").glob("*.py") if p.stem != "__init__")
+    assert len(listed) == len(set(listed)) and sorted(listed) == modules

@@ -101,15 +101,16 @@ def _error(data: dict) -> str:
 
 def test_impossible_combinations_are_refused_naming_the_key():
     # the default backbone (a CNN at output stride 16) at input_size 112 has a 7x7 patch grid: 49 patches
-    assert _error({"train": {"forwarder_topk": 50}}) == (
+    assert _error({"train": {"input_size": 112, "forwarder_topk": 50}}) == (
         "train.forwarder_topk: 50 is more than the 49 patches a target patch can draw on from its first context "
         "frame (the whole 7x7 patch grid at input_size 112 / stride 16): lower forwarder_topk or raise input_size")
-    validate_params({"train": {"forwarder_topk": 49}})
+    validate_params({"train": {"input_size": 112, "forwarder_topk": 49}})
     # a ViT's patch size comes from its name (patch8 at 112 px: a 14x14 grid); a window of radius 1 bounds it
-    validate_params({"train": {"backbone": {"name": "vit_small_patch8_224"}, "forwarder_window": 1,
-                               "forwarder_topk": 9}})
+    validate_params({"train": {"backbone": {"name": "vit_small_patch8_224"}, "input_size": 112,
+                               "forwarder_window": 1, "forwarder_topk": 9}})
     assert "a window of 3x3 patches, forwarder_window 1): lower forwarder_topk or widen forwarder_window" in _error(
-        {"train": {"backbone": {"name": "vit_small_patch8_224"}, "forwarder_window": 1, "forwarder_topk": 10}})
+        {"train": {"backbone": {"name": "vit_small_patch8_224"}, "input_size": 112, "forwarder_window": 1,
+                   "forwarder_topk": 10}})
     assert _error({"train": {"crop_scale": [0.9, 0.5]}}) == \
         "train.crop_scale: (0.9, 0.5) must be (min, max) with 0 < min <= max <= 1"
     assert _error({"train": {"crop_scale": [0.0, 0.5]}}).startswith("train.crop_scale: (0, 0.5) must be")
@@ -165,3 +166,47 @@ def test_propagation_defaults_are_dinos_and_params_yaml_holds_them():
     msg = str(err.value)
     for key in ("topk", "temperature", "upsampling"):
         assert f"fit_probes.propagation.{key}" in msg
+
+
+def _missing_keys(schema, data: dict, where: str) -> list[str]:
+    """Schema fields absent from ``data``, walking into sections, mappings of sections and lists of sections."""
+    import typing
+
+    from timetuning.config import Section
+
+    def sections(annotation) -> list:
+        found = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, Section)]
+        return found or [a for arg in typing.get_args(annotation) for a in sections(arg)]
+
+    missing = []
+    for name, info in schema.model_fields.items():
+        if info.exclude:  # not a key (an eval set's name is its key in shard_eval.sets)
+            continue
+        if name not in data:
+            missing.append(f"{where}{name}")
+            continue
+        value, annotation = data[name], info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, Section) and isinstance(value, dict):
+            missing += _missing_keys(annotation, value, f"{where}{name}.")
+        elif (inner := sections(annotation)) and isinstance(value, dict):  # name -> section (shard_eval.sets)
+            missing += [m for k, v in value.items() for m in _missing_keys(inner[0], v, f"{where}{name}.{k}.")]
+        elif inner and isinstance(value, list):  # a list of sections (extract_features.models)
+            missing += [m for i, v in enumerate(value) for m in _missing_keys(inner[0], v, f"{where}{name}[{i}].")]
+    return missing
+
+
+def test_params_yaml_names_every_key_and_the_schema_defaults_are_its_values():
+    """One fact in one place: params.yaml (the embedded demo's config) writes out every key of the schema, and the
+    schema's defaults are exactly its values, so a stage run without params.yaml, the flow's default parameters
+    and `dvc repro` all mean the same run. The rule: every field appears at every depth -- each section, the train
+    backbone, every eval set (every EvalSetParams field, even those only one layout reads) and every model entry;
+    only a field excluded from the dump (an eval set's name, which is its key) is absent. A nested section written
+    as null (a model's backbone for a non-custom source) is not walked into. The paper's values live in
+    profiles/paper.yaml."""
+    import yaml
+
+    data = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    assert _missing_keys(Params, data, "") == []
+    committed, defaults = load_params(PROJECT / "params.yaml"), Params()
+    for section in Params.model_fields:
+        assert getattr(committed, section) == getattr(defaults, section), section

@@ -69,3 +69,39 @@ def test_bad_ids_raise():
         confusion_matrix(np.array([3]), np.array([0]), 3, 3)
     with pytest.raises(ValueError, match="pixels"):
         confusion_matrix(np.array([0, 1]), np.array([0]), 3, 3)
+
+
+def _spelled_out_ignore_index(path) -> list[int]:
+    """Lines where code compares with, assigns or counts up to a literal 255 (the mask value, not a colour)."""
+    import ast
+
+    def is_255(node) -> bool:
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return any(is_255(e) for e in node.elts)
+        return isinstance(node, ast.Constant) and node.value == 255 and type(node.value) is int
+
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Compare) and any(isinstance(op, (ast.Eq, ast.NotEq, ast.In, ast.NotIn))
+                                                 for op in node.ops):
+            hit = any(is_255(n) for n in [node.left, *node.comparators])
+        elif isinstance(node, ast.Assign):
+            hit = is_255(node.value)
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", "") == "range":
+            hit = any(is_255(a) for a in node.args)
+        else:
+            continue
+        if hit:
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_ignore_index_is_named_wherever_masks_are_read():
+    """One fact: mask value 255 means "not scored" (IGNORE_INDEX, metrics.py); every other module names it, so a
+    test of a mask value reads as what it means and there is one place to look."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    found = {p.relative_to(root).as_posix(): lines for pkg in ("timetuning", "stages", "pipeline")
+             for p in sorted((root / pkg).rglob("*.py")) if (lines := _spelled_out_ignore_index(p))}
+    assert found == {"timetuning/metrics.py": [14]}  # IGNORE_INDEX = 255 itself

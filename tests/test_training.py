@@ -24,7 +24,6 @@ from timetuning.checkpoint import load_checkpoint, save_checkpoint
 from timetuning.config import TrainParams, dump_params, validate_params
 from timetuning.distributed import DistContext
 from timetuning.head import ClusteringHead
-from timetuning.loss import LossConfig
 from timetuning.synthetic import write_clip_shards
 from timetuning.training import (NonFiniteLossError, ProgressLog, TimeTuner, beats, build_optimizer, build_tuner,
                                  optimisation_step, train)
@@ -51,7 +50,7 @@ def eval_root(tmp_path_factory):
 def tiny(clip_shards, out, **kw) -> TrainParams:
     base = dict(shards=str(clip_shards), output_dir=str(out), input_size=64, batch_size=4, steps=8,
                 num_prototypes=16, hidden_dim=64, bottleneck_dim=32, projection_dim=16, num_workers=0,
-                checkpoint_every=2, val_every=100, val_set=None, lr_backbone=1e-4, lr_head=1e-3,
+                checkpoint_every=2, val_every=100, val_set=None, lr_backbone=1e-4, lr_head=1e-3, grad_clip=0.0,
                 backbone={"name": "test_vit", "weights": "none"})
     base.update(kw)
     return TrainParams(**base)
@@ -206,7 +205,7 @@ def _tiny_tuner(seed=0, amp=None, student_temperature=0.1):
 
 def test_gradients_reach_adamw_unclipped_unless_asked():
     """The paper does not clip: with grad_clip 0 the optimiser sees the raw gradients, even when their norm is far
-    above the old default of 3; with grad_clip > 0 their norm is cut to it."""
+    above the demo's clip of 3; with grad_clip > 0 their norm is cut to it."""
     p, tuner = _tiny_tuner(student_temperature=0.01)
     clips = torch.randn(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     reference = copy.deepcopy(tuner)
@@ -247,7 +246,7 @@ def test_only_the_backbone_runs_under_autocast():
     head = ClusteringHead(d, num_prototypes=6, hidden_dim=32, bottleneck_dim=16, out_dim=8, generator=g)
     head_autocast = []
     head.register_forward_pre_hook(lambda m, args: head_autocast.append(torch.is_autocast_enabled("cpu")))
-    tuner = TimeTuner(backbone, head, LossConfig())
+    tuner = TimeTuner(backbone, head, TrainParams())
     clips = torch.zeros(b, t, 3, 16, 16)
     fp32 = tuner(clips)
     tuner.amp_dtype = torch.bfloat16

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from timetuning.dvc_yaml import ROOT, code_deps
 from timetuning.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -37,20 +38,17 @@ def params_fingerprint(section: dict[str, Any], seed: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-TRAINING_MODULES = ("backbones", "forwarder", "sinkhorn", "head", "loss", "transforms", "schedules", "training",
-                    "clip_stream", "shard_index", "validation")
-
-
-def code_fingerprint() -> str:
-    """Hash of the training code (the modules the ``train`` DVC stage depends on).
+def code_fingerprint(root: Path = ROOT) -> str:
+    """Hash of the training code: the files the ``train`` DVC stage runs (its dvc.yaml code deps, from the imports).
 
     Stored in every checkpoint: DVC reruns the stage after a code change with the same params, and a *finished*
     checkpoint made by other code must then not be taken as the result (an unfinished one may still resume).
+    Each file's root-relative path and bytes, in sorted order: the same on every machine and checkout.
     """
-    package = Path(__file__).resolve().parent
     digest = hashlib.sha256()
-    for name in TRAINING_MODULES:
-        digest.update((package / f"{name}.py").read_bytes())
+    for name in sorted(code_deps("stages.train", root)):
+        digest.update(name.encode() + b"\0")
+        digest.update((root / name).read_bytes())
     return digest.hexdigest()[:16]
 
 

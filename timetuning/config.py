@@ -2,7 +2,9 @@
 
 Every stage reads its own section through :func:`load_params`; the Prefect flow takes the same
 :class:`Params` (partially) as its typed parameters. Unknown keys, wrong types and impossible values
-fail with a message that names the key path and the offending value.
+fail with a message that names the key path and the offending value. The defaults are params.yaml's values
+(the embedded demo's run; tests/test_config.py checks that params.yaml names every key with its default);
+profiles/paper.yaml sets every key where the paper's recipe differs.
 """
 
 from __future__ import annotations
@@ -301,7 +303,7 @@ class TrainParams(Section):
     """Blocks fine-tuned (the paper: 2), counted back from the deepest block that backbone.feature_layer reads
     (later blocks do not change the features and stay frozen), plus a CNN's head layers the features pass through;
     a ViT's final norm stays frozen; 0 = frozen."""
-    input_size: Annotated[int, Field(ge=16)] = 112
+    input_size: Annotated[int, Field(ge=16)] = 160
     """Crop size of the training clips in pixels."""
     # clip augmentations (METHOD.md)
     crop_scale: tuple[Probability, Probability] = (0.4, 1.0)
@@ -332,26 +334,27 @@ class TrainParams(Section):
     # optimisation
     batch_size: PositiveInt = 8
     """Clips per step per process (global batch = batch_size x processes)."""
-    steps: PositiveInt = 60
+    steps: PositiveInt = 200
     """Training steps."""
-    lr_backbone: PositiveFloat = 1e-5
+    # the demo's 10x the paper's rates (1e-5 / 1e-4 are for batch 128 over many epochs: profiles/paper.yaml)
+    lr_backbone: PositiveFloat = 1e-4
     """Learning rate of the backbone."""
-    lr_head: PositiveFloat = 1e-4
+    lr_head: PositiveFloat = 1e-3
     """Learning rate of the head and prototypes."""
     weight_decay_start: Annotated[float, Field(ge=0)] = 0.04
     """Weight decay at step 0 (cosine schedule)."""
     weight_decay_end: Annotated[float, Field(ge=0)] = 0.4
     """Weight decay at the last step."""
-    grad_clip: Annotated[float, Field(ge=0)] = 0.0
-    """Gradient norm clipping; 0 = off (the paper does not clip)."""
+    grad_clip: Annotated[float, Field(ge=0)] = 3.0
+    """Gradient norm clipping; 0 = off (the paper does not clip; the demo's 10x learning rates do)."""
     num_workers: Annotated[int, Field(ge=-1)] = Field(-1, json_schema_extra=EXECUTION_ONLY)
     """Data loader workers; -1 = auto (0 on CPU, up to 8 per GPU process) (execution only)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Autocast of the backbone on a GPU: auto (bf16), fp32, bf16 or fp16 (with a grad scaler); head, Sinkhorn and
     Feature-Forwarder always run in fp32, and a CPU runs fp32."""
-    checkpoint_every: PositiveInt = Field(20, json_schema_extra=EXECUTION_ONLY)
+    checkpoint_every: PositiveInt = Field(25, json_schema_extra=EXECUTION_ONLY)
     """Steps between resumable checkpoints (execution only)."""
-    val_every: PositiveInt = 20
+    val_every: PositiveInt = 25
     """Steps between validations, and the last step (independent of log_every; it picks the exported step)."""
     val_set: str | None = "davis_demo"
     """Evaluation set whose val_split selects the exported step; empty = no validation, the last step is exported."""
@@ -441,7 +444,7 @@ class ExtractFeaturesParams(Section):
         ]
     )
     """Models to embed the evaluation sets with."""
-    input_size: Annotated[int, Field(ge=16)] = 224
+    input_size: Annotated[int, Field(ge=16)] = 160
     """Frames are resized to this square size in pixels."""
     custom_weights_dir: str = "models/custom"
     """Local checkpoints of `source: custom` models must live here: the extraction stages depend on this folder."""

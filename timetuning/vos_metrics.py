@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial import cKDTree
 
+from timetuning.metrics import IGNORE_INDEX
+
 BOUNDARY_TOLERANCE = 0.008  # DAVIS bound_th: the boundary match radius as a fraction of the image diagonal
-VOID = 255
+VOID = IGNORE_INDEX  # DAVIS's void label is the masks' ignore index
 
 
 def region_similarity(gt: np.ndarray, pred: np.ndarray, void: np.ndarray | None = None) -> float:
