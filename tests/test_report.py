@@ -1,7 +1,7 @@
 import numpy as np
 
 from timetuning import figures, report
-from timetuning.evaluation_report import set_section, starting_model_warning, verdict_paragraphs
+from timetuning.evaluation_report import set_section, starting_model_warning, training_rows, verdict_paragraphs
 
 
 def _summary(mean, std=0.01):
@@ -89,3 +89,10 @@ def test_overlay_leaves_background_unpainted_and_segmentation_has_a_legend():
     png = figures.segmentation_png(np.stack([frame, frame]), np.stack([labels, labels]), {"m": np.stack([labels] * 2)},
                                    ["bg", "a", "b"], "title")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_summary_is_a_rounded_table_in_reading_order():
+    summary = {"val_miou_best": 0.4780296761795163, "steps": 200, "final_loss": 1.7897965908050537,
+               "exported": "start", "warning": "no trained step beat the starting weights", "val_set": None}
+    assert training_rows(summary) == [["fact", "value"], ["steps", "200"], ["final loss", "1.790"],
+                                      ["best validation mIoU", "47.8"], ["exported weights", "start"]]

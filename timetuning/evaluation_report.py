@@ -167,12 +167,36 @@ def report_sections(results: dict[str, dict[str, Any]], clips: dict[str, list[Ev
     sections = [intro]
     for name, doc in results.items():
         sections += set_section(name, doc, baseline, tuned, clips.get(name, []), examples.get(name, {}))
-    training = Section("Training", [f"{k}: {v}" for k, v in summary.items()])
+    training = Section("Training", [summary["warning"]] if summary.get("warning") else [])
+    if summary:
+        training.tables.append(("The training run (models/train_summary.json).", training_rows(summary)))
     curves = figures.training_curves_png(log_rows)
     if curves:
         training.figures.append(("training_curves.png", curves,
                                  "Training loss, throughput and validation mIoU (x100) per step."))
     return sections + [training]
+
+
+TRAINING_FACTS = (  # (key, label, format) in reading order; mIoU values x100
+    ("steps", "steps", "{}"), ("world_size", "processes (world size)", "{}"),
+    ("resumed_from", "resumed from step", "{}"),
+    ("first_loss", "first loss", "{:.3f}"), ("final_loss", "final loss", "{:.3f}"),
+    ("mean_clips_per_s", "clips/s (median)", "{:.2f}"), ("val_set", "validation set", "{}"),
+    ("val_split", "validation split", "{}"), ("val_clips", "validation clips", "{}"),
+    ("val_videos", "validation videos", "{}"), ("val_miou_start", "validation mIoU at step 0", "x100"),
+    ("val_miou_best", "best validation mIoU", "x100"), ("best_step", "best step", "{}"),
+    ("exported", "exported weights", "{}"), ("exported_step", "exported step", "{}"))
+
+
+def training_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """The training summary as a two-column table, rounded (keys it lacks are left out)."""
+    rows = [["fact", "value"]]
+    for key, label, fmt in TRAINING_FACTS:
+        value = summary.get(key)
+        if value is None:
+            continue
+        rows.append([label, x100(value) if fmt == "x100" else fmt.format(value)])
+    return rows
 
 
 def per_class_rows(set_name: str, doc: dict[str, Any]) -> list[list[str]]:
