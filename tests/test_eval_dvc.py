@@ -129,8 +129,9 @@ def test_per_set_chains_rerun_exactly_what_a_change_affects(tmp_path):
     _edit(repo, lambda p: p["fit_probes"].update(overclustering_k=[5]))  # a probe param: every set's probes
     assert _would_run(repo) == {f"fit_probes@{s}" for s in ("davis_demo", "photos", "wide")}
     _edit(repo, lambda p: p["fit_probes"].update(overclustering_k=[6]))
-    _edit(repo, lambda p: p["train"].update(lr_head=5e-4))  # a train param: training (then the models' chains)
+    lr_head = yaml.safe_load((repo / "params.yaml").read_text())["train"]["lr_head"]
+    _edit(repo, lambda p: p["train"].update(lr_head=lr_head / 2))  # a train param: training (then the models' chains)
     assert _would_run(repo) == {"train"}
-    _edit(repo, lambda p: p["train"].update(lr_head=1e-4, num_workers=0, log_every=3, checkpoint_every=7))
+    _edit(repo, lambda p: p["train"].update(lr_head=lr_head, num_workers=0, log_every=3, checkpoint_every=7))
     _edit(repo, lambda p: p["shard_videos"].update(workers=2, executor="dask"))
     assert _would_run(repo) == set()  # execution-only params change no artifact

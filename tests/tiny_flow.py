@@ -72,7 +72,7 @@ stages:
 
 def make_tiny_pipeline(path: Path) -> Path:
     """A git + DVC repo with the two-stage pipeline, committed."""
-    repo = make_repo(path, {})
+    repo = make_repo(path, {"train": {"steps": 60}})  # the tests count on 60, whatever the schema default
     (repo / "train.py").write_text(TRAIN)
     (repo / "evaluate.py").write_text(EVALUATE)
     (repo / "dvc.yaml").write_text(textwrap.dedent(DVC_YAML))
