@@ -111,8 +111,8 @@ def set_section(set_name: str, doc: dict[str, Any], baseline: str | None, tuned:
     """The sections of one evaluation set."""
     classes = doc["classes"]
     facts = next(iter(doc["models"].values()))["facts"]
-    head = Section(f"{set_name}: results ({doc['scored_on']} split, {facts['videos']} videos, {facts['frames']} "
-                   f"frames{', image set' if doc['image_set'] else ''})")
+    size = f"{facts['frames']} images" if doc["image_set"] else f"{facts['videos']} videos, {facts['frames']} frames"
+    head = Section(f"{set_name}: results ({doc['scored_on']} split, {size}{', image set' if doc['image_set'] else ''})")
     if baseline and tuned and tuned in doc["models"]:
         head.paragraphs += verdict_paragraphs(set_name, doc, tuned)
         if facts.get("all_background_miou") is not None:
