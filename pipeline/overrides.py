@@ -12,6 +12,7 @@ from typing import Annotated, Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from timetuning.config import Params, apply_overrides
+from timetuning.profiles import schema_leaves
 
 
 def partial_model(model: type[BaseModel], name: str | None = None) -> type[BaseModel]:
@@ -47,21 +48,7 @@ def dotted_overrides(overrides: BaseModel | dict | None) -> dict[str, Any]:
         data = overrides.model_dump(mode="json", exclude_none=True)
     else:
         data = ParamsOverrides.model_validate(overrides).model_dump(mode="json", exclude_none=True)
-    flat: dict[str, Any] = {}
-
-    def walk(schema: type[BaseModel], node: dict[str, Any], prefix: str) -> None:
-        for key, value in node.items():
-            info = schema.model_fields.get(key)
-            if info is None:
-                raise ValueError(f"overrides: unknown key {prefix + key!r}")
-            ann = info.annotation
-            if isinstance(ann, type) and issubclass(ann, BaseModel) and isinstance(value, dict):
-                walk(ann, value, f"{prefix}{key}.")
-            else:
-                flat[prefix + key] = value
-
-    walk(Params, data, "")
-    return flat
+    return dict(schema_leaves(data, "overrides"))
 
 
 def changed_overrides(base: Params, flat: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel
 from ruamel.yaml import YAML
 
-from timetuning.config import Params, ParamsError, Section, validate_params
+from timetuning.config import Params, ParamsError, validate_params
 from timetuning.files import write_text_atomic
 
 PROFILE_DIR = "profiles"
@@ -40,21 +40,36 @@ def read_profile(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def merge(base: dict[str, Any], profile: dict[str, Any], schema: type[BaseModel] = Params,
-          where: str = "") -> None:
-    """Write ``profile`` into ``base`` in place: sections are walked into, every other value replaced whole."""
-    for key, value in profile.items():
+def schema_leaves(node: dict[str, Any], source: str, schema: type[BaseModel] = Params,
+                  prefix: str = "") -> list[tuple[str, Any]]:
+    """A partial params mapping (a profile, a run's overrides) as ``(dotted key, value)`` pairs: the schema's
+    sub-sections are walked into, every other value (lists, the mapping of eval sets, scalars) is one leaf. An
+    unknown key raises, naming ``source``."""
+    leaves: list[tuple[str, Any]] = []
+    for key, value in node.items():
         info = schema.model_fields.get(key)
         if info is None:
-            raise ParamsError(f"profile: unknown key {where + key!r}")
-        section = info.annotation
-        if isinstance(section, type) and issubclass(section, Section) and isinstance(value, dict):
-            if not isinstance(base.get(key), dict):
-                base[key] = {}
-            merge(base[key], value, section, f"{where}{key}.")
-        elif base.get(key) != value:
-            _drop_end_of_line_comment(base, key)  # it described the old value
-            base[key] = value
+            raise ParamsError(f"{source}: unknown key {prefix + key!r}")
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel) and isinstance(value, dict):
+            leaves += schema_leaves(value, source, ann, f"{prefix}{key}.")
+        else:
+            leaves.append((prefix + key, value))
+    return leaves
+
+
+def merge(base: dict[str, Any], profile: dict[str, Any]) -> None:
+    """Write ``profile`` into ``base`` in place: sections are walked into, every other value replaced whole."""
+    for dotted, value in schema_leaves(profile, "profile"):
+        *sections, key = dotted.split(".")
+        node = base
+        for name in sections:
+            if not isinstance(node.get(name), dict):
+                node[name] = {}
+            node = node[name]
+        if node.get(key) != value:
+            _drop_end_of_line_comment(node, key)  # it described the old value
+        node[key] = value
 
 
 def _drop_end_of_line_comment(mapping: Any, key: str) -> None:
