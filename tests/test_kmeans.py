@@ -63,7 +63,9 @@ def test_best_of_restarts_is_kept_and_seeded():
     again = batched_kmeans(x, valid, torch.tensor([5]), restarts=4, seeds=[11])
     assert torch.equal(four.centroids, again.centroids)
     one_each = [batched_kmeans(x, valid, torch.tensor([5]), restarts=r, seeds=[11]).inertia.item() for r in (1, 2, 3)]
-    assert four.inertia.item() <= min(one_each) + 1e-6 and one_each == sorted(one_each, reverse=True)
+    # (float32 sums of ~100: the same run's inertia rounds differently beside 1, 2 or 3 other runs)
+    assert four.inertia.item() <= min(one_each) * (1 + 1e-6)
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(one_each, one_each[1:]))
     assert len(set(round(s, 4) for s in singles)) > 1  # different seeds really give different runs
 
 

@@ -3,7 +3,11 @@ import torch
 
 from timetuning.masks import soft_patch_labels
 from timetuning.metrics import confusion_matrix, mean_iou
-from timetuning.probes import MemoryBank, predict_linear_probe, retrieval_votes, train_linear_probe, upsampled_argmax
+from torch import nn
+from torch.nn import functional as F
+
+from timetuning.probes import (MemoryBank, ShuffleBuffer, predict_linear_probe, retrieval_votes, train_linear_probe,
+                               train_linear_probes, upsampled_argmax)
 
 
 def _separable(frames=12, grid=4, size=16, dim=8, seed=0):
@@ -27,6 +31,39 @@ def test_linear_probe_learns_from_a_stream_and_predicts_at_any_size():
     assert mean_iou(confusion_matrix(pred, masks, 3, 3)) > 0.85
     wide = predict_linear_probe(probe, feats, (8, 24))  # another aspect ratio: the stored mask size of a frame
     assert wide.shape == (12, 8, 24)
+
+
+def _probe_alone(clips, dim, classes, seed, epochs, lr, drop_epoch, batch_size, buffer_size):
+    """Brute-force reference: one probe, the textbook way (conv, F.interpolate, mean cross-entropy, SGD)."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    probe = nn.Conv2d(dim, classes, kernel_size=1)
+    opt = torch.optim.SGD(probe.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[drop_epoch], gamma=0.1)
+    for _ in range(epochs):
+        buffer = ShuffleBuffer(batch_size, buffer_size, generator)
+        batches = [b for f, m in clips for b in buffer.add(f, m)] + buffer.rest()
+        for x, y in batches:
+            logits = F.interpolate(probe(x.float()), size=y.shape[-2:], mode="bilinear", align_corners=False)
+            loss = F.cross_entropy(logits, y.long(), ignore_index=255)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+    return probe
+
+
+def test_probes_trained_side_by_side_take_the_steps_each_takes_alone():
+    feats, masks, _ = _separable(frames=14, seed=3)
+    masks[:, :2, :] = 255
+    clips = [(feats[i:i + 4], torch.from_numpy(masks[i:i + 4])) for i in range(0, 14, 4)]
+    args = dict(epochs=4, lr=0.05, drop_epoch=2, batch_size=3, buffer_size=5)
+    together = train_linear_probes(lambda: iter(clips), 8, 3, seeds=[3, 11], **args)
+    for seed, probe in zip([3, 11], together):
+        alone = _probe_alone(clips, 8, 3, seed, **args)
+        torch.testing.assert_close(probe.weight, alone.weight, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(probe.bias, alone.bias, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(together[0].weight, together[1].weight)
 
 
 def test_retrieval_votes_with_the_labels_of_the_nearest_bank_patches():

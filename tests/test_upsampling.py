@@ -2,7 +2,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from timetuning.upsampling import bilinear_sample, nearest_indices, resize_nearest
+from timetuning.upsampling import bilinear_sample, bilinear_upsample, nearest_indices, resize_nearest
 
 
 def test_bilinear_sample_equals_interpolate_at_every_pixel():
@@ -21,3 +21,12 @@ def test_nearest_matches_torch_and_a_hand_example():
     for src, dst in ((14, 224), (14, 100), (10, 7), (7, 10)):
         ref = F.interpolate(torch.arange(src).float()[None, None, :, None], size=(dst, 1), mode="nearest")
         assert nearest_indices(src, dst).tolist() == ref.flatten().long().tolist()
+
+
+def test_bilinear_upsample_by_matrices_equals_interpolate():
+    torch.manual_seed(3)
+    maps = torch.randn(2, 3, 5, 7, 4)
+    for size in [(16, 9), (5, 4), (33, 100)]:
+        expected = torch.nn.functional.interpolate(maps.flatten(0, 1), size=size, mode="bilinear",
+                                                   align_corners=False).reshape(2, 3, 5, *size)
+        torch.testing.assert_close(bilinear_upsample(maps, size), expected, rtol=1e-5, atol=1e-5)

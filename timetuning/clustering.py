@@ -27,13 +27,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from timetuning.kmeans import batched_kmeans
+from timetuning.kmeans import argmin_along, batched_kmeans
 from timetuning.metrics import (IGNORE_INDEX, confusion_matrix, greedy_mapping, hungarian_mapping, mean_iou,
                                 remap_confusion)
 from timetuning.pca import fit_standard_pca
 from timetuning.upsampling import bilinear_sample, nearest_indices
 
 SCOPES = ("per_frame", "per_clip", "per_dataset")
+UNUSED_COST = 1e30  # the cost of an unused centroid slot: finite, so interpolating it makes no NaN
 
 
 @dataclass(frozen=True)
@@ -95,23 +96,27 @@ def sample_points(maps: torch.Tensor, positions: np.ndarray, size: tuple[int, in
 
 
 def assign_clusters(maps: torch.Tensor, centroids: torch.Tensor, k: int | torch.Tensor, size: tuple[int, int],
-                    pixels: bool) -> np.ndarray:
+                    pixels: bool, block: int = 32) -> np.ndarray:
     """Nearest-centroid ids ``[F, h, w]`` at the evaluation size of ``maps [F, d, g, g]``; ``centroids`` is one
-    ``[K, d]`` set for every frame, or ``[F, K, d]`` (each frame its own, with ``k`` ``[F]``)."""
+    ``[K, d]`` set for every frame, or ``[F, K, d]`` (each frame its own, with ``k`` ``[F]``).
+
+    The cost ``|c|^2 - 2 x.c`` is made on the patch grid and, for pixels, bilinearly upsampled ``block`` frames at a
+    time (the weights sum to one, so this is the cost of the upsampled feature), then its argmin is taken."""
     per_frame = centroids.ndim == 3
-    cents = centroids if per_frame else centroids[None].expand(maps.shape[0], -1, -1)
-    scores = torch.einsum("fdyx,fkd->fkyx", maps.float(), cents.float())
-    if pixels:  # the cost is linear in the feature: upsampling the scores = scoring the upsampled features
-        scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
-    norms = (cents * cents).sum(-1)  # [F, K]
-    cost = norms[:, :, None, None] - 2 * scores
-    ks = torch.as_tensor(k).reshape(-1).expand(maps.shape[0]) if per_frame else torch.full((maps.shape[0],), int(k))
+    frames = maps.shape[0]
+    cents = (centroids if per_frame else centroids[None].expand(frames, -1, -1)).float()
+    ks = torch.as_tensor(k).reshape(-1).expand(frames) if per_frame else torch.full((frames,), int(k))
     unused = torch.arange(cents.shape[1])[None, :] >= ks[:, None]
-    cost = cost.masked_fill(unused[:, :, None, None], float("inf"))
-    ids = cost.argmin(1).numpy()
+    norms = (cents * cents).sum(-1).masked_fill(unused, UNUSED_COST)  # [F, K]
+    cost = norms[:, :, None, None] - 2 * torch.einsum("fdyx,fkd->fkyx", maps.float(), cents)
     if not pixels:
-        ids = ids[:, nearest_indices(ids.shape[1], size[0])][:, :, nearest_indices(ids.shape[2], size[1])]
-    return ids.astype(np.int64)
+        ids = argmin_along(cost, 1).long().numpy()
+        return ids[:, nearest_indices(ids.shape[1], size[0])][:, :, nearest_indices(ids.shape[2], size[1])]
+    out = np.empty((frames, *size), np.int64)
+    for start in range(0, frames, block):
+        up = F.interpolate(cost[start:start + block], size=size, mode="bilinear", align_corners=False)
+        out[start:start + block] = argmin_along(up, 1).numpy()
+    return out
 
 
 def training_sample(count: int, k: int, points_per_centroid: int, rng: np.random.Generator) -> np.ndarray:

@@ -34,7 +34,7 @@ from timetuning.kmeans import batched_kmeans
 from timetuning.masks import soft_patch_labels
 from timetuning.metrics import confusion_matrix, hungarian_mapping
 from timetuning.pca import StandardPCA, fit_standard_pca
-from timetuning.probes import (MemoryBank, predict_linear_probe, retrieval_votes, train_linear_probe,
+from timetuning.probes import (MemoryBank, predict_linear_probe, retrieval_votes, train_linear_probes,
                                upsampled_argmax)
 from timetuning.propagation import LabeledClip, evaluate_propagation
 from timetuning.scores import ConfusionScores, DifferenceScores, GroupScores, RatioScores, Scores
@@ -288,10 +288,10 @@ def linear_protocol(train: SplitSource, val: SplitSource, num_classes: int, p: F
 
     confusion = np.zeros((len(p.seeds), len(val.videos), num_classes, num_classes), np.int64)
     examples: dict[str, np.ndarray] = {}
-    for s, seed in enumerate(p.seeds):
-        probe = train_linear_probe(stream, train.info.dim, num_classes, epochs=p.linear_epochs, lr=p.linear_lr,
-                                   drop_epoch=p.linear_drop_epoch, seed=seed)
-        for i, (f, clip) in enumerate(val.clips()):
+    probes = train_linear_probes(stream, train.info.dim, num_classes, seeds=p.seeds, epochs=p.linear_epochs,
+                                 lr=p.linear_lr, drop_epoch=p.linear_drop_epoch)
+    for i, (f, clip) in enumerate(val.clips()):
+        for s, probe in enumerate(probes):
             pred = predict_linear_probe(probe, f.features, clip.masks.shape[-2:])
             confusion[s, val.clip_video[i]] += confusion_matrix(pred, clip.masks, num_classes, num_classes)
             if s == 0 and i < num_examples:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 INFINITY = float("inf")
+UNUSED_COST = 1e30  # cost of an unused centroid slot: finite, so no inf or NaN enters a product
 
 
 @dataclass
@@ -39,60 +40,95 @@ def _distances(points, point_norms, centroids, bias=None):
     return d2.clamp_(min=0)
 
 
-def _initial_centroids(points: torch.Tensor, valid: torch.Tensor, k_max: int, seeds: list[int]) -> torch.Tensor:
-    """``k_max`` distinct valid points per problem, chosen uniformly at random from the problem's own seed."""
-    n = valid.shape[1]
-    keys = torch.from_numpy(np.stack([np.random.default_rng(s).random(n) for s in seeds]))
-    keys = keys.to(points.device).masked_fill(~valid, INFINITY)
-    index = keys.topk(k_max, dim=1, largest=False).indices  # [G, K]
-    return torch.gather(points, 1, index[..., None].expand(-1, -1, points.shape[-1]))
+def _initial_centroids(points: torch.Tensor, valid: torch.Tensor, k_max: int, seeds: list[int],
+                       restarts: int) -> torch.Tensor:
+    """``[G, R, k_max, d]``: for each problem and restart, ``k_max`` distinct valid points chosen uniformly at
+    random from the generator seeded ``[seeds[g], r]``."""
+    g, n, d = points.shape
+    keys = torch.from_numpy(np.stack([np.random.default_rng([s, r]).random(n) for s in seeds for r in range(restarts)]))
+    keys = keys.to(points.device).reshape(g, restarts, n).masked_fill(~valid[:, None, :], INFINITY)
+    index = keys.topk(k_max, dim=2, largest=False).indices  # [G, R, K]
+    return torch.gather(points[:, None].expand(-1, restarts, -1, -1), 2, index[..., None].expand(-1, -1, -1, d))
 
 
 def _lloyd(points, valid, centroid_valid, centroids, iterations):
-    """Lloyd iterations per problem until its assignments stop changing (a fixed point: more iterations would
-    change nothing) or ``iterations``; converged problems leave the batch. Returns the centroids and inertias.
+    """Lloyd iterations of every restart of every problem (``centroids [G, R, K, d]``): a run stops when its
+    assignments stop changing (a fixed point: more iterations would change nothing) or after ``iterations``; a
+    problem leaves the batch when all its runs have stopped. Returns the centroids and the inertias ``[G, R]``.
 
-    The problems still running are kept in compact tensors, gathered again only when some converge (not every
-    iteration), and the one-hot is scattered in place: the same arithmetic, in the same batches, as before. (Lazier
-    compaction is faster but changes the batches, and MKL's batched products round differently by batch size.)"""
+    The restarts of a problem share its points: the costs ``|c|^2 - 2 x.c`` (the squared distance less ``|x|^2``,
+    which no argmin needs) of all ``R x K`` centroids are one product per problem and iteration (``|c|^2`` is the
+    weight of an extra all-ones coordinate), laid out centroids x points so that the argmin over a run's ``K``
+    compares whole rows; the centroid sums are another product."""
     g, n, d = points.shape
-    k_max = centroids.shape[1]
-    norms = (points * points).sum(-1, keepdim=True)
-    bias = torch.zeros(g, 1, k_max, device=points.device).masked_fill_(~centroid_valid[:, None, :], INFINITY)
+    r, k_max = centroids.shape[1:3]
+    if k_max > 2 ** 15:
+        raise ValueError(f"k = {k_max}: at most {2 ** 15} clusters")
     weights = valid.to(points.dtype)
-    final = centroids.clone()
+    slot_valid = centroid_valid[:, None, :].expand(-1, r, -1).reshape(g, r * k_max)
+    offsets = (torch.arange(r, device=points.device) * k_max)[:, None]  # [R, 1]: first slot of each run
+    augmented = torch.cat([points, torch.ones(g, n, 1, dtype=points.dtype, device=points.device)], 2)
+    final = centroids.reshape(g, r * k_max, d).clone()
     active = torch.arange(g, device=points.device)
-    x, x_norms, c, b, w, ok = points, norms, final.clone(), bias, weights, valid
-    c_valid = centroid_valid
-    previous = torch.full((g, n), -1, dtype=torch.long, device=points.device)
+    x, c, w, ok, slots = augmented, final.clone(), weights, valid, slot_valid
+    done = torch.zeros(g, r, dtype=torch.bool, device=points.device)
+    previous = torch.full((g, r, n), -1, dtype=torch.int16, device=points.device)
     for _ in range(iterations):
-        d2 = _distances(x, x_norms, c, b)
-        nearest = d2.argmin(-1)  # [A, N]
-        moved = (nearest != previous).any(1)
-        if not moved.all():  # problems whose assignments did not change are done: keep their centroids
-            final[active[~moved]] = c[~moved]
-            keep = moved.nonzero().flatten()
-            active, x, x_norms, c, b, w, ok, c_valid, d2, nearest = (
-                t[keep] for t in (active, x, x_norms, c, b, w, ok, c_valid, d2, nearest))
+        cost = _costs(x, c, slots).view(-1, r, k_max, n)  # [A, R, K, N]
+        nearest = argmin_along(cost, 2)  # [A, R, N]
+        done |= ~(nearest != previous).any(2)
+        if done.all(1).any():  # problems whose runs have all stopped leave the batch
+            finished = done.all(1)
+            final[active[finished]] = c[finished]
+            keep = (~finished).nonzero().flatten()
             if keep.numel() == 0:
                 break
+            active, x, c, w, ok, slots, done, cost, nearest = (
+                t[keep] for t in (active, x, c, w, ok, slots, done, cost, nearest))
         previous = nearest
-        onehot = torch.zeros(*nearest.shape, k_max, dtype=x.dtype, device=x.device)
-        onehot.scatter_(2, nearest[..., None], w[..., None])  # [A, N, K]: the point's weight at its cluster
-        counts = onehot.sum(1)  # [A, K]
-        sums = torch.bmm(onehot.transpose(1, 2), x)  # [A, K, d]
+        onehot = torch.zeros(x.shape[0], r * k_max, n, dtype=x.dtype, device=x.device)
+        onehot.scatter_(1, nearest.long() + offsets, w[:, None, :].expand(-1, r, -1))  # each run: the point's weight
+        counts = onehot.sum(2)  # [A, R*K]
+        sums = torch.bmm(onehot, x[..., :d])  # [A, R*K, d]
         updated = torch.where((counts > 0)[..., None], sums / counts.clamp(min=1)[..., None], c)
-        empty = (counts == 0) & c_valid
-        if empty.any():  # move each empty cluster onto the point farthest from its centroid
-            gap = d2.min(-1).values.masked_fill(~ok, -1.0)  # [A, N]
-            for a in torch.nonzero(empty.any(1)).flatten().tolist():
-                slots = torch.nonzero(empty[a]).flatten()
-                updated[a, slots] = x[a, gap[a].topk(len(slots)).indices]
-        c = updated
-    final[active] = c
-    d2 = _distances(points, norms, final, bias)
-    inertia = (d2.min(-1).values * weights).sum(1)
-    return final, inertia
+        empty = ((counts == 0) & slots).view(-1, r, k_max) & ~done[..., None]
+        if empty.any():  # move each empty cluster onto the point farthest from its run's centroid
+            xd = x[..., :d]
+            gap = (cost.min(2).values + (xd * xd).sum(-1)[:, None, :]).masked_fill(~ok[:, None, :], -INFINITY)
+            for a, run in torch.nonzero(empty.any(2)).tolist():
+                moved = torch.nonzero(empty[a, run]).flatten()
+                updated[a, run * k_max + moved] = xd[a, gap[a, run].topk(len(moved)).indices]
+        frozen = done.repeat_interleave(k_max, dim=1)[..., None]  # stopped runs keep their centroids
+        c = torch.where(frozen, c, updated)
+    else:
+        final[active] = c
+    bias = torch.zeros(g, 1, r * k_max, device=points.device).masked_fill_(~slot_valid[:, None, :], INFINITY)
+    d2 = _distances(points, (points * points).sum(-1, keepdim=True), final, bias).view(g, n, r, k_max)
+    inertia = (d2.min(-1).values * weights[..., None]).sum(1)  # [G, R]
+    return final.view(g, r, k_max, d), inertia
+
+
+def _costs(x_augmented: torch.Tensor, centroids: torch.Tensor, slot_valid: torch.Tensor) -> torch.Tensor:
+    """``[A, S, N]`` ``|c|^2 - 2 x.c`` of centroids ``[A, S, d]`` to points ``[A, N, d + 1]`` (last coordinate 1);
+    unused slots cost ``UNUSED_COST``."""
+    norms = (centroids * centroids).sum(-1).masked_fill(~slot_valid, UNUSED_COST)
+    return torch.bmm(torch.cat([-2 * centroids, norms[..., None]], 2), x_augmented.transpose(1, 2))
+
+
+def argmin_along(cost: torch.Tensor, dim: int) -> torch.Tensor:
+    """Index (int16) of the smallest entry along a short ``dim``, the first of equal ones, as whole-slice
+    comparisons: the running minimum, then the count of leading entries above it. Several times faster than
+    torch's ``argmin`` over a dim of a few entries that is not the innermost."""
+    slices = cost.unbind(dim)
+    best = slices[0].clone()
+    for s in slices[1:]:
+        torch.minimum(best, s, out=best)
+    above = slices[0] > best
+    ids = above.to(torch.int16)
+    for s in slices[1:-1]:
+        above &= s > best
+        ids += above
+    return ids
 
 
 def batched_kmeans(points: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, *, iterations: int = 50,
@@ -100,9 +136,9 @@ def batched_kmeans(points: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, *
     """Cluster each of ``G`` point sets ``points [G, N, d]`` (``valid [G, N]`` marks real points) into ``k[g]``
     clusters (``k`` is clipped to the number of valid points). The caller samples the training points.
 
-    ``seeds[g]`` seeds problem ``g``'s initialisations, so a problem's result does not depend on the others in the
-    batch. All restarts of all problems run as one batch; Lloyd stops early once no assignment changes anywhere
-    (a fixed point: more iterations would change nothing)."""
+    ``seeds[g]`` seeds problem ``g``'s initialisations (restart ``r`` starts from the generator ``[seeds[g], r]``),
+    so a problem's result does not depend on the others in the batch. All restarts of all problems run as one
+    batch; of a problem's restarts the one with the lowest inertia is kept (the first of equal ones)."""
     if points.ndim != 3 or valid.shape != points.shape[:2] or k.shape != points.shape[:1]:
         raise ValueError(f"points {tuple(points.shape)}, valid {tuple(valid.shape)}, k {tuple(k.shape)} do not fit")
     g = points.shape[0]
@@ -111,13 +147,9 @@ def batched_kmeans(points: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, *
     k_max = int(k.max())
     centroid_valid = torch.arange(k_max, device=points.device)[None, :] < k[:, None]
     seeds = list(range(g)) if seeds is None else list(seeds)
-    run_seeds = [[s, r] for r in range(restarts) for s in seeds]  # restart-major: run r*G + i is problem i
-    rep = (restarts, 1, 1)
-    start = _initial_centroids(points.repeat(rep), valid.repeat(restarts, 1), k_max, run_seeds)
-    centroids, inertia = _lloyd(points.repeat(rep), valid.repeat(restarts, 1), centroid_valid.repeat(restarts, 1),
-                                start, iterations)
-    inertia = inertia.reshape(restarts, g)
-    best = inertia.argmin(0)  # the first of equal runs
-    centroids = centroids.reshape(restarts, g, k_max, -1)[best, torch.arange(g)]
-    centroids = centroids * centroid_valid[..., None]
-    return KMeansResult(centroids, k, inertia[best, torch.arange(g)])
+    start = _initial_centroids(points, valid, k_max, seeds, restarts)
+    centroids, inertia = _lloyd(points, valid, centroid_valid, start, iterations)
+    best = inertia.argmin(1)  # the first of equal runs
+    rows = torch.arange(g, device=points.device)
+    centroids = centroids[rows, best] * centroid_valid[..., None]
+    return KMeansResult(centroids, k, inertia[rows, best])

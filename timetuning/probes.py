@@ -15,66 +15,111 @@ Both predict at any output size: the scoring code asks for each frame's stored m
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from timetuning.kmeans import argmin_along
 from timetuning.metrics import IGNORE_INDEX
+from timetuning.upsampling import bilinear_upsample
 
 
-def _shuffled_batches(stream: Iterable[tuple[torch.Tensor, torch.Tensor]], batch_size: int, buffer_size: int,
-                      generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Minibatches of frames drawn at random from a buffer filled by a stream of ``(features, masks)`` clips."""
-    feats: list[torch.Tensor] = []
-    masks: list[torch.Tensor] = []
+class ShuffleBuffer:
+    """Minibatches of frames drawn at random from a buffer filled by a stream of ``(features, masks)`` clips: each
+    time the buffer holds ``buffer_size`` frames a batch is drawn, and the rest is drawn when the stream ends."""
 
-    def draw(n: int):
-        pick = torch.randperm(len(feats), generator=generator)[:n].tolist()
-        keep = sorted(set(range(len(feats))) - set(pick))
-        batch = torch.stack([feats[i] for i in pick]), torch.stack([masks[i] for i in pick])
-        feats[:], masks[:] = [feats[i] for i in keep], [masks[i] for i in keep]
+    def __init__(self, batch_size: int, buffer_size: int, generator: torch.Generator):
+        self.batch_size, self.buffer_size, self.generator = batch_size, buffer_size, generator
+        self.feats: list[torch.Tensor] = []
+        self.masks: list[torch.Tensor] = []
+
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        pick = torch.randperm(len(self.feats), generator=self.generator)[:self.batch_size].tolist()
+        keep = sorted(set(range(len(self.feats))) - set(pick))
+        batch = torch.stack([self.feats[i] for i in pick]), torch.stack([self.masks[i] for i in pick])
+        self.feats[:], self.masks[:] = [self.feats[i] for i in keep], [self.masks[i] for i in keep]
         return batch
 
-    for f, m in stream:
-        feats.extend(f.unbind(0))
-        masks.extend(m.unbind(0))
-        while len(feats) >= buffer_size:
-            yield draw(batch_size)
-    while feats:
-        yield draw(batch_size)
+    def add(self, features: torch.Tensor, masks: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Add one clip; the batches now due."""
+        self.feats.extend(features.unbind(0))
+        self.masks.extend(masks.unbind(0))
+        batches = []
+        while len(self.feats) >= self.buffer_size:
+            batches.append(self.draw())
+        return batches
+
+    def rest(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches left when the stream ends."""
+        batches = []
+        while self.feats:
+            batches.append(self.draw())
+        return batches
+
+
+def train_linear_probes(stream: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], dim: int,
+                        num_classes: int, *, seeds: Sequence[int] = (0,), epochs: int = 25, lr: float = 0.01,
+                        drop_epoch: int = 20, batch_size: int = 16, buffer_size: int = 512,
+                        device: str | torch.device = "cpu") -> list[nn.Conv2d]:
+    """Fit one 1x1 conv per seed on clips from ``stream()`` (called once per epoch for all seeds): features
+    ``[T, D, g, g]`` and square training masks ``[T, s, s]``.
+
+    The probes train side by side as one stacked parameter: probe ``s`` starts from ``nn.Conv2d``'s initialisation
+    under ``torch.manual_seed(seeds[s])``, draws its batches through its own shuffle buffer seeded ``seeds[s]`` (all
+    buffers fill alike, so their batches come at the same steps with the same sizes) and its loss is its own batch's
+    mean cross-entropy: SGD, momentum and weight decay act per element, so each probe takes the steps it would take
+    alone, while the split is read once per epoch."""
+    convs = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        convs.append(nn.Conv2d(dim, num_classes, kernel_size=1))
+    weight = torch.stack([c.weight.detach().reshape(num_classes, dim) for c in convs]).to(device).requires_grad_()
+    bias = torch.stack([c.bias.detach() for c in convs]).to(device).requires_grad_()
+    opt = torch.optim.SGD([weight, bias], lr=lr, momentum=0.9, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[drop_epoch], gamma=0.1)
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+
+    def step(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        x = torch.stack([b[0] for b in batches]).to(device).float()  # [S, B, D, g, g]
+        y = torch.stack([b[1] for b in batches]).to(device).long()  # [S, B, s, s]
+        low = (weight[:, None] @ x.flatten(3)).unflatten(-1, x.shape[-2:]) + bias[:, None, :, None, None]
+        logits = bilinear_upsample(low, y.shape[-2:])
+        nll = F.cross_entropy(logits.flatten(0, 1), y.flatten(0, 1), ignore_index=IGNORE_INDEX, reduction="none")
+        labeled = (y != IGNORE_INDEX).flatten(1).sum(1)
+        loss = (nll.reshape(len(batches), -1).sum(1) / labeled).sum()  # each probe's mean over its labeled pixels
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for _ in range(epochs):
+        buffers = [ShuffleBuffer(batch_size, buffer_size, g) for g in generators]
+        for f, m in stream():
+            for batches in zip(*(b.add(f, m) for b in buffers)):
+                step(list(batches))
+        for batches in zip(*(b.rest() for b in buffers)):
+            step(list(batches))
+        sched.step()
+    probes = []
+    for s, conv in enumerate(convs):
+        conv.weight.data = weight[s].detach().cpu().reshape(num_classes, dim, 1, 1).clone()
+        conv.bias.data = bias[s].detach().cpu().clone()
+        probes.append(conv)
+    return probes
 
 
 def train_linear_probe(stream: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], dim: int,
-                       num_classes: int, *, epochs: int = 25, lr: float = 0.01, drop_epoch: int = 20,
-                       batch_size: int = 16, buffer_size: int = 512, seed: int = 0,
-                       device: str | torch.device = "cpu") -> nn.Conv2d:
-    """Fit a 1x1 conv on clips from ``stream()`` (called once per epoch): features ``[T, D, g, g]`` and square
-    training masks ``[T, s, s]``."""
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    probe = nn.Conv2d(dim, num_classes, kernel_size=1).to(device)
-    opt = torch.optim.SGD(probe.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[drop_epoch], gamma=0.1)
-    for _ in range(epochs):
-        for x, y in _shuffled_batches(stream(), batch_size, buffer_size, generator):
-            logits = F.interpolate(probe(x.to(device).float()), size=y.shape[-2:], mode="bilinear",
-                                   align_corners=False)
-            loss = F.cross_entropy(logits, y.to(device).long(), ignore_index=IGNORE_INDEX)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        sched.step()
-    return probe.cpu()
+                       num_classes: int, *, seed: int = 0, **kwargs) -> nn.Conv2d:
+    """One probe (:func:`train_linear_probes` with one seed)."""
+    return train_linear_probes(stream, dim, num_classes, seeds=[seed], **kwargs)[0]
 
 
 @torch.no_grad()
 def predict_linear_probe(probe: nn.Conv2d, features: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """Classes ``[T, h, w]`` of ``features [T, D, g, g]`` at output ``size``."""
-    logits = F.interpolate(probe(features.float()), size=size, mode="bilinear", align_corners=False)
-    return logits.argmax(1).numpy().astype(np.uint8)
+    return upsampled_argmax(probe(features.float()), size)
 
 
 class MemoryBank:
@@ -124,6 +169,11 @@ def retrieval_votes(bank: torch.Tensor, bank_labels: torch.Tensor, features: tor
     return torch.cat(votes).reshape(t, gh, gw, -1).permute(0, 3, 1, 2)
 
 
-def upsampled_argmax(scores: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """Classes ``[T, h, w]``: ``scores [T, C, g, g]`` bilinearly upsampled to ``size``, then the argmax."""
-    return F.interpolate(scores, size=size, mode="bilinear", align_corners=False).argmax(1).numpy().astype(np.uint8)
+def upsampled_argmax(scores: torch.Tensor, size: tuple[int, int], block: int = 8) -> np.ndarray:
+    """Classes ``[T, h, w]``: ``scores [T, C, g, g]`` bilinearly upsampled to ``size``, then the argmax (the first
+    of equal ones), ``block`` frames at a time."""
+    out = np.empty((scores.shape[0], *size), np.uint8)
+    for start in range(0, scores.shape[0], block):
+        up = F.interpolate(scores[start:start + block], size=size, mode="bilinear", align_corners=False)
+        out[start:start + block] = argmin_along(up.neg_(), 1).numpy()
+    return out
