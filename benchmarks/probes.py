@@ -124,8 +124,9 @@ def write_set(out: Path, frames: dict[str, int], grid: int, dim: int, classes: i
 
 
 # ---------------------------------------------------------------------------------------------- one run
-def child(workdir: str, code: str, threads: int) -> None:
-    """Run fit_probes' work for the set in ``workdir`` with the library at ``code``; print one JSON line."""
+def child(workdir: str, code: str, threads: int, overrides: dict) -> None:
+    """Run fit_probes' work for the set in ``workdir`` with the library at ``code`` (params.yaml defaults, then
+    ``overrides``); print one JSON line."""
     sys.path.insert(0, code)
     import torch
 
@@ -156,7 +157,8 @@ def child(workdir: str, code: str, threads: int) -> None:
     classes = [c["name"] for c in read_labels(set_dir)["classes"]]
     start = time.perf_counter()
     doc, _ = timetuning.results.evaluate_set("bench", set_dir, work / "features", ["train", "val"],
-                                             ["start", "timetuned"], "start", classes, FitProbesParams())
+                                             ["start", "timetuned"], "start", classes,
+                                             FitProbesParams(**overrides))
     total = time.perf_counter() - start
     metrics = {name: doc["models"]["start"]["protocols"][name]["mean"] for name in
                ("cluster_per_frame", "cluster_per_clip", "cluster_per_dataset", "linear", "hummingbird", "jf_mean")
@@ -165,10 +167,11 @@ def child(workdir: str, code: str, threads: int) -> None:
                       "protocols": seconds, "metrics": metrics, "code": code}))
 
 
-def run_child(workdir: Path, code: Path, threads: int) -> dict:
+def run_child(workdir: Path, code: Path, threads: int, overrides: dict) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
     proc = subprocess.run([sys.executable, __file__, "--child", str(workdir), "--code", str(code),
-                           "--threads", str(threads)], capture_output=True, text=True, env=env, cwd=code)
+                           "--threads", str(threads), "--overrides", json.dumps(overrides)],
+                          capture_output=True, text=True, env=env, cwd=code)
     if proc.returncode:
         raise SystemExit(f"fit_probes failed in {workdir} with {code}:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -186,11 +189,22 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--vs", type=Path, default=None, help="another checkout of the project to compare with")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the generated sets here")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a fit_probes parameter for every run, as in params.yaml (e.g. 'robustness_variants=[]')")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     ap.add_argument("--code", default=str(ROOT), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return child(args.child, args.code, args.threads)
+        return child(args.child, args.code, args.threads, json.loads(args.overrides))
+    import yaml
+
+    overrides = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
     sys.path.insert(0, str(ROOT))
     if args.quick:
         args.frames = [16, 32]
@@ -206,7 +220,7 @@ def main() -> None:
                           tuple(args.mask), ["start", "timetuned"])
                 print(f"[{frames} frames: data written in {time.perf_counter() - start:.0f} s]", flush=True)
             for code in codes:
-                result = run_child(work, code, args.threads)
+                result = run_child(work, code, args.threads, overrides)
                 rows.append((frames, code, result))
                 shares = ", ".join(f"{k.replace('_protocols', '').replace('_protocol', '')} "
                                    f"{100 * v / result['seconds']:.0f}%" for k, v in sorted(
@@ -214,7 +228,8 @@ def main() -> None:
                 print(f"{frames:6d} frames  {result['seconds']:8.1f} s  {result['peak_rss_mib']:7.0f} MiB  "
                       f"[{code.name}]  {shares}", flush=True)
     print(f"\n{args.grid}x{args.grid} patches x {args.dim} dims, {args.classes} classes, masks {args.mask[0]}x"
-          f"{args.mask[1]}, train = val frames, both models, params.yaml defaults, {args.threads} threads")
+          f"{args.mask[1]}, train = val frames, both models, params.yaml defaults"
+          f"{' with ' + json.dumps(overrides) if overrides else ''}, {args.threads} threads")
     print("| val frames | code | seconds | peak RSS MiB | s/frame | slope from the previous size, s/frame |")
     print("|---|---|---|---|---|---|")
     previous: dict[Path, tuple[int, float]] = {}

@@ -40,6 +40,20 @@ def mixed_videos(tmp_path_factory):
     return tmp, set_dir
 
 
+def test_a_split_s_clips_and_videos_are_found_across_parquet_batches(mixed_videos):
+    """Clip boundaries and video order from the Parquet rows, read in batches that cut clips anywhere: the same as
+    from the whole file at once (brute force with pandas-free numpy)."""
+    tmp, set_dir = mixed_videos
+    rows = read_features(tmp / "feats/val.parquet", ["clip_id", "video_id"])
+    starts = np.flatnonzero(np.r_[True, rows["clip_id"][1:] != rows["clip_id"][:-1]])
+    videos = list(dict.fromkeys(rows["video_id"].tolist()))
+    expected = ([videos.index(v) for v in rows["video_id"][starts]],
+                (np.diff(np.r_[starts, len(rows["clip_id"])]) // 64).tolist())  # 8x8 patches per frame
+    for batch_rows in (1, 5, 64, 100, 65536):
+        source = SplitSource(tmp / "feats/val.parquet", set_dir, "val", batch_rows=batch_rows)
+        assert (source.clip_video, source.clip_frames) == expected and source.videos == videos, batch_rows
+
+
 def test_mixed_aspect_ratios_extract_and_every_protocol_scores_them(mixed_videos):
     tmp, set_dir = mixed_videos
     val = SplitSource(tmp / "feats/val.parquet", set_dir, "val")

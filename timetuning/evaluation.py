@@ -41,7 +41,7 @@ from timetuning.scores import ConfusionScores, DifferenceScores, GroupScores, Ra
 from timetuning.temporal import stable_counts
 from timetuning.upsampling import resize_nearest
 
-CHUNK_FRAMES = 128  # frames of features (and their masks) in memory at a time
+CHUNK_FRAMES = 64  # frames of features (and their masks) in memory at a time: bounds the peak memory
 
 
 @dataclass
@@ -54,20 +54,30 @@ class SplitSource:
     videos: list[str] = field(default_factory=list)  # video ids in order of first appearance
     clip_video: list[int] = field(default_factory=list)  # video index of each clip
     clip_frames: list[int] = field(default_factory=list)  # frames of each clip
+    batch_rows: int = 65536  # Parquet rows read at a time
 
     def __post_init__(self) -> None:
         self.info = feature_file(self.features)
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        table = pq.read_table(self.features, columns=["clip_id", "video_id"])
-        clips = table.column("clip_id").to_numpy(zero_copy_only=False)
-        videos = table.column("video_id").to_numpy(zero_copy_only=False)
-        starts = np.concatenate([[0], np.flatnonzero(clips[1:] != clips[:-1]) + 1, [len(clips)]])
         index: dict[str, int] = {}
+        rows: list[int] = []  # rows of each clip
+        last = None
+        batches = pq.ParquetFile(self.features).iter_batches(self.batch_rows, columns=["clip_id", "video_id"])
+        for batch in batches:  # clip boundaries by Arrow's compute, so no per-row Python object is ever made
+            clips, videos = batch.column(0), batch.column(1)
+            changes = pc.not_equal(clips.slice(1), clips.slice(0, len(clips) - 1))
+            starts = [0] + (np.flatnonzero(changes.to_numpy(zero_copy_only=False)) + 1).tolist()
+            if last is not None and clips[0].as_py() == last:  # the batch goes on with the previous clip
+                rows[-1] += (starts[1] if len(starts) > 1 else len(clips))
+                starts = starts[1:]
+            for a, b in zip(starts, starts[1:] + [len(clips)]):
+                self.clip_video.append(index.setdefault(videos[a].as_py(), len(index)))
+                rows.append(b - a)
+            last = clips[len(clips) - 1].as_py()
         per_frame = self.info.grid ** 2
-        for a, b in zip(starts[:-1], starts[1:]):
-            self.clip_video.append(index.setdefault(str(videos[a]), len(index)))
-            self.clip_frames.append(int(b - a) // per_frame)
+        self.clip_frames = [r // per_frame for r in rows]
         self.videos = list(index)
 
     @property
@@ -104,6 +114,11 @@ class SplitSource:
             bar.update(len(chunk))
             yield chunk
         bar.close()
+
+
+def compute_device() -> torch.device:
+    """Where the linear probe trains and the retrieval searches: the GPU when there is one."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def settings_of(p: FitProbesParams) -> KMeansSettings:
@@ -289,7 +304,7 @@ def linear_protocol(train: SplitSource, val: SplitSource, num_classes: int, p: F
     confusion = np.zeros((len(p.seeds), len(val.videos), num_classes, num_classes), np.int64)
     examples: dict[str, np.ndarray] = {}
     probes = train_linear_probes(stream, train.info.dim, num_classes, seeds=p.seeds, epochs=p.linear_epochs,
-                                 lr=p.linear_lr, drop_epoch=p.linear_drop_epoch)
+                                 lr=p.linear_lr, drop_epoch=p.linear_drop_epoch, device=compute_device())
     for i, (f, clip) in enumerate(val.clips()):
         for s, probe in enumerate(probes):
             pred = predict_linear_probe(probe, f.features, clip.masks.shape[-2:])
@@ -312,10 +327,10 @@ def retrieval_protocol(train: SplitSource, val: SplitSource, num_classes: int, p
         for f, clip in train.clips():
             bank.add(f.features, soft_patch_labels(resize_nearest(clip.masks, (size, size)), train.info.grid,
                                                    num_classes))
-        features, labels = bank.tensors()
+        features, labels = (t.to(compute_device()) for t in bank.tensors())
         for i, (f, clip) in enumerate(val.clips()):
-            votes = retrieval_votes(features, labels, f.features, k=p.hummingbird_k,
-                                    temperature=p.hummingbird_temperature)
+            votes = retrieval_votes(features, labels, f.features.to(features.device), k=p.hummingbird_k,
+                                    temperature=p.hummingbird_temperature).cpu()
             pred = upsampled_argmax(votes, clip.masks.shape[-2:])
             confusion[s, val.clip_video[i]] += confusion_matrix(pred, clip.masks, num_classes, num_classes)
             if s == 0 and i < num_examples:

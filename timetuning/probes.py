@@ -155,12 +155,14 @@ class MemoryBank:
 
 @torch.no_grad()
 def retrieval_votes(bank: torch.Tensor, bank_labels: torch.Tensor, features: torch.Tensor, *, k: int = 30,
-                    temperature: float = 0.02, chunk: int = 1024) -> torch.Tensor:
+                    temperature: float = 0.02, scores_in_memory: int = 2 ** 24) -> torch.Tensor:
     """Soft class votes ``[T, C, g, g]`` of the query patches ``features [T, D, g, g]`` from their k nearest
-    (cosine) bank patches, weighted by softmax(similarity / temperature)."""
+    (cosine) bank patches, weighted by softmax(similarity / temperature). Queries go in chunks of at most
+    ``scores_in_memory`` query x bank similarities (64 MiB), whatever the bank's size."""
     t, d, gh, gw = features.shape
     q = F.normalize(features.permute(0, 2, 3, 1).reshape(-1, d).float(), dim=1)
     k = min(k, bank.shape[0])
+    chunk = max(1, scores_in_memory // max(bank.shape[0], 1))
     votes = []
     for i in range(0, q.shape[0], chunk):
         top, idx = (q[i:i + chunk] @ bank.t()).topk(k, dim=1)

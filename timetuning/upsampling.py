@@ -66,4 +66,6 @@ def bilinear_matrix(src: int, dst: int) -> torch.Tensor:
 def bilinear_upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``[..., g_h, g_w] -> [..., h, w]``: ``F.interpolate(mode="bilinear", align_corners=False)`` as two small
     matrix products (separable weights), which also back-propagate several times faster on CPU."""
-    return bilinear_matrix(maps.shape[-2], size[0]) @ maps @ bilinear_matrix(maps.shape[-1], size[1]).t()
+    rows = bilinear_matrix(maps.shape[-2], size[0]).to(maps)
+    cols = bilinear_matrix(maps.shape[-1], size[1]).to(maps)
+    return rows @ maps @ cols.t()
