@@ -1,5 +1,6 @@
 """DVC stage `extract_features@<set>`: dense patch features of one evaluation set, for every model -> Parquet
-(``<output_dir>/<set>/<model>/<split>.parquet``)."""
+(``<output_dir>/<set>/<model>/<split>.parquet``). Under torchrun each rank embeds a block of the clips and rank 0
+merges the parts: the files are those one process writes."""
 
 from __future__ import annotations
 
@@ -8,12 +9,11 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
 from timetuning.backbones import build_backbone
 from timetuning.config import Params
 from timetuning.eval_shards import read_labels
-from timetuning.features import extract_split
+from timetuning.distributed import cleanup, init_distributed
+from timetuning.features import extract_split_distributed
 from timetuning.files import write_json_atomic
 from timetuning.inputs import check_stage_inputs
 from timetuning.stage import run_stage, set_parser
@@ -26,20 +26,25 @@ def run(params: Params, args: argparse.Namespace) -> None:
     p, eval_set = params.extract_features, params.shard_eval.set(args.set)
     set_dir, out = Path(params.shard_eval.output_dir) / args.set, Path(p.output_dir) / args.set
     labels = read_labels(set_dir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ctx = init_distributed()
     index: dict = {"set": args.set, "input_size": p.input_size, "dtype": p.dtype, "labels": labels, "models": {}}
     for model in p.models:
         spec = model.resolve(params.train)
-        backbone = build_backbone(spec).to(device)
+        backbone = build_backbone(spec).to(ctx.device)
         files = index["models"].setdefault(model.name, {"backbone": spec.model_dump(mode="json"), "files": {}})
         for split in eval_set.splits:
             path = out / model.name / f"{split}.parquet"
-            stats = extract_split(backbone, set_dir, split, path, input_size=p.input_size, dtype=p.dtype,
-                                  batch_size=p.batch_size, row_group_size=p.row_group_size, device=device)
-            log.info("%s %s/%s: %d patches of %d frames, %.1f frames/s", model.name, args.set, split, stats["rows"],
-                     stats["frames"], stats["frames_per_second"])
+            stats = extract_split_distributed(backbone, set_dir, split, path, ctx=ctx, input_size=p.input_size,
+                                              dtype=p.dtype, batch_size=p.batch_size,
+                                              row_group_size=p.row_group_size, device=ctx.device,
+                                              progress=ctx.is_main)
+            if ctx.is_main:
+                log.info("%s %s/%s: %d patches of %d frames, %.1f frames/s", model.name, args.set, split, stats["rows"],
+                         stats["frames"], stats["frames_per_second"])
             files["files"][split] = {"path": str(path), **{k: v for k, v in stats.items() if "second" not in k}}
-    write_json_atomic(out / "index.json", index)
+    if ctx.is_main:
+        write_json_atomic(out / "index.json", index)
+    cleanup(ctx)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,15 +50,21 @@ def test_full_pipeline_repro_report_and_metrics(tmp_path):
     assert "overcluster_k6" in json.loads((repo / "reports/metrics.json").read_text())["start"]["davis_demo"]
 
 
-def test_readme_multi_gpu_recipe_works_in_a_script(tmp_path):
-    """The README's torchrun line, word for word but for the process count (2 gloo ranks on CPU) and the venv:
-    train runs as DDP, `dvc commit --force` records it without asking, and `dvc repro` runs only what follows."""
+def test_readme_multi_gpu_recipe_works_in_a_script(tmp_path, monkeypatch):
+    """The README's torchrun lines, word for word but for the process count (2 gloo ranks on CPU) and the venv:
+    train runs as DDP, `dvc commit --force` records it without asking, and `dvc repro` runs only what follows;
+    then extract_features under torchrun writes the very files one process wrote (nothing left to rerun).
+    Every process runs one thread, as torchrun's are: CPU kernels round differently with other thread counts."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    lines = [ln for ln in readme.splitlines()
-             if ln.startswith(".venv/bin/torchrun --standalone") and "dvc commit" in ln]
-    assert len(lines) == 1, lines
     venv = f"{Path(sys.executable).parent}/"
-    line = lines[0].replace("--nproc_per_node=4", "--nproc_per_node=2").replace(".venv/bin/", venv)
+    recipes = {}
+    for stage in ("train", "extract_features"):
+        lines = [ln for ln in readme.splitlines() if ln.startswith(".venv/bin/torchrun --standalone")
+                 and "dvc commit" in ln and f"-m stages.{stage} " in ln]
+        assert len(lines) == 1, (stage, lines)
+        recipes[stage] = lines[0].replace("--nproc_per_node=4", "--nproc_per_node=2").replace(".venv/bin/", venv)
+    line = recipes["train"]
     params = tiny_full_params()
     params["fit_probes"]["robustness_variants"] = []  # the probes are not what this test is about
     repo = make_repo(tmp_path / "repo", params)
@@ -71,3 +77,10 @@ def test_readme_multi_gpu_recipe_works_in_a_script(tmp_path):
     assert set(ran_stages(proc.stdout)) == {"extract_features@davis_demo", "fit_probes@davis_demo", "evaluate"}
     assert (repo / "reports/metrics.json").is_file()
     assert ran_stages(dvc(repo, "repro").stdout) == []  # train's DDP outputs are what dvc.lock records
+
+    lock = (repo / "dvc.lock").read_text()
+    proc = subprocess.run(["bash", "-c", f"set -euo pipefail; {recipes['extract_features']}"], cwd=repo,
+                          env=dvc_env(), capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (repo / "dvc.lock").read_text() == lock  # 2 ranks wrote the bytes one process wrote
+    assert ran_stages(dvc(repo, "repro").stdout) == []

@@ -123,15 +123,23 @@ def read_labels(set_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def iter_eval_clips(set_dir: str | Path, split: str, limit: int | None = None, frames: bool = True
-                    ) -> Iterator[EvalClip]:
-    """Clips of one split of an evaluation set, in shard order (``frames=False`` skips decoding the images)."""
+def clip_lengths(set_dir: str | Path, split: str) -> list[int]:
+    """Frames of each clip of a split, in shard order (tar members are read; no image is decoded)."""
+    return [len(clip_frames(sample)) for sample in iter_shards(list_shards(set_dir, split))]
+
+
+def iter_eval_clips(set_dir: str | Path, split: str, limit: int | None = None, frames: bool = True,
+                    only: range | None = None) -> Iterator[EvalClip]:
+    """Clips of one split of an evaluation set, in shard order (``frames=False`` skips decoding the images;
+    ``only``: the clips at these positions, the others skipped undecoded)."""
     shards = list_shards(set_dir, split)
     if not shards:
         raise FileNotFoundError(f"{set_dir}: no {split}-*.tar shards (run the shard_eval stage)")
     for i, sample in enumerate(iter_shards(shards)):
-        if limit is not None and i >= limit:
+        if (limit is not None and i >= limit) or (only is not None and i >= only.stop):
             return
+        if only is not None and i not in only:
+            continue
         names = clip_frames(sample)
         images = np.stack([decode_image(sample[n]) for n in names]) if frames else None
         masks = np.stack([decode_mask(sample[n.replace(".jpg", ".png")]) for n in names])

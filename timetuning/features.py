@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Full, Queue
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -24,12 +24,15 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from timetuning.backbones import DenseBackbone, forward_dense
-from timetuning.eval_shards import EvalClip, iter_eval_clips, read_labels
+from timetuning.distributed import DistContext, all_gather_object, barrier
+from timetuning.eval_shards import EvalClip, clip_lengths, iter_eval_clips, read_labels
 from timetuning.files import atomic_path
 from timetuning.masks import patch_labels
 from timetuning.transforms import eval_transform
 from timetuning.upsampling import resize_nearest
+
+if TYPE_CHECKING:  # timm (~200 MB resident) is imported only where features are extracted, not where read
+    from timetuning.backbones import DenseBackbone
 
 T = TypeVar("T")
 
@@ -83,9 +86,10 @@ def feature_schema(dim: int, dtype: str, grid: int, input_size: int) -> pa.Schem
     ], metadata={"grid": str(grid), "input_size": str(input_size), "dim": str(dim)})
 
 
-def _prepared_clips(set_dir: Path, split: str, size: int, mean, std) -> Iterator[tuple[EvalClip, torch.Tensor]]:
+def _prepared_clips(set_dir: Path, split: str, size: int, mean, std, only: range | None = None
+                    ) -> Iterator[tuple[EvalClip, torch.Tensor]]:
     """Clips with their frames resized to ``size`` x ``size`` and normalised (done in the prefetch thread)."""
-    for clip in iter_eval_clips(set_dir, split):
+    for clip in iter_eval_clips(set_dir, split, only=only):
         images = torch.from_numpy(np.ascontiguousarray(clip.frames)).permute(0, 3, 1, 2)
         yield clip, eval_transform(images, size, mean, std)
 
@@ -118,11 +122,14 @@ class RowGroupWriter:
 
 def extract_split(backbone: DenseBackbone, set_dir: str | Path, split: str, out_path: str | Path, *,
                   input_size: int, dtype: str = "float16", batch_size: int = 16, row_group_size: int = 65536,
-                  device: str = "cpu", progress: bool = True) -> dict:
-    """Stream one split's clips through the backbone into a Parquet file; return counts and timing.
+                  device: str = "cpu", progress: bool = True, only: range | None = None) -> dict:
+    """Stream one split's clips (``only``: those at these positions) through the backbone into a Parquet file;
+    return counts and timing.
 
     Frames are embedded in full batches across clip boundaries (a remainder waits for the next clip), so any batch
     size gives the same rows."""
+    from timetuning.backbones import forward_dense
+
     set_dir = Path(set_dir)
     labels = read_labels(set_dir)
     num_classes = len(labels["classes"])
@@ -162,9 +169,9 @@ def extract_split(backbone: DenseBackbone, set_dir: str | Path, split: str, out_
     with atomic_path(out_path) as tmp:
         writer = RowGroupWriter(tmp, schema, row_group_size)
         try:
-            clips = prefetch(_prepared_clips(set_dir, split, input_size, backbone.mean, backbone.std), depth=2)
-            for item in tqdm(clips, total=labels["splits"].get(split), desc=f"{set_dir.name}/{split}", unit="clip",
-                             disable=not progress):
+            clips = prefetch(_prepared_clips(set_dir, split, input_size, backbone.mean, backbone.std, only), depth=2)
+            total = len(only) if only is not None else labels["splits"].get(split)
+            for item in tqdm(clips, total=total, desc=f"{set_dir.name}/{split}", unit="clip", disable=not progress):
                 pending.append(item)
                 waiting = sum(c.num_frames for c, _ in pending) - num_computed
                 if waiting >= batch_size:  # only full batches; the remainder waits for the next clip
@@ -174,12 +181,101 @@ def extract_split(backbone: DenseBackbone, set_dir: str | Path, split: str, out_
             if waiting:
                 forward(waiting)
                 finish_clips(writer)
-            if rows == 0:
+            if rows == 0 and only is None:  # (a rank's share of a small split may be empty)
                 raise FileNotFoundError(f"{set_dir}: split {split!r} has no clips")
         finally:
             writer.close()
     return {"rows": rows, "frames": frames_done, "grid": grid, "dim": int(backbone.embed_dim),
             "forward_seconds": seconds, "frames_per_second": frames_done / seconds if seconds else 0.0}
+
+
+def rank_share(lengths: Sequence[int], rank: int, world_size: int, batch_size: int = 1) -> range:
+    """Rank ``rank``'s contiguous block of the clips of ``lengths`` frames each (blocks in rank order cover every
+    clip once). Blocks are cut only at clip boundaries that fall on a multiple of ``batch_size`` frames, the ones
+    nearest to an even split, so each rank embeds exactly the batches one process embeds and the features are bit
+    for bit the same (batched kernels round differently with other batch mates); where the clip lengths leave
+    too few such boundaries, some ranks get nothing."""
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # frame offset of each clip boundary
+    candidates = np.flatnonzero(starts % batch_size == 0)  # always holds 0
+
+    def cut(r: int) -> int:
+        if r >= world_size:
+            return len(lengths)
+        target = r * starts[-1] / world_size
+        return int(candidates[np.argmin(np.abs(starts[candidates] - target))])
+
+    return range(cut(rank), max(cut(rank), cut(rank + 1)))
+
+
+def part_path(out_path: str | Path, rank: int, world_size: int) -> Path:
+    out_path = Path(out_path)
+    return out_path.with_name(f"{out_path.stem}.part{rank:04d}-of-{world_size:04d}{out_path.suffix}")
+
+
+def clip_batches(path: str | Path, batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
+    """The rows of a features file one clip at a time, as record batches (its own dtype, no conversion)."""
+    import pyarrow.compute as pc
+
+    carry: pa.Table | None = None
+    for batch in pq.ParquetFile(path).iter_batches(batch_rows):
+        table = pa.Table.from_batches([batch])
+        table = table if carry is None else pa.concat_tables([carry, table])
+        ids = table.column("clip_id").combine_chunks()
+        changes = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).to_numpy(zero_copy_only=False)
+        starts = [0] + (np.flatnonzero(changes) + 1).tolist()
+        for a, b in zip(starts[:-1], starts[1:]):  # every clip but the last is complete
+            yield from table.slice(a, b - a).combine_chunks().to_batches()
+        carry = table.slice(starts[-1])
+    if carry is not None and carry.num_rows:
+        yield from carry.combine_chunks().to_batches()
+
+
+def merge_parts(parts: list[Path], out_path: str | Path, row_group_size: int = 65536) -> int:
+    """Concatenate Parquet part files, in order, into ``out_path`` (written under a temporary name, then renamed),
+    clip by clip through the same :class:`RowGroupWriter`, so the row groups, and the file, are those one process
+    writes. The parts are removed afterwards. Returns the rows written."""
+    stored = pq.read_schema(parts[0])
+    info = feature_file(parts[0])  # the writer's schema (Parquet readers rename the list's child field)
+    dtype = "float16" if stored.field("feature").type.value_type == pa.float16() else "float32"
+    schema = feature_schema(info.dim, dtype, info.grid, info.input_size)
+    rows = 0
+    with atomic_path(out_path) as tmp:
+        writer = RowGroupWriter(tmp, schema, row_group_size)
+        try:
+            for part in parts:
+                if not pq.read_schema(part).equals(stored, check_metadata=True):
+                    raise ValueError(f"{part}: its schema differs from {parts[0]}'s: the parts are not one extraction")
+                for batch in clip_batches(part):
+                    writer.write(batch.cast(schema))
+                    rows += batch.num_rows
+        finally:
+            writer.close()
+    for part in parts:
+        part.unlink()
+    return rows
+
+
+def extract_split_distributed(backbone: DenseBackbone, set_dir: str | Path, split: str, out_path: str | Path, *,
+                              ctx: DistContext, row_group_size: int = 65536, **kwargs) -> dict:
+    """:func:`extract_split` over the ranks of a torchrun job: each rank embeds its contiguous block of clips into
+    its own part file; after a barrier rank 0 merges the parts in rank order into ``out_path``, so the rows, their
+    order and the row groups are those of one process. Every rank returns the split's totals."""
+    if not ctx.distributed:
+        return extract_split(backbone, set_dir, split, out_path, row_group_size=row_group_size, **kwargs)
+    share = rank_share(clip_lengths(set_dir, split), ctx.rank, ctx.world_size, kwargs.get("batch_size", 16))
+    mine = part_path(out_path, ctx.rank, ctx.world_size)
+    stats = extract_split(backbone, set_dir, split, mine, row_group_size=row_group_size, only=share, **kwargs)
+    everyone = all_gather_object(ctx, stats)
+    if ctx.is_main:
+        if sum(s["rows"] for s in everyone) == 0:
+            raise FileNotFoundError(f"{set_dir}: split {split!r} has no clips")
+        merge_parts([part_path(out_path, r, ctx.world_size) for r in range(ctx.world_size)], out_path,
+                    row_group_size)
+    barrier(ctx)
+    seconds = max(s["forward_seconds"] for s in everyone)
+    frames = sum(s["frames"] for s in everyone)
+    return {**stats, "rows": sum(s["rows"] for s in everyone), "frames": frames, "forward_seconds": seconds,
+            "frames_per_second": frames / seconds if seconds else 0.0}
 
 
 def clip_rows(clip: EvalClip, feats: torch.Tensor, dataset: str, split: str, grid: int, num_classes: int,
