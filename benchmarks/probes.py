@@ -243,10 +243,12 @@ def main() -> None:
     for code in codes:
         xs = np.array([f for f, c, _ in rows if c == code], float)
         ys = np.array([r["seconds"] for f, c, r in rows if c == code])
+        fit = ""
         if len(xs) >= 2:
             slope, intercept = np.polyfit(xs, ys, 1)
-            print(f"{code.name}: {1e3 * slope:.1f} ms per val frame (+ {intercept:.1f} s fixed); metrics at "
-                  f"{int(xs[-1])} frames: {json.dumps([r for f, c, r in rows if c == code][-1]['metrics'])}")
+            fit = f"{1e3 * slope:.1f} ms per val frame (+ {intercept:.1f} s fixed); "
+        print(f"{code.name}: {fit}metrics of the start model at {int(xs[-1])} frames: "
+              f"{json.dumps([r for f, c, r in rows if c == code][-1]['metrics'])}")
     if args.vs:
         for frames in args.frames:
             a, b = (next(r["seconds"] for f, c, r in rows if f == frames and c == code) for code in codes)
