@@ -10,6 +10,7 @@ grid, the input size and the feature dimension.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -212,6 +213,26 @@ def part_path(out_path: str | Path, rank: int, world_size: int) -> Path:
     return out_path.with_name(f"{out_path.stem}.part{rank:04d}-of-{world_size:04d}{out_path.suffix}")
 
 
+def _leftover_names(out_path: Path) -> re.Pattern:
+    """The names, beside ``out_path``, of its part files on any number of ranks (:func:`part_path`) and of the
+    temporaries :func:`~timetuning.files.atomic_path` writes for it or for one of its parts."""
+    part = rf"{re.escape(out_path.stem)}\.part\d+-of-\d+{re.escape(out_path.suffix)}"
+    return re.compile(rf"(?:{part}|\.(?:{re.escape(out_path.name)}|{part})\.[^.]+\.tmp)")
+
+
+def remove_leftovers(out_path: str | Path) -> list[Path]:
+    """Delete what a killed extraction of ``out_path`` (or one on another number of ranks) left beside it: its part
+    files and temporaries; never ``out_path`` itself nor another split's or set's files. Returns what was removed."""
+    out_path = Path(out_path)
+    if not out_path.parent.is_dir():
+        return []
+    pattern = _leftover_names(out_path)
+    removed = sorted(p for p in out_path.parent.iterdir() if p.is_file() and pattern.fullmatch(p.name))
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
+
+
 def clip_batches(path: str | Path, batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
     """The rows of a features file one clip at a time, as record batches (its own dtype, no conversion)."""
     import pyarrow.compute as pc
@@ -259,7 +280,12 @@ def extract_split_distributed(backbone: DenseBackbone, set_dir: str | Path, spli
                               ctx: DistContext, row_group_size: int = 65536, **kwargs) -> dict:
     """:func:`extract_split` over the ranks of a torchrun job: each rank embeds its contiguous block of clips into
     its own part file; after a barrier rank 0 merges the parts in rank order into ``out_path``, so the rows, their
-    order and the row groups are those of one process. Every rank returns the split's totals."""
+    order and the row groups are those of one process. Every rank returns the split's totals. First rank 0 removes
+    the part files and temporaries a killed run left (:func:`remove_leftovers`), and no rank starts before it is done.
+    """
+    if ctx.is_main:
+        remove_leftovers(out_path)
+    barrier(ctx)  # no rank writes its part before the leftovers are gone
     if not ctx.distributed:
         return extract_split(backbone, set_dir, split, out_path, row_group_size=row_group_size, **kwargs)
     share = rank_share(clip_lengths(set_dir, split), ctx.rank, ctx.world_size, kwargs.get("batch_size", 16))
