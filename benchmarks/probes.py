@@ -137,16 +137,21 @@ def child(workdir: str, code: str, threads: int, overrides: dict) -> None:
     from timetuning.eval_shards import read_labels
 
     seconds: dict[str, float] = {}
+    grew: dict[str, float] = {}  # MiB the peak RSS rose by while each protocol ran (where the peak is reached)
+
+    def peak_mib() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def timed(module, name):
         function = getattr(module, name)
 
         def wrapper(*args, **kwargs):
-            start = time.perf_counter()
+            start, peak = time.perf_counter(), peak_mib()
             try:
                 return function(*args, **kwargs)
             finally:
                 seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+                grew[name] = grew.get(name, 0.0) + peak_mib() - peak
         setattr(module, name, wrapper)
 
     for module_name, names in PROTOCOLS.items():
@@ -155,6 +160,7 @@ def child(workdir: str, code: str, threads: int, overrides: dict) -> None:
     work = Path(workdir)
     set_dir = work / "shards" / "bench"
     classes = [c["name"] for c in read_labels(set_dir)["classes"]]
+    imports = peak_mib()
     start = time.perf_counter()
     doc, _ = timetuning.results.evaluate_set("bench", set_dir, work / "features", ["train", "val"],
                                              ["start", "timetuned"], "start", classes,
@@ -163,8 +169,8 @@ def child(workdir: str, code: str, threads: int, overrides: dict) -> None:
     metrics = {name: doc["models"]["start"]["protocols"][name]["mean"] for name in
                ("cluster_per_frame", "cluster_per_clip", "cluster_per_dataset", "linear", "hummingbird", "jf_mean")
                if name in doc["models"]["start"]["protocols"]}
-    print(json.dumps({"seconds": total, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "protocols": seconds, "metrics": metrics, "code": code}))
+    print(json.dumps({"seconds": total, "peak_rss_mib": peak_mib(), "imports_rss_mib": imports,
+                      "protocols": seconds, "peak_grew_mib": grew, "metrics": metrics, "code": code}))
 
 
 def run_child(workdir: Path, code: Path, threads: int, overrides: dict) -> dict:
@@ -225,8 +231,13 @@ def main() -> None:
                 shares = ", ".join(f"{k.replace('_protocols', '').replace('_protocol', '')} "
                                    f"{100 * v / result['seconds']:.0f}%" for k, v in sorted(
                                        result["protocols"].items(), key=lambda kv: -kv[1]))
+                growth = ", ".join(f"{k.replace('_protocols', '').replace('_protocol', '')} +{v:.0f}"
+                                   for k, v in result.get("peak_grew_mib", {}).items() if v >= 1)
                 print(f"{frames:6d} frames  {result['seconds']:8.1f} s  {result['peak_rss_mib']:7.0f} MiB  "
                       f"[{code.name}]  {shares}", flush=True)
+                if "imports_rss_mib" in result:
+                    print(f"{'':14s}peak RSS: {result['imports_rss_mib']:.0f} MiB after the imports, then {growth}",
+                          flush=True)
     print(f"\n{args.grid}x{args.grid} patches x {args.dim} dims, {args.classes} classes, masks {args.mask[0]}x"
           f"{args.mask[1]}, train = val frames, both models, params.yaml defaults"
           f"{' with ' + json.dumps(overrides) if overrides else ''}, {args.threads} threads")

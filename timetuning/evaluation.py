@@ -29,7 +29,7 @@ from timetuning.clustering import (TIMET, VARIANTS, ClusterVariant, KMeansSettin
                                    classes_present, cluster_groups, group_pca, match_group, sample_points)
 from timetuning.config import FitProbesParams
 from timetuning.eval_shards import EvalClip, iter_eval_clips
-from timetuning.features import FeatureClip, feature_file, iter_feature_clips
+from timetuning.features import STREAM_ROWS, FeatureClip, feature_file, iter_feature_clips, open_stream
 from timetuning.kmeans import batched_kmeans
 from timetuning.masks import soft_patch_labels
 from timetuning.metrics import confusion_matrix, hungarian_mapping
@@ -41,7 +41,8 @@ from timetuning.scores import ConfusionScores, DifferenceScores, GroupScores, Ra
 from timetuning.temporal import stable_counts
 from timetuning.upsampling import resize_nearest
 
-CHUNK_FRAMES = 64  # frames of features (and their masks) in memory at a time: bounds the peak memory
+CHUNK_FRAMES = 16  # frames of features (and their masks) in memory at a time: bounds the peak memory (a 64-frame
+# chunk of per-frame k-means problems on 384-dim features took ~850 MiB; 16 frames ~250 MiB, and it is no slower)
 
 
 @dataclass
@@ -54,17 +55,16 @@ class SplitSource:
     videos: list[str] = field(default_factory=list)  # video ids in order of first appearance
     clip_video: list[int] = field(default_factory=list)  # video index of each clip
     clip_frames: list[int] = field(default_factory=list)  # frames of each clip
-    batch_rows: int = 65536  # Parquet rows read at a time
+    batch_rows: int = STREAM_ROWS  # Parquet rows read at a time
 
     def __post_init__(self) -> None:
         self.info = feature_file(self.features)
         import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
         index: dict[str, int] = {}
         rows: list[int] = []  # rows of each clip
         last = None
-        batches = pq.ParquetFile(self.features).iter_batches(self.batch_rows, columns=["clip_id", "video_id"])
+        batches = open_stream(self.features).iter_batches(self.batch_rows, columns=["clip_id", "video_id"])
         for batch in batches:  # clip boundaries by Arrow's compute, so no per-row Python object is ever made
             clips, videos = batch.column(0), batch.column(1)
             changes = pc.not_equal(clips.slice(1), clips.slice(0, len(clips) - 1))
@@ -335,6 +335,7 @@ def retrieval_protocol(train: SplitSource, val: SplitSource, num_classes: int, p
             confusion[s, val.clip_video[i]] += confusion_matrix(pred, clip.masks, num_classes, num_classes)
             if s == 0 and i < num_examples:
                 examples[f"retrieval/{i}"] = pred
+        del bank, features, labels  # the next seed's bank is filled with this one gone
     return ConfusionScores(confusion, "none"), examples
 
 

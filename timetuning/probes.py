@@ -126,14 +126,15 @@ class MemoryBank:
     """A seeded random sample of at most ``size`` train patches (those with a labeled pixel) and their soft labels.
 
     ``total`` is the number of patches the stream will offer, so the sample is chosen up front and one pass
-    fills it."""
+    fills it, in place: the bank is allocated once (no list of pieces to concatenate at the end)."""
 
     def __init__(self, total: int, size: int, seed: int):
         rng = np.random.default_rng(seed)
         self.chosen = np.sort(rng.choice(total, size, replace=False)) if size < total else np.arange(total)
         self.offset = 0
-        self.features: list[torch.Tensor] = []
-        self.labels: list[torch.Tensor] = []
+        self.filled = 0
+        self.features: torch.Tensor | None = None  # [len(chosen), D], rows [:filled] in use
+        self.labels: torch.Tensor | None = None  # [len(chosen), C]
 
     def add(self, features: torch.Tensor, soft_labels: np.ndarray) -> None:
         """One clip: ``features [T, D, g, g]``, ``soft_labels [T, g, g, C]``."""
@@ -143,14 +144,19 @@ class MemoryBank:
         self.offset += n
         labels = torch.from_numpy(soft_labels.reshape(n, -1)[local])
         keep = labels.sum(1) > 0
-        x = features.permute(0, 2, 3, 1).reshape(n, -1)[torch.from_numpy(local)]
-        self.features.append(F.normalize(x[keep].float(), dim=1))
-        self.labels.append(labels[keep])
+        x = features.permute(0, 2, 3, 1).reshape(n, -1)[torch.from_numpy(local)][keep]
+        if self.features is None:
+            self.features = torch.empty(len(self.chosen), x.shape[1])
+            self.labels = torch.empty(len(self.chosen), labels.shape[1])
+        rows = slice(self.filled, self.filled + len(x))
+        self.features[rows] = F.normalize(x.float(), dim=1)
+        self.labels[rows] = labels[keep].float()
+        self.filled += len(x)
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.features or sum(len(f) for f in self.features) == 0:
+        if not self.filled:
             raise ValueError("retrieval: no labeled train patch for the memory bank")
-        return torch.cat(self.features), torch.cat(self.labels).float()
+        return self.features[:self.filled], self.labels[:self.filled]
 
 
 @torch.no_grad()
