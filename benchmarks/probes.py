@@ -173,6 +173,11 @@ def child(workdir: str, code: str, threads: int, overrides: dict) -> None:
                       "protocols": seconds, "peak_grew_mib": grew, "metrics": metrics, "code": code}))
 
 
+def short(name: str) -> str:
+    """A protocol function's name without its ``_protocol(s)`` suffix."""
+    return name.removesuffix("_protocols").removesuffix("_protocol")
+
+
 def run_child(workdir: Path, code: Path, threads: int, overrides: dict) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
     proc = subprocess.run([sys.executable, __file__, "--child", str(workdir), "--code", str(code),
@@ -228,16 +233,13 @@ def main() -> None:
             for code in codes:
                 result = run_child(work, code, args.threads, overrides)
                 rows.append((frames, code, result))
-                shares = ", ".join(f"{k.replace('_protocols', '').replace('_protocol', '')} "
-                                   f"{100 * v / result['seconds']:.0f}%" for k, v in sorted(
-                                       result["protocols"].items(), key=lambda kv: -kv[1]))
-                growth = ", ".join(f"{k.replace('_protocols', '').replace('_protocol', '')} +{v:.0f}"
-                                   for k, v in result.get("peak_grew_mib", {}).items() if v >= 1)
+                shares = ", ".join(f"{short(k)} {100 * v / result['seconds']:.0f}%" for k, v in sorted(
+                    result["protocols"].items(), key=lambda kv: -kv[1]))
+                growth = ", ".join(f"{short(k)} +{v:.0f}" for k, v in result["peak_grew_mib"].items() if v >= 1)
                 print(f"{frames:6d} frames  {result['seconds']:8.1f} s  {result['peak_rss_mib']:7.0f} MiB  "
                       f"[{code.name}]  {shares}", flush=True)
-                if "imports_rss_mib" in result:
-                    print(f"{'':14s}peak RSS: {result['imports_rss_mib']:.0f} MiB after the imports, then {growth}",
-                          flush=True)
+                print(f"{'':14s}peak RSS: {result['imports_rss_mib']:.0f} MiB after the imports, then {growth}",
+                      flush=True)
     print(f"\n{args.grid}x{args.grid} patches x {args.dim} dims, {args.classes} classes, masks {args.mask[0]}x"
           f"{args.mask[1]}, train = val frames, both models, params.yaml defaults"
           f"{' with ' + json.dumps(overrides) if overrides else ''}, {args.threads} threads")
