@@ -10,7 +10,7 @@ import torch
 from tests.evalsets import MeanColour, davis_set, voc_set
 from timetuning.config import EvalSetParams, FitProbesParams
 from timetuning.eval_shards import shard_eval_set
-from timetuning.evaluation import SplitSource, evaluate_model, fit_split_pca
+from timetuning.evaluation import SplitSource, evaluate_model, fit_split_pca, linear_protocol
 from timetuning.features import extract_split, read_features
 from timetuning.pca import fit_standard_pca
 from timetuning.results import evaluate_set
@@ -70,6 +70,16 @@ def test_mixed_aspect_ratios_extract_and_every_protocol_scores_them(mixed_videos
     assert ev.examples["cluster/0"].shape == (2, 64, 64)  # clusters at the stated square evaluation size
     assert ev.facts["videos"] == 3 and ev.facts["frames"] == 12
     assert set(ev.not_applicable) == {"jf_mean", "j_mean", "f_mean"}  # no instance masks in this set
+
+
+def test_the_linear_probe_refuses_train_features_of_other_clips_than_the_shards(mixed_videos):
+    """Stale features (here the val split's, read against the train shards) stop the probe with the file named,
+    never a probe fitted to masks of other frames."""
+    tmp, set_dir = mixed_videos
+    val = SplitSource(tmp / "feats/val.parquet", set_dir, "val")
+    stale = SplitSource(tmp / "feats/val.parquet", set_dir, "train")
+    with pytest.raises(ValueError, match=r"val\.parquet does not match the shards of .*/train .*rerun extract_features"):
+        linear_protocol(stale, val, 4, FitProbesParams(**FAST), num_examples=0)
 
 
 def test_k_is_the_classes_present_per_frame(tmp_path):

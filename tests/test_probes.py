@@ -6,7 +6,7 @@ from timetuning.metrics import confusion_matrix, mean_iou
 from torch import nn
 from torch.nn import functional as F
 
-from timetuning.probes import (MemoryBank, ShuffleBuffer, predict_linear_probe, retrieval_votes, train_linear_probe,
+from timetuning.probes import (MemoryBank, ShuffleBuffers, predict_linear_probe, retrieval_votes, train_linear_probe,
                                train_linear_probes, upsampled_argmax)
 
 
@@ -33,6 +33,43 @@ def test_linear_probe_learns_from_a_stream_and_predicts_at_any_size():
     assert wide.shape == (12, 8, 24)
 
 
+def _plain_shuffle(clips, generator, batch_size, buffer_size):
+    """Brute-force reference of one shuffle buffer: a list of frames; whenever it holds ``buffer_size`` frames a
+    random batch (``randperm`` of the list, its first ``batch_size``) leaves it, and at the end the rest does."""
+    frames, batches = [], []
+
+    def draw():
+        pick = torch.randperm(len(frames), generator=generator)[:batch_size].tolist()
+        batches.append((torch.stack([frames[i][0] for i in pick]), torch.stack([frames[i][1] for i in pick])))
+        frames[:] = [fr for i, fr in enumerate(frames) if i not in pick]
+
+    for f, m in clips:
+        frames.extend(zip(f, m))
+        while len(frames) >= buffer_size:
+            draw()
+    while frames:
+        draw()
+    return batches
+
+
+def test_shuffle_buffers_draw_what_one_plain_buffer_per_seed_draws_and_reuse_their_slots():
+    rng = np.random.default_rng(0)
+    lengths = [3] * 20 + [9] + [1, 2, 5] * 30  # a clip longer than the first, so the store must grow once
+    clips = [(torch.from_numpy(rng.normal(size=(t, 2, 3, 3)).astype(np.float32)),
+              torch.from_numpy(rng.integers(0, 255, (t, 4, 4)).astype(np.uint8))) for t in lengths]
+    seeds, batch_size, buffer_size = [5, 6, 7], 4, 16
+    buffers = ShuffleBuffers(batch_size, buffer_size, [torch.Generator().manual_seed(s) for s in seeds])
+    drawn = [b for f, m in clips for b in buffers.add(f, m)] + list(buffers.rest())
+    for s, seed in enumerate(seeds):
+        plain = _plain_shuffle(clips, torch.Generator().manual_seed(seed), batch_size, buffer_size)
+        assert len(plain) == len(drawn)
+        for (x, y), (px, py) in zip(drawn, plain):
+            torch.testing.assert_close(x[s], px, rtol=0, atol=0)
+            torch.testing.assert_close(y[s], py, rtol=0, atol=0)
+    assert len(buffers.holders) <= len(seeds) * buffer_size + 9  # of 309 frames: slots reused, the store did not grow with the stream
+    assert sorted(buffers.free) == list(range(len(buffers.holders)))  # every frame drawn by every buffer, freed
+
+
 def _probe_alone(clips, dim, classes, seed, epochs, lr, drop_epoch, batch_size, buffer_size):
     """Brute-force reference: one probe, the textbook way (conv, F.interpolate, mean cross-entropy, SGD)."""
     generator = torch.Generator().manual_seed(seed)
@@ -41,9 +78,7 @@ def _probe_alone(clips, dim, classes, seed, epochs, lr, drop_epoch, batch_size, 
     opt = torch.optim.SGD(probe.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[drop_epoch], gamma=0.1)
     for _ in range(epochs):
-        buffer = ShuffleBuffer(batch_size, buffer_size, generator)
-        batches = [b for f, m in clips for b in buffer.add(f, m)] + buffer.rest()
-        for x, y in batches:
+        for x, y in _plain_shuffle(clips, generator, batch_size, buffer_size):
             logits = F.interpolate(probe(x.float()), size=y.shape[-2:], mode="bilinear", align_corners=False)
             loss = F.cross_entropy(logits, y.long(), ignore_index=255)
             opt.zero_grad()

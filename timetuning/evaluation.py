@@ -14,6 +14,7 @@ difference between models come from the same data. Only one chunk of clips is in
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import zip_longest
@@ -95,10 +96,13 @@ class SplitSource:
         for feats, clip in pairs:
             if feats is None or clip is None or feats.clip_id != clip.clip_id or \
                     feats.features.shape[0] != clip.num_frames:
-                raise ValueError(f"{self.features} does not match the shards of {self.set_dir}/{self.split} "
-                                 f"(clip {getattr(feats, 'clip_id', None)} vs {getattr(clip, 'clip_id', None)}): "
-                                 "rerun extract_features")
+                raise self.mismatch(feats, getattr(clip, "clip_id", None))
             yield feats, clip
+
+    def mismatch(self, feats: FeatureClip | None, clip_id: str | None) -> ValueError:
+        """The error for features that are not those of the shards' clips (of a stale extraction)."""
+        return ValueError(f"{self.features} does not match the shards of {self.set_dir}/{self.split} "
+                          f"(clip {getattr(feats, 'clip_id', None)} vs {clip_id}): rerun extract_features")
 
     def chunks(self, desc: str, frames: bool = False) -> Iterator[list[tuple[int, FeatureClip, EvalClip]]]:
         """Consecutive clips (with their clip index) of about ``CHUNK_FRAMES`` frames."""
@@ -295,16 +299,27 @@ def linear_protocol(train: SplitSource, val: SplitSource, num_classes: int, p: F
     """The linear probe per seed: trained on ``train`` (streamed each epoch), scored per pixel at each val frame's
     stored mask size."""
     size = (p.linear_train_size,) * 2
-    targets = [torch.from_numpy(resize_nearest(c.masks, size)) for c in
-               iter_eval_clips(train.set_dir, train.split, frames=False)]
+    with tempfile.TemporaryFile(prefix="linear-targets-") as targets:
+        # the train masks at training size, decoded once and read back each epoch: memory flat in the split's size
+        written = []  # (clip id, frames) in file order
+        for clip in iter_eval_clips(train.set_dir, train.split, frames=False):
+            targets.write(np.ascontiguousarray(resize_nearest(clip.masks, size), np.uint8).data)
+            written.append((clip.clip_id, clip.num_frames))
 
-    def stream():
-        return ((f.features, m) for f, m in zip(iter_feature_clips(train.features), targets, strict=True))
+        def stream():
+            targets.seek(0)
+            for f, shard_clip in zip_longest(iter_feature_clips(train.features), written):
+                clip_id, frames = shard_clip or (None, 0)
+                if f is None or (f.clip_id, f.features.shape[0]) != (clip_id, frames):
+                    raise train.mismatch(f, clip_id)
+                masks = torch.empty((frames, *size), dtype=torch.uint8)
+                targets.readinto(masks.numpy().data)
+                yield f.features, masks
 
+        probes = train_linear_probes(stream, train.info.dim, num_classes, seeds=p.seeds, epochs=p.linear_epochs,
+                                     lr=p.linear_lr, drop_epoch=p.linear_drop_epoch, device=compute_device())
     confusion = np.zeros((len(p.seeds), len(val.videos), num_classes, num_classes), np.int64)
     examples: dict[str, np.ndarray] = {}
-    probes = train_linear_probes(stream, train.info.dim, num_classes, seeds=p.seeds, epochs=p.linear_epochs,
-                                 lr=p.linear_lr, drop_epoch=p.linear_drop_epoch, device=compute_device())
     for i, (f, clip) in enumerate(val.clips()):
         for s, probe in enumerate(probes):
             pred = predict_linear_probe(probe, f.features, clip.masks.shape[-2:])
