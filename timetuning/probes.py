@@ -79,7 +79,7 @@ class ShuffleBuffers:
     def add(self, features: torch.Tensor, masks: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Add one clip (``features [T, D, g, g]``, ``masks [T, s, s]``) and yield the batches now due, each
         ``([S, B, D, g, g], [S, B, s, s])`` with one row per buffer, drawn as they are taken (one batch in memory,
-        not all of a full buffer's): take them all before the next call."""
+        not all of a full buffer's): take them all before the next call. The clip is in the buffers on return."""
         slots = self._slots(len(features), features, masks)
         index = torch.tensor(slots)
         self.feats[index] = features
@@ -88,12 +88,14 @@ class ShuffleBuffers:
             self.holders[slot] = len(self.buffers)
         for buffer in self.buffers:
             buffer.extend(slots)
-        while len(self.buffers[0]) >= self.buffer_size:
-            yield self._draw()
+        return self._drain(self.buffer_size)
 
     def rest(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches left when the stream ends, drawn as they are taken."""
-        while self.buffers[0]:
+        return self._drain(1)
+
+    def _drain(self, level: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while len(self.buffers[0]) >= level:
             yield self._draw()
 
 
