@@ -7,7 +7,7 @@ from PIL import Image
 
 from timetuning.config import EvalSetParams
 from timetuning.datasets import DatasetError, clip_starts, read_sequences
-from timetuning.eval_shards import shard_eval_set
+from timetuning.eval_shards import clip_lengths, iter_eval_clips, shard_eval_set
 from timetuning.shards import decode_image, decode_mask, iter_shard, list_shards
 from timetuning.synthetic import CLASS_NAMES, davis_palette, generate_video, write_davis_semantics, write_davis_sequence
 
@@ -52,6 +52,23 @@ def test_davis_layout_to_shards(tmp_path):
     mask_name = sample["json"]["frame_names"][1].replace(".jpg", ".png")
     src = np.array(Image.open(root / "Annotations" / "480p" / "val0" / mask_name))
     assert set(np.unique(mask)) == set(np.unique(src))
+
+
+def test_clips_found_by_the_tar_headers_are_those_the_stream_reads(tmp_path):
+    """Ranks of a torchrun extraction count clips and read their own share by the tar headers: the same clips,
+    masks and lengths as streaming every shard, across shard boundaries."""
+    root, _ = _davis(tmp_path / "davis", n_train=3, frames=9)
+    shard_eval_set(_set(root, "davis", max_clips_per_video=3), tmp_path / "out", maxcount=2, progress=False)
+    set_dir = tmp_path / "out" / "s"
+    assert len(list_shards(set_dir, "train")) > 2
+    streamed = list(iter_eval_clips(set_dir, "train", frames=False))
+    assert clip_lengths(set_dir, "train") == [c.num_frames for c in streamed] == [2] * len(streamed)
+    for share in (range(1, 4), range(0, 0), range(len(streamed) - 1, len(streamed) + 2)):
+        picked = list(iter_eval_clips(set_dir, "train", only=share))
+        assert [c.clip_id for c in picked] == [c.clip_id for c in streamed[share.start:share.stop]]
+        for a, b in zip(picked, streamed[share.start:share.stop]):
+            np.testing.assert_array_equal(a.masks, b.masks)
+            assert a.frames is not None and a.frames.shape[:3] == a.masks.shape
 
 
 def _nearest(mask, height, width):

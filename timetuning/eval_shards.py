@@ -22,6 +22,7 @@ from tqdm import tqdm
 from timetuning.config import EvalSetParams
 from timetuning.datasets import IGNORE_INDEX, VOC_CLASSES, DatasetError, read_sequences, sequence_samples
 from timetuning.files import write_json_atomic
+from timetuning.shard_index import index_shards, read_sample
 from timetuning.shards import ShardWriter, clip_frames, decode_image, decode_mask, iter_shards, list_shards
 
 log = logging.getLogger(__name__)
@@ -124,22 +125,25 @@ def read_labels(set_dir: str | Path) -> dict:
 
 
 def clip_lengths(set_dir: str | Path, split: str) -> list[int]:
-    """Frames of each clip of a split, in shard order (tar members are read; no image is decoded)."""
-    return [len(clip_frames(sample)) for sample in iter_shards(list_shards(set_dir, split))]
+    """Frames of each clip of a split, in shard order, from the tar headers (no member's data is read)."""
+    return [len(clip_frames(dict.fromkeys(ref.extensions()))) for ref in index_shards(list_shards(set_dir, split))]
 
 
 def iter_eval_clips(set_dir: str | Path, split: str, limit: int | None = None, frames: bool = True,
                     only: range | None = None) -> Iterator[EvalClip]:
     """Clips of one split of an evaluation set, in shard order (``frames=False`` skips decoding the images;
-    ``only``: the clips at these positions, the others skipped undecoded)."""
+    ``only``: the clips at these positions, found by the tar headers; no other clip is read)."""
     shards = list_shards(set_dir, split)
     if not shards:
         raise FileNotFoundError(f"{set_dir}: no {split}-*.tar shards (run the shard_eval stage)")
-    for i, sample in enumerate(iter_shards(shards)):
-        if (limit is not None and i >= limit) or (only is not None and i >= only.stop):
+    if only is None:
+        samples = enumerate(iter_shards(shards))
+    else:  # the tar headers say where those clips lie: only their members are read
+        refs = index_shards(shards)
+        samples = ((i, read_sample(refs[i])) for i in only if i < len(refs))
+    for i, sample in samples:
+        if limit is not None and i >= limit:
             return
-        if only is not None and i not in only:
-            continue
         names = clip_frames(sample)
         images = np.stack([decode_image(sample[n]) for n in names]) if frames else None
         masks = np.stack([decode_mask(sample[n.replace(".jpg", ".png")]) for n in names])
