@@ -78,7 +78,8 @@ def test_the_linear_probe_refuses_train_features_of_other_clips_than_the_shards(
     tmp, set_dir = mixed_videos
     val = SplitSource(tmp / "feats/val.parquet", set_dir, "val")
     stale = SplitSource(tmp / "feats/val.parquet", set_dir, "train")
-    with pytest.raises(ValueError, match=r"val\.parquet does not match the shards of .*/train .*rerun extract_features"):
+    with pytest.raises(ValueError,
+                       match=r"val\.parquet does not match the shards of .*/train .*rerun extract_features"):
         linear_protocol(stale, val, 4, FitProbesParams(**FAST), num_examples=0)
 
 

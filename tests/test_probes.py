@@ -66,7 +66,8 @@ def test_shuffle_buffers_draw_what_one_plain_buffer_per_seed_draws_and_reuse_the
         for (x, y), (px, py) in zip(drawn, plain):
             torch.testing.assert_close(x[s], px, rtol=0, atol=0)
             torch.testing.assert_close(y[s], py, rtol=0, atol=0)
-    assert len(buffers.holders) <= len(seeds) * buffer_size + 9  # of 309 frames: slots reused, the store did not grow with the stream
+    # of 309 frames: slots are reused, the store did not grow with the stream
+    assert len(buffers.holders) <= len(seeds) * buffer_size + 9
     assert sorted(buffers.free) == list(range(len(buffers.holders)))  # every frame drawn by every buffer, freed
 
 

@@ -94,15 +94,15 @@ class SplitSource:
         """Features and masks of every clip, in order, checked to belong together."""
         pairs = zip_longest(iter_feature_clips(self.features), iter_eval_clips(self.set_dir, self.split, frames=frames))
         for feats, clip in pairs:
-            if feats is None or clip is None or feats.clip_id != clip.clip_id or \
-                    feats.features.shape[0] != clip.num_frames:
-                raise self.mismatch(feats, getattr(clip, "clip_id", None))
+            self.check(feats, getattr(clip, "clip_id", None), getattr(clip, "num_frames", 0))
             yield feats, clip
 
-    def mismatch(self, feats: FeatureClip | None, clip_id: str | None) -> ValueError:
-        """The error for features that are not those of the shards' clips (of a stale extraction)."""
-        return ValueError(f"{self.features} does not match the shards of {self.set_dir}/{self.split} "
-                          f"(clip {getattr(feats, 'clip_id', None)} vs {clip_id}): rerun extract_features")
+    def check(self, feats: FeatureClip | None, clip_id: str | None, frames: int) -> None:
+        """Raise unless ``feats`` are the features of the shards' clip ``clip_id`` of ``frames`` frames (a stale
+        extraction, or one of another set or split)."""
+        if feats is None or clip_id is None or (feats.clip_id, feats.features.shape[0]) != (clip_id, frames):
+            raise ValueError(f"{self.features} does not match the shards of {self.set_dir}/{self.split} "
+                             f"(clip {getattr(feats, 'clip_id', None)} vs {clip_id}): rerun extract_features")
 
     def chunks(self, desc: str, frames: bool = False) -> Iterator[list[tuple[int, FeatureClip, EvalClip]]]:
         """Consecutive clips (with their clip index) of about ``CHUNK_FRAMES`` frames."""
@@ -310,8 +310,7 @@ def linear_protocol(train: SplitSource, val: SplitSource, num_classes: int, p: F
             targets.seek(0)
             for f, shard_clip in zip_longest(iter_feature_clips(train.features), written):
                 clip_id, frames = shard_clip or (None, 0)
-                if f is None or (f.clip_id, f.features.shape[0]) != (clip_id, frames):
-                    raise train.mismatch(f, clip_id)
+                train.check(f, clip_id, frames)
                 masks = torch.empty((frames, *size), dtype=torch.uint8)
                 targets.readinto(masks.numpy().data)
                 yield f.features, masks
