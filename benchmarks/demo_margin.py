@@ -3,12 +3,14 @@
     .venv/bin/python benchmarks/demo_margin.py [--layers final head_conv block-2 ...] [--set demo_data.frames=24]
 
 Runs the real ``demo_data`` stage and the real ``shard_eval`` code on the ``davis_demo`` set of params.yaml (in a
-temporary directory), embeds every distinct val frame with the start backbone (``train.backbone``, one run per
-``--layers`` entry) at ``extract_features.input_size``, and scores per-dataset k-means on the patches, written out
-plainly here (independent of the evaluation stages):
+temporary directory), embeds every distinct frame of one split (``--split``, default ``train``: the selection
+split, which evaluation never scores; choices made here must not look at ``val``) with the start backbone
+(``train.backbone``, one run per ``--layers`` entry) at ``extract_features.input_size``, and scores per-dataset
+k-means on the patches, written out plainly here (independent of the evaluation stages):
 
 - patch label = the majority class of its pixels (masks resized to the input size by nearest neighbour);
-- PCA protocol: StandardScaler + PCA(50) fitted once on all val patches; L2 protocol: L2-normalised features, no PCA;
+- PCA protocol: StandardScaler + PCA(50) fitted once on all the split's patches; L2 protocol: L2-normalised
+  features, no PCA;
 - sklearn KMeans, K = the classes present, 5 restarts, one run per seed; clusters matched to classes by the
   Hungarian algorithm on IoU, unmatched clusters count as background; mIoU over the classes present;
 - baseline: background everywhere (its IoU = the background fraction, divided by the classes present).
@@ -44,10 +46,10 @@ from timetuning.shards import clip_frames, decode_image, decode_mask, iter_shard
 from timetuning.transforms import eval_transform  # noqa: E402
 
 
-def val_frames(set_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Every distinct val frame of the shards (clips may share frames) with its class mask and video id."""
+def split_frames(set_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Every distinct frame of a split's shards (clips may share frames) with its class mask and video id."""
     seen, frames, masks, videos = set(), [], [], []
-    for sample in iter_shards(list_shards(set_dir, "val")):
+    for sample in iter_shards(list_shards(set_dir, split)):
         meta = sample["json"]
         for t, name in enumerate(clip_frames(sample)):
             key = (meta["video_id"], meta["frame_names"][t])
@@ -108,6 +110,8 @@ def main() -> None:
     parser.add_argument("--layers", nargs="*", default=None, help="feature layers (default: train.backbone's)")
     parser.add_argument("--set", nargs="*", default=[], help="overrides key=value (YAML values)")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--split", default="train", help="the split embedded (default: %(default)s, the selection "
+                        "split; val is the scored one)")
     parser.add_argument("--keep", default=None, help="keep the generated data in this folder")
     args = parser.parse_args()
     params = load_params(args.params)
@@ -125,12 +129,13 @@ def main() -> None:
         start = time.perf_counter()
         shard_eval_set(eval_set, work / "shards", progress=False)
         sharded = time.perf_counter() - start
-        frames, masks, videos = val_frames(work / "shards" / "davis_demo")
+        frames, masks, videos = split_frames(work / "shards" / "davis_demo", args.split)
         p = params.demo_data
         print(f"demo_data: {p.num_train_videos} train + {p.num_val_videos} val videos of {p.frames} frames at "
               f"{p.width}x{p.height}, generated in {generated:.1f} s; shard_eval in {sharded:.1f} s")
         per_video = {v: videos.count(v) for v in sorted(set(videos))}
-        print(f"val: {len(frames)} distinct frames, per video {min(per_video.values())}-{max(per_video.values())}")
+        print(f"{args.split}: {len(frames)} distinct frames, per video {min(per_video.values())}-"
+              f"{max(per_video.values())}")
         size = params.extract_features.input_size
         print(f"| candidate | dim | zeros | PCA mIoU | L2 mIoU | baseline | PCA margin | L2 margin |")
         print("|---|---|---|---|---|---|---|---|")

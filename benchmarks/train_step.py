@@ -25,7 +25,7 @@ from timetuning.config import BackboneParams, TrainParams  # noqa: E402
 from timetuning.distributed import DistContext  # noqa: E402
 from timetuning.head import ClusteringHead  # noqa: E402
 from timetuning.clip_stream import clip_batches, loader_workers, training_clips  # noqa: E402
-from timetuning.training import TimeTuner, build_optimizer  # noqa: E402
+from timetuning.training import TimeTuner, build_objective, build_optimizer  # noqa: E402
 from timetuning.transforms import ClipAugmentation  # noqa: E402
 
 
@@ -85,7 +85,7 @@ def main() -> None:
         shards = clip_shards(Path(tmp) / "shards", size=args.size + args.size // 4)
         backbone = build_backbone(bp, trainable_blocks=p.trainable_blocks)
         # the backbone alone autocasts (bf16 on a GPU); head, Sinkhorn and the Feature-Forwarder stay fp32
-        tuner = TimeTuner(backbone, ClusteringHead(backbone.embed_dim), p, amp).to(device).train()
+        tuner = TimeTuner(backbone, ClusteringHead(backbone.embed_dim), build_objective(p), amp).to(device).train()
         optimizer = build_optimizer(tuner, p)
         aug = ClipAugmentation(args.size, backbone.mean, backbone.std)
         batches = iter(clip_batches(training_clips(shards), aug, 0, args.batch, DistContext(device=device), 0,
@@ -95,7 +95,7 @@ def main() -> None:
 
         def tt_step(clips: torch.Tensor | None = None) -> None:
             clips = next(batches).to(device, non_blocking=True) if clips is None else clips
-            loss = tuner(clips)
+            loss = tuner(clips)[0]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

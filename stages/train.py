@@ -25,7 +25,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
     validation = validation_data(params)  # refuses data that evaluation scores, before any training
     ctx = init_distributed()
     try:
-        summary = train(params.train, params.seed, ctx, validation=validation)
+        seed = params.seed if params.train.seed is None else params.train.seed
+        summary = train(params.train, seed, ctx, validation=validation)
     finally:
         cleanup(ctx)
     if ctx.is_main:

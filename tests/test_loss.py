@@ -8,9 +8,16 @@ from torch.nn import functional as F
 
 from timetuning.config import TrainParams
 from timetuning.head import ClusteringHead
-from timetuning.loss import propagated_targets, time_tuning_loss
+from timetuning.loss import EmbeddingQueue, TargetStatistics, TimeTuningObjective, propagated_targets, time_tuning_loss
 from timetuning.sinkhorn import sinkhorn_knopp
-from timetuning.training import TimeTuner, apply_schedules, build_optimizer
+from timetuning.training import TimeTuner, apply_schedules, build_objective, build_optimizer
+
+
+def frame0_targets(features: torch.Tensor, first_scores: torch.Tensor, cfg: TrainParams) -> torch.Tensor:
+    """The last frame's targets from frame 0's scores ``[B, N, K]``: Sinkhorn, then the Feature-Forwarder."""
+    b, n, k = first_scores.shape
+    q0 = sinkhorn_knopp(first_scores.reshape(-1, k), cfg.sinkhorn_epsilon, cfg.sinkhorn_iterations)
+    return propagated_targets(features, q0.reshape(b, n, k), build_objective(cfg).forwarder)
 
 
 def test_head_shapes_and_scores_are_cosines():
@@ -49,7 +56,7 @@ def test_static_clip_carries_frame0_sinkhorn_labels_unchanged():
     features = frame[:, None].expand(b, t, d, h, w).contiguous()
     first_scores = torch.randn(b, h * w, k, generator=g).clamp(-1, 1)
     cfg = TrainParams()
-    targets = propagated_targets(features, first_scores, cfg)
+    targets = frame0_targets(features, first_scores, cfg)
     q0 = sinkhorn_knopp(first_scores.reshape(-1, k), cfg.sinkhorn_epsilon, cfg.sinkhorn_iterations)
     assert targets.shape == (b, h * w)
     assert torch.equal(targets, q0.argmax(1).reshape(b, h * w))
@@ -65,7 +72,7 @@ def test_targets_follow_a_translated_frame():
     cfg = TrainParams()
     q0 = sinkhorn_knopp(first_scores.reshape(-1, k), cfg.sinkhorn_epsilon, cfg.sinkhorn_iterations)
     labels0 = q0.argmax(1).reshape(h, w)
-    last = propagated_targets(features, first_scores, cfg).reshape(h, w)
+    last = frame0_targets(features, first_scores, cfg).reshape(h, w)
     assert torch.equal(last[:, t - 1:], labels0[:, :w - (t - 1)])
 
 
@@ -74,7 +81,7 @@ def test_gradient_reaches_only_the_last_frame_and_the_head():
     feats = torch.randn(2, 3, 16, 4, 4, requires_grad=True)
     with torch.no_grad():
         first = head(feats[:, 0])
-    targets = propagated_targets(feats, first, TrainParams())
+    targets = frame0_targets(feats, first, TrainParams())
     loss = time_tuning_loss(head(feats[:, -1]), targets, 0.1)
     loss.backward()
     assert math.isfinite(loss.item())
@@ -88,7 +95,7 @@ def test_adamw_groups_and_per_iteration_cosine_schedules():
                     projection_dim=8, num_prototypes=4)
     backbone = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
     frozen = torch.nn.Linear(4, 4).requires_grad_(False)
-    tuner = TimeTuner(torch.nn.Sequential(backbone, frozen), ClusteringHead(4, 4, 16, 16, 8), p)
+    tuner = TimeTuner(torch.nn.Sequential(backbone, frozen), ClusteringHead(4, 4, 16, 16, 8), build_objective(p))
     opt = build_optimizer(tuner, p)
     trained = {id(q) for g in opt.param_groups for q in g["params"]}
     assert all(id(q) not in trained for q in frozen.parameters())
@@ -139,5 +146,73 @@ def test_objective_equals_a_plain_reference_on_nine_frames():
         targets = labels[-1].reshape(k, -1).argmax(0)
         want.append(F.cross_entropy(last[i].double() / 0.2, targets, reduction="none"))
     expected = torch.cat(want).mean()
-    got = time_tuning_loss(last, propagated_targets(feats, first, cfg), cfg.student_temperature)
+    got = time_tuning_loss(last, frame0_targets(feats, first, cfg), cfg.student_temperature)
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def _unit(*shape, generator):
+    return F.normalize(torch.randn(*shape, generator=generator), dim=-1)
+
+
+def test_the_queue_balances_with_past_embeddings_rescored_as_a_plain_fifo_does():
+    """Five steps of 2 clips x 3 patches, a queue of 8 embeddings that starts filling at step 1: written out by
+    hand, the queue is a list (newest first) that steps >= 1 extend at the front and cut to 8; a step uses it only
+    when it holds 8, scoring the queued embeddings against the prototypes of *that* step; Sinkhorn (the loop
+    reference) runs over batch + queue rows and the batch's rows are the assignment."""
+    from tests.test_sinkhorn import reference_sinkhorn
+
+    g = torch.Generator().manual_seed(3)
+    k, e, eps, iters = 4, 5, 0.1, 3
+    objective = TimeTuningObjective(sinkhorn_epsilon=eps, sinkhorn_iterations=iters,
+                                    queue=EmbeddingQueue(8, e, start_step=1))
+    fifo: list[list[float]] = []
+    used = []
+    for step in range(5):
+        prototypes = torch.nn.Module()
+        weight = _unit(k, e, generator=g)  # the prototypes move between steps: stale scores would differ
+        prototypes.forward = lambda x, w=weight: F.normalize(x, dim=-1) @ w.t()
+        batch = _unit(2, 1, 3, e, generator=g)  # [B, F=1, N, E]
+        got = objective.first_frame_assignment(batch, prototypes, step)
+        rows = (batch.reshape(-1, e) @ weight.t()).tolist()
+        full = len(fifo) == 8
+        queue_rows = (torch.tensor(fifo) @ weight.t()).tolist() if full else []
+        want = torch.tensor(reference_sinkhorn(rows + queue_rows, eps, iters)[:6]).reshape(2, 3, k)
+        assert torch.allclose(got, want.float(), atol=1e-5), step
+        used.append(full)
+        if step >= 1:
+            fifo = (batch.reshape(-1, e).tolist() + fifo)[:8]
+    assert used == [False, False, False, True, True]  # filled by steps 1 and 2 (6 + 6 >= 8), used from step 3
+
+
+def test_sinkhorn_over_all_frames_balances_every_frame_and_keeps_frame_0():
+    """``sinkhorn_frames="all"`` (TimeT_clean): one Sinkhorn over the patches of all frames of all clips (the loop
+    reference), frame 0's rows carried forward; it differs from balancing frame 0 alone."""
+    from tests.test_sinkhorn import reference_sinkhorn
+
+    g = torch.Generator().manual_seed(4)
+    b, t, n, k, e = 2, 3, 4, 5, 6
+    weight = _unit(k, e, generator=g)
+    prototypes = torch.nn.Module()
+    prototypes.forward = lambda x: F.normalize(x, dim=-1) @ weight.t()
+    embeddings = _unit(b, t, n, e, generator=g)
+    every = TimeTuningObjective(sinkhorn_epsilon=0.05, sinkhorn_iterations=5, sinkhorn_frames="all")
+    assert every.sinkhorn_frame_index(t) == [0, 1, 2]
+    got = every.first_frame_assignment(embeddings, prototypes, 0)
+    q = torch.tensor(reference_sinkhorn((embeddings.reshape(-1, e) @ weight.t()).tolist(), 0.05, 5))
+    assert torch.allclose(got, q.reshape(b, t, n, k)[:, 0].float(), atol=1e-5)
+    first = TimeTuningObjective(sinkhorn_epsilon=0.05, sinkhorn_iterations=5)
+    assert first.sinkhorn_frame_index(t) == [0]
+    alone = first.first_frame_assignment(embeddings[:, :1], prototypes, 0)
+    assert not torch.allclose(alone, got, atol=1e-3)
+
+
+def test_target_statistics_count_prototypes_perplexity_and_agreement():
+    """Targets of 6 patches over K=4: prototypes 0 (x3), 2 (x2), 3 (x1) -> 3 used; perplexity exp(H) of the
+    shares (1/2, 1/3, 1/6); the student's argmax matches 4 of them."""
+    targets = torch.tensor([[0, 0, 0, 2, 2, 3]])
+    student = F.one_hot(torch.tensor([[0, 0, 1, 2, 1, 3]]), 4).float()  # argmax 0 0 1 2 1 3
+    stats = TargetStatistics.of(targets, student)
+    summary = TargetStatistics.summary(stats.as_tensor() * 2)  # two ranks with the same step add up
+    entropy = -(0.5 * math.log(0.5) + math.log(1 / 3) / 3 + math.log(1 / 6) / 6)
+    assert summary == pytest.approx({"prototypes_used": 3, "target_perplexity": math.exp(entropy),
+                                     "agreement": 4 / 6})

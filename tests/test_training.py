@@ -25,9 +25,9 @@ from timetuning.config import TrainParams, dump_params, validate_params
 from timetuning.distributed import DistContext
 from timetuning.head import ClusteringHead
 from timetuning.synthetic import write_clip_shards
-from timetuning.training import (NonFiniteLossError, ProgressLog, TimeTuner, beats, build_optimizer, build_tuner,
-                                 optimisation_step, train)
-from timetuning.validation import ValidationData, validation_data
+from timetuning.training import (NonFiniteLossError, ProgressLog, TimeTuner, TrainingRun, beats, build_objective,
+                                 build_optimizer, build_tuner, optimisation_step, train)
+from timetuning.validation import ValidationData, ValidationScores, validation_data
 
 CPU = DistContext()
 
@@ -101,10 +101,13 @@ def _killed_then_resumed(monkeypatch, p: TrainParams, kill_at: int, validation) 
 
 def test_a_run_killed_at_any_step_resumes_to_the_same_bits(clip_shards, eval_root, tmp_path, monkeypatch):
     """Uninterrupted vs killed at steps 1 (no checkpoint yet), 3 (one step after a checkpoint) and 4 (right after
-    one), then resumed: the exported backbone, the whole model and AdamW state, the losses and the validation
-    scores are bitwise equal. The run crosses a pass over the data (12 clips, 4 per step) and validates twice."""
+    one), then resumed: the exported backbone, the whole model and AdamW state, the losses, the targets'
+    statistics and the validation scores and diagnostics are bitwise equal. The run crosses a pass over the data
+    (12 clips, 4 per step), validates twice, and carries a queue (filled from step 1, used from step 3: the
+    checkpoints at steps 2 and 4 hold it) and frozen prototypes for 2 steps."""
     def params(out):
-        return tiny(clip_shards, out, steps=6, checkpoint_every=2, val_every=3, lr_backbone=1e-3)
+        return tiny(clip_shards, out, steps=6, checkpoint_every=2, val_every=3, lr_backbone=1e-3, queue_size=96,
+                    queue_start_step=1, freeze_prototypes_steps=2)
 
     reference = params(tmp_path / "ref")
     validation = with_validation(reference, eval_root)
@@ -121,7 +124,8 @@ def test_a_run_killed_at_any_step_resumes_to_the_same_bits(clip_shards, eval_roo
         assert all(torch.equal(state["model"][k], want_state["model"][k]) for k in want_state["model"])
         for a, b in zip(state["optimizer"]["state"].values(), want_state["optimizer"]["state"].values()):
             assert all(torch.equal(a[k], b[k]) for k in a)
-        for column in ("step", "loss", "val_miou"):
+        for column in ("step", "loss", "prototypes_used", "target_perplexity", "agreement", "val_miou",
+                       "forwarder_jf", "feature_cosine"):
             assert _log_column(out, column) == _log_column(tmp_path / "ref", column), (kill_at, column)
     # the runs really trained and validated: the weights moved and validation scored steps 0, 3 and 6
     torch.manual_seed(0)
@@ -151,9 +155,9 @@ def _scripted_validation(monkeypatch, scores: dict[int, float]):
     """Validation scores chosen per step (the real scoring is tested in test_validation.py)."""
     calls = []
 
-    def scripted(backbone, data, input_size, device, seed=0):
+    def scripted(backbone, data, input_size, device, forwarder, reference=None, seed=0):
         calls.append(len(calls))
-        return scores[len(calls) - 1]
+        return ValidationScores(scores[len(calls) - 1], 0.5, 1.0), []
 
     monkeypatch.setattr(training, "validate", scripted)
     return ValidationData("davis", "train", Path("unused"), 4, [], [])
@@ -203,6 +207,13 @@ def _tiny_tuner(seed=0, amp=None, student_temperature=0.1):
     return p, tuner
 
 
+def _tiny_run(tuner: TimeTuner, p: TrainParams) -> TrainingRun:
+    """A run around a copy of ``tuner`` (its own AdamW, no grad scaler)."""
+    model = copy.deepcopy(tuner)
+    return TrainingRun(p, 0, model, build_optimizer(model, p), torch.amp.GradScaler("cuda", enabled=False), "", "",
+                       model=model)
+
+
 def test_gradients_reach_adamw_unclipped_unless_asked():
     """The paper does not clip: with grad_clip 0 the optimiser sees the raw gradients, even when their norm is far
     above the demo's clip of 3; with grad_clip > 0 their norm is cut to it."""
@@ -210,19 +221,41 @@ def test_gradients_reach_adamw_unclipped_unless_asked():
     clips = torch.randn(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     reference = copy.deepcopy(tuner)
     trainable = [q for q in reference.parameters() if q.requires_grad]
-    grads = torch.autograd.grad(reference(clips), trainable)
+    grads = torch.autograd.grad(reference(clips)[0], trainable)
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
     assert norm > 3.0
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
     for clip_to in (0.0, 1.0):
-        model = copy.deepcopy(tuner)
-        optimisation_step(model, model, build_optimizer(model, p), scaler, clips, clip_to, CPU, 0)
-        got = [q.grad for q in model.parameters() if q.requires_grad]
+        run = _tiny_run(tuner, p.model_copy(update={"grad_clip": clip_to}))
+        optimisation_step(run, clips, 0, CPU)
+        got = [q.grad for q in run.tuner.parameters() if q.requires_grad]
         if clip_to == 0:
             assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(got, grads))
         else:
             clipped = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in got]))
             assert clipped == pytest.approx(1.0, rel=1e-4)
+
+
+def test_frozen_prototypes_and_backbone_stay_put_for_their_steps_only():
+    """freeze_prototypes_steps 2, freeze_backbone_steps 1: step 0 moves the head's projection only, step 1 the
+    backbone too, step 2 everything; a frozen part gets no weight decay either (it is bit for bit unchanged)."""
+    p, tuner = _tiny_tuner()
+    run = _tiny_run(tuner, p.model_copy(update={"freeze_prototypes_steps": 2, "freeze_backbone_steps": 1}))
+    clips = torch.randn(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    parts = {"prototypes": run.tuner.head.prototypes, "projection": run.tuner.head.projection,
+             "backbone": run.tuner.backbone}
+
+    def snapshot():
+        return {name: [q.detach().clone() for q in part.parameters() if q.requires_grad] for name, part in
+                parts.items()}
+
+    moved = []
+    for step in range(3):
+        before = snapshot()
+        optimisation_step(run, clips, step, CPU)
+        after = snapshot()
+        moved.append({name for name in parts if any(not torch.equal(a, b) for a, b in zip(before[name],
+                                                                                         after[name]))})
+    assert moved == [{"projection"}, {"projection", "backbone"}, {"projection", "backbone", "prototypes"}]
 
 
 class _RecordingBackbone(torch.nn.Module):
@@ -246,13 +279,13 @@ def test_only_the_backbone_runs_under_autocast():
     head = ClusteringHead(d, num_prototypes=6, hidden_dim=32, bottleneck_dim=16, out_dim=8, generator=g)
     head_autocast = []
     head.register_forward_pre_hook(lambda m, args: head_autocast.append(torch.is_autocast_enabled("cpu")))
-    tuner = TimeTuner(backbone, head, TrainParams())
+    tuner = TimeTuner(backbone, head, build_objective(TrainParams()))
     clips = torch.zeros(b, t, 3, 16, 16)
-    fp32 = tuner(clips)
+    fp32 = tuner(clips)[0]
     tuner.amp_dtype = torch.bfloat16
-    own = tuner(clips)
+    own = tuner(clips)[0]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        wrapped = tuner(clips)
+        wrapped = tuner(clips)[0]
     assert backbone.autocast_seen == [False, True, True] and not any(head_autocast)
     assert own.dtype == wrapped.dtype == torch.float32
     assert own.item() == fp32.item() == wrapped.item()
@@ -330,9 +363,11 @@ def test_killed_process_resumes_to_the_bits_of_an_uninterrupted_run(clip_shards,
 @pytest.mark.slow
 def test_two_process_ddp_equals_one_process_on_the_same_global_batch(clip_shards, tmp_path):
     """2 gloo ranks x 2 clips vs 1 process x 4 clips: the same clips (the stream slices the global batch by rank),
-    Sinkhorn balanced over both ranks, gradients averaged. Losses and weights agree to float rounding."""
+    Sinkhorn balanced over both ranks, each rank's share of the queue with them, gradients averaged. Losses and
+    weights agree to float rounding."""
     env = dvc_env() | {"OMP_NUM_THREADS": "1"}
-    common = dict(steps=3, checkpoint_every=3, lr_backbone=1e-3, lr_head=1e-2)
+    # a queue of 2 steps' patches (4 clips x 16 patches each): each rank keeps 64 of its own, the one process 128
+    common = dict(steps=4, checkpoint_every=4, lr_backbone=1e-3, lr_head=1e-2, queue_size=128)
     ddp = _stage_params(clip_shards, tmp_path / "ddp", batch_size=2, **common)
     single = _stage_params(clip_shards, tmp_path / "single", batch_size=4, **common)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "stages.train",
@@ -345,7 +380,7 @@ def test_two_process_ddp_equals_one_process_on_the_same_global_batch(clip_shards
     assert json.loads((tmp_path / "ddp" / "train_summary.json").read_text())["world_size"] == 2
     ddp_loss = [float(v) for v in _log_column(tmp_path / "ddp", "loss")[1:]]
     single_loss = [float(v) for v in _log_column(tmp_path / "single", "loss")[1:]]
-    assert len(ddp_loss) == 3 and np.allclose(ddp_loss, single_loss, rtol=1e-5, atol=0)
+    assert len(ddp_loss) == 4 and np.allclose(ddp_loss, single_loss, rtol=1e-5, atol=0)
     a = load_file(str(tmp_path / "ddp" / "timetuned.safetensors"))
     b = load_file(str(tmp_path / "single" / "timetuned.safetensors"))
     torch.manual_seed(0)
@@ -360,3 +395,4 @@ def test_two_process_ddp_equals_one_process_on_the_same_global_batch(clip_shards
     head = [k for k in single_state["model"] if k.startswith("head.")]
     assert all(torch.allclose(ddp_state["model"][k], single_state["model"][k], atol=1e-5) for k in head)
     assert len(ddp_state["rng"]) == 2  # every rank's random state is in the checkpoint
+    assert [q["embeddings"].shape[0] for q in ddp_state["queues"]] == [64, 64]  # and every rank's queue

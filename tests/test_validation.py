@@ -9,7 +9,9 @@ import torch
 from tests.evalsets import MeanColour, davis_set, named_davis_set, sharded_set
 from timetuning.config import validate_params
 from timetuning.shard_index import SampleRef
-from timetuning.validation import DataLeakError, spread_over_videos, validate, validation_data
+from timetuning.loss import ForwarderSettings
+from timetuning.validation import (DataLeakError, feature_cosine, forwarder_jf, spread_over_videos, validate,
+                                   validation_data)
 
 
 def _refs(groups: dict[str, int]) -> dict[str, list[SampleRef]]:
@@ -102,11 +104,36 @@ def test_validation_score_is_high_when_features_separate_the_classes(tmp_path):
                                                                "splits": ["train", "val"]}}}})
     data = validation_data(params)
     assert len(data.clips) == 2 and data.num_classes == 4
-    seeing = validate(MeanColour(), data, 64, torch.device("cpu"))
-    assert seeing > 0.75  # measured 0.82: patch-level features, pixel-level masks
+    seeing, feats = validate(MeanColour(), data, 64, torch.device("cpu"))
+    assert seeing.miou > 0.75  # measured 0.82: patch-level features, pixel-level masks
+    assert seeing.forwarder_jf > 0.5 and seeing.feature_cosine == 1.0  # measured 0.59; the reference is itself
 
     class Blind(MeanColour):
         def forward(self, images):
             return torch.randn(images.shape[0], 4, 8, 8, generator=torch.Generator().manual_seed(0))
 
-    assert validate(Blind(), data, 64, torch.device("cpu")) < seeing - 0.3  # measured 0.15
+    blind, _ = validate(Blind(), data, 64, torch.device("cpu"), reference=feats)
+    assert blind.miou < seeing.miou - 0.3  # measured 0.15
+    assert blind.forwarder_jf < seeing.forwarder_jf - 0.2  # measured 0.01: random correspondences
+    assert abs(blind.feature_cosine) < 0.2  # measured 0.02: random features against mean colours
+
+
+def test_forwarder_jf_is_one_when_the_features_follow_the_mask_and_zero_when_they_stay_put():
+    """Each patch has its own orthogonal feature and the scene (two full-height stripes, aligned with the 8-pixel
+    patches) rolls one patch right per frame: the Feature-Forwarder carries the first mask exactly to the last
+    frame, J = F = 1. Features that stay put while the mask moves carry it to where it was: J = F = 0."""
+    h, w, frames = 6, 6, 4
+    codes = torch.eye(h * w).reshape(h * w, h, w)
+    mask = torch.zeros(h, w, dtype=torch.uint8)
+    mask[:, 1:3], mask[:, 4] = 1, 2
+    moving = torch.stack([codes.roll(t, dims=-1) for t in range(frames)])
+    masks = torch.stack([mask.roll(t, dims=-1) for t in range(frames)]).numpy().repeat(8, 1).repeat(8, 2)
+    assert forwarder_jf([moving], [masks], ForwarderSettings()) == 1.0
+    still = moving[:1].expand(frames, -1, -1, -1)
+    assert forwarder_jf([still], [masks], ForwarderSettings()) == 0.0
+
+
+def test_feature_cosine_is_the_mean_over_patches():
+    f = torch.tensor([[1.0, 0.0], [0.0, 2.0]]).t().reshape(1, 2, 1, 2)  # two patches: (1, 0) and (0, 2)
+    r = torch.tensor([[1.0, 1.0], [0.0, -3.0]]).t().reshape(1, 2, 1, 2)  # cosines 1/sqrt(2) and -1
+    assert feature_cosine([f], [r]) == pytest.approx((2**-0.5 - 1) / 2)

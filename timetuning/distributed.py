@@ -72,6 +72,14 @@ def global_mean(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return value
 
 
+def global_sum(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """The element-wise sum of a tensor over all ranks."""
+    value = value.detach().float().clone()
+    if ctx.distributed:
+        dist.all_reduce(value)
+    return value
+
+
 def cleanup(ctx: DistContext) -> None:
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()

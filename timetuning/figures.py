@@ -27,20 +27,49 @@ def png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _series(rows: list[dict[str, str]], key: str, scale: float = 1.0) -> tuple[list[int], list[float]]:
+    pairs = [(int(float(r["step"])), scale * float(r[key])) for r in rows if r.get(key) not in (None, "")]
+    return [s for s, _ in pairs], [v for _, v in pairs]
+
+
+def _smoothed(values: list[float], window: int) -> list[float]:
+    """Trailing mean over ``window`` values (the first ones over what there is)."""
+    sums = np.cumsum([0.0, *values])
+    return [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(i + 1, window) for i in range(len(values))]
+
+
 def training_curves_png(rows: list[dict[str, str]]) -> bytes | None:
-    """Loss, throughput and validation mIoU (x100) over the training steps."""
-    steps = [int(r["step"]) for r in rows if r.get("loss")]
+    """What training did, step by step: loss; the targets (prototypes used and their perplexity; the student's
+    agreement with them); and at each validation the selection score, the Feature-Forwarder's J&F with the current
+    features, and the features' cosine to the starting ones. Per-step series are drawn raw and as a trailing mean
+    of 10 steps."""
+    steps, loss = _series(rows, "loss")
     if not steps:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
-    axes[0].plot(steps, [float(r["loss"]) for r in rows if r.get("loss")])
-    axes[0].set(title="training loss", xlabel="step")
-    axes[1].plot(steps, [float(r["clips_per_s"]) for r in rows if r.get("loss")])
-    axes[1].set(title="throughput (clips/s)", xlabel="step")
-    val = [(int(r["step"]), 100 * float(r["val_miou"])) for r in rows if r.get("val_miou")]
-    if val:
-        axes[2].plot(*zip(*val), marker="o")
-    axes[2].set(title="validation mIoU (x100)", xlabel="step")
+    fig, axes = plt.subplots(2, 3, figsize=(14, 6.4))
+    per_step = [(axes[0, 0], "loss", 1.0, "training loss"),
+                (axes[0, 1], "prototypes_used", 1.0, "prototypes that are targets (of K)"),
+                (axes[0, 2], "agreement", 100.0, "student argmax = target (% of patches)")]
+    for ax, key, scale, title in per_step:
+        x, y = _series(rows, key, scale)
+        if x:
+            ax.plot(x, y, color="tab:blue", alpha=0.3, lw=0.8)
+            ax.plot(x, _smoothed(y, 10), color="tab:blue")
+        ax.set(title=title, xlabel="step")
+    x, y = _series(rows, "target_perplexity")
+    if x:
+        axes[0, 1].plot(x, _smoothed(y, 10), color="tab:orange", label="perplexity of the targets")
+        axes[0, 1].legend(loc="best", fontsize=8)
+    per_validation = [(axes[1, 0], "val_miou", 100.0, "selection score: per-clip clustering mIoU (x100)"),
+                      (axes[1, 1], "forwarder_jf", 100.0, "Feature-Forwarder J&F on the selection clips (x100)"),
+                      (axes[1, 2], "feature_cosine", 1.0, "cosine of the features to the start")]
+    for ax, key, scale, title in per_validation:
+        x, y = _series(rows, key, scale)
+        if x:
+            ax.plot(x, y, marker="o", color="tab:green")
+            ax.axhline(y[0], color="gray", lw=0.8, ls="--")  # the starting model's value
+        ax.set(title=title, xlabel="step")
+    fig.tight_layout()
     return png(fig)
 
 

@@ -37,6 +37,7 @@ class Prototypes(nn.Module):
         self.weight.copy_(F.normalize(self.weight, dim=1))
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Cosine similarities ``[..., K]`` of embeddings ``[..., E]`` (normalised here) to the prototypes."""
         return F.normalize(embeddings, dim=-1) @ F.normalize(self.weight, dim=1).t()
 
 
@@ -49,6 +50,10 @@ class ClusteringHead(nn.Module):
         self.projection = ProjectionHead(in_dim, hidden_dim, bottleneck_dim, out_dim)
         self.prototypes = Prototypes(num_prototypes, out_dim, generator)
 
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """L2-normalised projections ``[B, h*w, E]`` of dense features ``[B, D, h, w]`` (what a queue keeps: they
+        can be scored again against later prototypes)."""
+        return F.normalize(self.projection(features.flatten(2).transpose(1, 2)), dim=-1)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        tokens = features.flatten(2).transpose(1, 2)  # [B, N, D]
-        return self.prototypes(self.projection(tokens))
+        return self.prototypes(self.embed(features))

