@@ -1,7 +1,8 @@
 import numpy as np
 
 from timetuning import figures, report
-from timetuning.evaluation_report import set_section, starting_model_warning, training_rows, verdict_paragraphs
+from timetuning.evaluation_report import (set_section, starting_model_warning, training_rows, training_story,
+                                         verdict_paragraphs)
 
 
 def _summary(mean, std=0.01):
@@ -96,3 +97,37 @@ def test_training_summary_is_a_rounded_table_in_reading_order():
                "exported": "start", "warning": "no trained step beat the starting weights", "val_set": None}
     assert training_rows(summary) == [["fact", "value"], ["steps", "200"], ["final loss", "1.790"],
                                       ["best validation mIoU", "47.8"], ["exported weights", "start"]]
+
+
+def _log(val: dict[int, tuple[float, float, float]], steps: int = 20) -> list[dict[str, str]]:
+    """train_log.csv rows: per step 40 prototypes used early and 12 late, perplexity 30 then 10, agreement 0.2
+    then 0.6; validations at the given steps as (mIoU, forwarder J&F, cosine)."""
+    rows = []
+    for step in range(steps + 1):
+        row = {"step": str(step)}
+        if step:
+            late = step > steps - 10
+            row |= {"loss": "1.0", "prototypes_used": "12" if late else "40",
+                    "target_perplexity": "10" if late else "30", "agreement": "0.6" if late else "0.2"}
+        if step in val:
+            miou, jf, cos = val[step]
+            row |= {"val_miou": str(miou), "forwarder_jf": str(jf), "feature_cosine": str(cos)}
+        rows.append(row)
+    return rows
+
+
+def test_the_training_story_follows_from_the_log():
+    rose = training_story(_log({0: (0.40, 0.60, 1.0), 10: (0.43, 0.61, 0.99), 20: (0.42, 0.55, 0.95)}))
+    assert rose[0] == ("Selection rose from 40.0 at step 0 to 43.0 at step 10 (the exported step; 42.0-43.0 over "
+                       "steps 10-20).")
+    assert rose[1] == ("Targets: 12 prototypes were the target of some patch per step at the end, perplexity 10.0, so "
+                       "the targets did not collapse. The student's argmax matched 60% of its targets at the end (20% "
+                       "over the first 10 steps).")
+    assert rose[2] == ("Correspondences weakened: the Feature-Forwarder's J&F on the selection clips went from 60.0 to "
+                       "55.0 (-5.0) at step 20. The features moved: their mean cosine to the starting features is "
+                       "0.950 there.")
+    fell = training_story(_log({0: (0.45, 0.60, 1.0), 10: (0.44, 0.595, 0.99), 20: (0.43, 0.60, 0.99)}))
+    assert fell[0] == ("Selection did not rise above the start: 45.0 at step 0, 43.0-44.0 over steps 10-20; the "
+                       "starting model is exported.")
+    assert fell[2].startswith("Correspondences held") and "barely moved" in fell[2]
+    assert training_story(_log({0: (0.45, 0.6, 1.0)})) == []  # no trained step validated: nothing to say

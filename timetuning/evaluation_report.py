@@ -124,7 +124,8 @@ def set_section(set_name: str, doc: dict[str, Any], baseline: str | None, tuned:
                     f"{x100(facts['all_background_miou'])} mIoU; the starting model's per-dataset clustering is "
                     f"{x100(abs(margin))} points {'above' if margin >= 0 else 'BELOW'} it.")
         head.tables.append(("All numbers x100 (mIoU; stability in %). Delta = time-tuned minus start with its 95% "
-                            "bootstrap interval over videos; seed std = standard deviation over seeds.",
+                            "bootstrap interval over videos; seed std = standard deviation over the k-means/probe "
+                            "seeds. " + TRAINING_RANDOMNESS,
                             main_table(doc, baseline, tuned)))
         robust = robustness_table(doc, tuned)
         if robust:
@@ -168,13 +169,79 @@ def report_sections(results: dict[str, dict[str, Any]], clips: dict[str, list[Ev
     for name, doc in results.items():
         sections += set_section(name, doc, baseline, tuned, clips.get(name, []), examples.get(name, {}))
     training = Section("Training", [summary["warning"]] if summary.get("warning") else [])
+    training.paragraphs += training_story(log_rows)
     if summary:
         training.tables.append(("The training run (models/train_summary.json).", training_rows(summary)))
     curves = figures.training_curves_png(log_rows)
     if curves:
-        training.figures.append(("training_curves.png", curves,
-                                 "Training loss, throughput and validation mIoU (x100) per step."))
+        training.figures.append(("training_curves.png", curves, TRAINING_CURVES_CAPTION))
     return sections + [training]
+
+
+TRAINING_RANDOMNESS = (
+    "The interval resamples the scored videos with both models fixed: it does not contain the randomness of "
+    "training (another training seed gives another time-tuned model); benchmarks/training_seeds.py measures the "
+    "spread over training seeds, and a delta inside that spread is not a gain.")
+
+TRAINING_CURVES_CAPTION = (
+    "Top: per step (faint) and over 10 steps (solid), the loss, how many prototypes are the target of at least one "
+    "patch with the targets' perplexity, and how often the student's argmax already is its target. Bottom: at "
+    "each validation (dashed: the start), the selection score that picks the exported step, the "
+    "Feature-Forwarder's J&F when it carries the selection clips' first-frame ground truth to their last frame "
+    "with the current features, and the mean cosine of the features to the starting ones.")
+
+
+def _number(row: dict[str, str], key: str) -> float | None:
+    value = row.get(key)
+    return None if value in (None, "") else float(value)
+
+
+def training_story(rows: list[dict[str, str]]) -> list[str]:
+    """What the selection curve did, and what the diagnostics say about why, in sentences that follow from the
+    numbers of ``train_log.csv`` (an empty list without validations)."""
+    validated = [(int(float(r["step"])), r) for r in rows if _number(r, "val_miou") is not None]
+    if len(validated) < 2:
+        return []
+    start = 100 * _number(validated[0][1], "val_miou")
+    trained = [(step, 100 * _number(r, "val_miou")) for step, r in validated[1:]]
+    best_step, best = max(trained, key=lambda c: (c[1], -c[0]))
+    low = min(v for _, v in trained)
+    span = f"steps {trained[0][0]}-{trained[-1][0]}"
+    if round(best, 1) > round(start, 1):
+        first = [f"Selection rose from {start:.1f} at step 0 to {best:.1f} at step {best_step} (the exported step; "
+                 f"{low:.1f}-{best:.1f} over {span})."]
+    elif best >= start:
+        first = [f"Selection did not rise: {start:.1f} at step 0, {low:.1f}-{best:.1f} over {span}; step {best_step} "
+                 "is exported on a tie with the start."]
+    else:
+        first = [f"Selection did not rise above the start: {start:.1f} at step 0, {low:.1f}-{best:.1f} over {span}; "
+                 "the starting model is exported."]
+    stepped = [r for r in rows if _number(r, "prototypes_used") is not None]
+    if not stepped:
+        return first
+    tail = stepped[-10:]  # the last 10 logged steps, as the solid curves
+
+    def mean(key: str, part: list[dict[str, str]]) -> float:
+        return float(np.mean([_number(r, key) for r in part]))
+
+    used, perplexity = mean("prototypes_used", tail), mean("target_perplexity", tail)
+    agree_first, agree_last = mean("agreement", stepped[:10]), mean("agreement", tail)
+    collapsed = perplexity < 2.0
+    first.append(f"Targets: {used:.0f} prototypes were the target of some patch per step at the end, perplexity "
+                 f"{perplexity:.1f}, so the targets {'collapsed' if collapsed else 'did not collapse'}. The "
+                 f"student's argmax matched {100 * agree_last:.0f}% of its targets at the end "
+                 f"({100 * agree_first:.0f}% over the first 10 steps).")
+    end = validated[-1][1]
+    jf0, jf1 = _number(validated[0][1], "forwarder_jf"), _number(end, "forwarder_jf")
+    cosine = _number(end, "feature_cosine")
+    if jf0 is not None and jf1 is not None and cosine is not None:
+        change = 100 * (jf1 - jf0)
+        held = "held" if change > -2.0 else "weakened"
+        moved = "barely moved" if cosine > 0.98 else "moved"
+        first.append(f"Correspondences {held}: the Feature-Forwarder's J&F on the selection clips went from "
+                     f"{100 * jf0:.1f} to {100 * jf1:.1f} ({change:+.1f}) at step {validated[-1][0]}. The features "
+                     f"{moved}: their mean cosine to the starting features is {cosine:.3f} there.")
+    return first
 
 
 TRAINING_FACTS = (  # (key, label, format) in reading order; mIoU values x100

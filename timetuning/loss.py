@@ -164,8 +164,8 @@ class TimeTuningObjective:
         Sinkhorn sees (frame 0 first); then the queue takes those embeddings."""
         b, f, n, _ = embeddings.shape
         scores = prototypes(embeddings).reshape(b * f * n, -1)
-        queue_scores = prototypes(self.queue.embeddings.to(embeddings)) if self.queue is not None and self.queue.ready(step) \
-            else None
+        ready = self.queue is not None and self.queue.ready(step)
+        queue_scores = prototypes(self.queue.embeddings.to(embeddings)) if ready else None
         q = balanced_assignments(scores, queue_scores, self.sinkhorn_epsilon, self.sinkhorn_iterations)
         if self.queue is not None:
             self.queue.push(embeddings.reshape(-1, embeddings.shape[-1]), step)
