@@ -9,9 +9,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from timetuning.config import EvalSetParams  # noqa: E402
-from timetuning.eval_shards import shard_eval_set  # noqa: E402
-from timetuning.synthetic import generate_video, write_clip_shards, write_davis_sequence  # noqa: E402
+from timetuning.data.eval_shards import shard_eval_set  # noqa: E402
+from timetuning.data.synthetic import generate_video, write_clip_shards, write_davis_sequence  # noqa: E402
+from timetuning.infra.config import EvalSetParams  # noqa: E402
 
 
 def clip_shards(out: Path, videos: int = 8, clips_per_video: int = 8, size: int = 128) -> Path:

@@ -39,11 +39,11 @@ from sklearn.preprocessing import StandardScaler
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stages import demo_data  # noqa: E402
-from timetuning.backbones import build_backbone  # noqa: E402
-from timetuning.config import apply_overrides, load_params  # noqa: E402
-from timetuning.eval_shards import shard_eval_set  # noqa: E402
-from timetuning.shards import clip_frames, decode_image, decode_mask, iter_shards, list_shards  # noqa: E402
-from timetuning.transforms import eval_transform  # noqa: E402
+from timetuning.data.eval_shards import shard_eval_set  # noqa: E402
+from timetuning.data.shards import clip_frames, decode_image, decode_mask, iter_shards, list_shards  # noqa: E402
+from timetuning.data.transforms import eval_transform  # noqa: E402
+from timetuning.infra.config import apply_overrides, load_params  # noqa: E402
+from timetuning.models.backbones import build_backbone  # noqa: E402
 
 
 def split_frames(set_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:

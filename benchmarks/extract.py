@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import eval_shards  # noqa: E402
-from timetuning.backbones import build_backbone  # noqa: E402
-from timetuning.config import BackboneParams  # noqa: E402
-from timetuning.features import extract_split  # noqa: E402
+from timetuning.eval.extraction import extract_split  # noqa: E402
+from timetuning.infra.config import BackboneParams  # noqa: E402
+from timetuning.models.backbones import build_backbone  # noqa: E402
 
 
 def bare_forward(backbone, frames: int, size: int, batch: int) -> float:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from timetuning.config import ShardVideosParams  # noqa: E402
-from timetuning.ingest import find_videos, shard_videos  # noqa: E402
-from timetuning.video import output_size, probe_video  # noqa: E402
+from timetuning.data.ingest import find_videos, shard_videos  # noqa: E402
+from timetuning.data.video import output_size, probe_video  # noqa: E402
+from timetuning.infra.config import ShardVideosParams  # noqa: E402
 
 
 def make_videos(directory: Path, count: int, seconds: float) -> None:

@@ -8,9 +8,9 @@ For each size (val frames; the train split, on which the linear probe and the re
 has as many) it writes a synthetic labeled set the way the pipeline does: evaluation shards (JPEG frames, class
 masks and instance masks in clips of 4 frames, 64-frame videos, masks stored at ``--mask`` as DAVIS 480p is at
 short side 224) and two models' Parquet features (``start`` and ``timetuned``, float16, ``--dim`` dims on a
-``--grid`` x ``--grid`` patch grid, through :class:`timetuning.features.RowGroupWriter`). Features are the class
+``--grid`` x ``--grid`` patch grid, through :class:`timetuning.eval.feature_store.RowGroupWriter`). Features are the class
 mean of each patch's label plus a per-video offset and noise, so k-means, the probes and the propagation have
-structure to find. Then it runs `fit_probes` for that set (:func:`timetuning.results.evaluate_set`, the stage's
+structure to find. Then it runs `fit_probes` for that set (:func:`timetuning.eval.results.evaluate_set`, the stage's
 work: both models, every protocol and robustness variant, the params.yaml defaults: 3 seeds, linear probe,
 retrieval, J&F) in a fresh process per size, so the peak RSS is that size's own, and prints seconds, peak RSS,
 the share of each protocol, the per-frame slope between consecutive sizes and the least-squares slope over all
@@ -38,9 +38,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP_FRAMES, VIDEO_FRAMES = 4, 64
-PROTOCOLS = {"timetuning.evaluation": ["fit_split_pca", "group_protocols", "dataset_protocols", "linear_protocol",
+PROTOCOLS = {"timetuning.eval.evaluation": ["fit_split_pca", "group_protocols", "dataset_protocols", "linear_protocol",
                                        "retrieval_protocol", "propagation_protocol"],
-             "timetuning.results": ["compare_models"]}
+             "timetuning.eval.results": ["compare_models"]}
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -69,12 +69,13 @@ def write_set(out: Path, frames: dict[str, int], grid: int, dim: int, classes: i
     """Evaluation shards of every split and each model's features -> ``out/shards/bench``, ``out/features/``."""
     import torch
 
-    from timetuning.eval_shards import EvalClip
-    from timetuning.features import RowGroupWriter, clip_rows, feature_schema
-    from timetuning.files import write_json_atomic
-    from timetuning.masks import patch_labels
-    from timetuning.shards import ShardWriter, encode_jpeg, encode_png
-    from timetuning.upsampling import resize_nearest
+    from timetuning.data.eval_shards import EvalClip
+    from timetuning.data.shards import ShardWriter, encode_jpeg, encode_png
+    from timetuning.eval.extraction import clip_rows
+    from timetuning.eval.feature_store import RowGroupWriter, feature_schema
+    from timetuning.eval.masks import patch_labels
+    from timetuning.eval.upsampling import resize_nearest
+    from timetuning.infra.files import write_json_atomic
 
     rng = np.random.default_rng(seed)
     set_dir = out / "shards" / "bench"
@@ -131,10 +132,10 @@ def child(workdir: str, code: str, threads: int, overrides: dict) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    import timetuning.evaluation  # noqa: F401
-    import timetuning.results
-    from timetuning.config import FitProbesParams
-    from timetuning.eval_shards import read_labels
+    import timetuning.eval.evaluation  # noqa: F401
+    import timetuning.eval.results
+    from timetuning.data.eval_shards import read_labels
+    from timetuning.infra.config import FitProbesParams
 
     seconds: dict[str, float] = {}
     grew: dict[str, float] = {}  # MiB the peak RSS rose by while each protocol ran (where the peak is reached)
@@ -162,7 +163,7 @@ def child(workdir: str, code: str, threads: int, overrides: dict) -> None:
     classes = [c["name"] for c in read_labels(set_dir)["classes"]]
     imports = peak_mib()
     start = time.perf_counter()
-    doc, _ = timetuning.results.evaluate_set("bench", set_dir, work / "features", ["train", "val"],
+    doc, _ = timetuning.eval.results.evaluate_set("bench", set_dir, work / "features", ["train", "val"],
                                              ["start", "timetuned"], "start", classes,
                                              FitProbesParams(**overrides))
     total = time.perf_counter() - start

@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from timetuning.config import PropagationParams  # noqa: E402
-from timetuning.propagation import propagate_masks  # noqa: E402
-from timetuning.vos_metrics import score_clip, summarize  # noqa: E402
+from timetuning.eval.propagation import propagate_masks  # noqa: E402
+from timetuning.eval.vos_metrics import score_clip, summarize  # noqa: E402
+from timetuning.infra.config import PropagationParams  # noqa: E402
 
 
 def synthetic_clip(rng: np.random.Generator, frames: int, grid: tuple[int, int], mask: tuple[int, int], dim: int,

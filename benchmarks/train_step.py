@@ -20,13 +20,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import clip_shards  # noqa: E402
-from timetuning.backbones import build_backbone  # noqa: E402
-from timetuning.config import BackboneParams, TrainParams  # noqa: E402
-from timetuning.distributed import DistContext  # noqa: E402
-from timetuning.head import ClusteringHead  # noqa: E402
-from timetuning.clip_stream import clip_batches, loader_workers, training_clips  # noqa: E402
-from timetuning.training import TimeTuner, build_objective, build_optimizer  # noqa: E402
-from timetuning.transforms import ClipAugmentation  # noqa: E402
+from timetuning.data.clip_stream import clip_batches, loader_workers, training_clips  # noqa: E402
+from timetuning.data.transforms import ClipAugmentation  # noqa: E402
+from timetuning.infra.config import BackboneParams, TrainParams  # noqa: E402
+from timetuning.infra.distributed import DistContext  # noqa: E402
+from timetuning.models.backbones import build_backbone  # noqa: E402
+from timetuning.models.head import ClusteringHead  # noqa: E402
+from timetuning.train.optimizer import build_optimizer  # noqa: E402
+from timetuning.train.tuner import TimeTuner, build_objective  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

@@ -11,7 +11,7 @@ import importlib
 import subprocess
 import sys
 
-from timetuning.dvc_yaml import pipeline_stages
+from timetuning.infra.dvc_yaml import pipeline_stages
 
 STAGES = pipeline_stages()  # dvc.yaml's
 # commands whose options go whole to their module's main (argparse's REMAINDER drops leading --flags)
@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def profile(name: str, params_file: str = "params.yaml") -> int:
     """Merge a profile into params.yaml (validated first; comments kept): DVC and the flow see param changes."""
-    from timetuning.config import ParamsError
-    from timetuning.profiles import apply_profile, profile_path
+    from timetuning.infra.config import ParamsError
+    from timetuning.infra.profiles import apply_profile, profile_path
 
     try:
         path = profile_path(name)
@@ -66,8 +66,8 @@ def repro(stages: list[str], single_item: bool = False, force: bool = False) -> 
     DVC removes a stage's outputs before running it; checking first means a typo in params.yaml or a missing
     input never costs the results already made.
     """
-    from timetuning.config import ParamsError
-    from timetuning.inputs import MissingInputError, load_and_preflight
+    from timetuning.infra.config import ParamsError
+    from timetuning.run.inputs import MissingInputError, load_and_preflight
 
     try:
         load_and_preflight(".", stages or None, single_item)

@@ -29,7 +29,7 @@ def build_deployment(params_path: Path, repo: str | None = None, name: str = DEP
 
     from pipeline.flows import timetuning
     from pipeline.overrides import form_schema
-    from timetuning.config import load_params
+    from timetuning.infra.config import load_params
 
     parameters: dict[str, Any] = {"overrides": load_params(params_path).model_dump(mode="json")}
     if repo:

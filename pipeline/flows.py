@@ -17,18 +17,21 @@ from pathlib import Path
 from typing import Any, Optional
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
-                               update_progress_artifact)
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.dvc_runner import (DvcResult, StageFailed, run_dvc, run_dvc_when_free,
-                                 stage_outputs, workspace_lock)
+from pipeline.dvc_runner import DvcResult, StageFailed, run_dvc, run_dvc_when_free, stage_outputs, workspace_lock
 from pipeline.experiments import apply_experiment, identical_experiment, save_experiment, write_overrides
 from pipeline.overrides import ParamsOverrides, changed_overrides, dotted_overrides
 from pipeline.workspace import check_tools, default_remote, resolve_repo, set_aside
-from timetuning.config import Params, ParamsError, apply_overrides, load_params
-from timetuning.dvc_yaml import pipeline_stages
-from timetuning.inputs import PIPELINE, MissingInputError, preflight
+from timetuning.infra.config import Params, ParamsError, apply_overrides, load_params
+from timetuning.infra.dvc_yaml import pipeline_stages
+from timetuning.run.inputs import PIPELINE, MissingInputError, preflight
 
 RETRY_DELAY_S = 5.0  # a transient failure (a signal, a resource limit) gets a moment to pass
 MAX_EMBEDDED_FIGURE = 2 << 20  # bytes; larger pictures stay links in the report artifact

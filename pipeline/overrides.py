@@ -1,6 +1,6 @@
 """Parameter overrides for the flow: the typed partial schema, the run form, and the `-S key=value` grammar.
 
-The flow takes any subset of ``params.yaml`` (the schema of :class:`timetuning.config.Params` with every field
+The flow takes any subset of ``params.yaml`` (the schema of :class:`timetuning.infra.config.Params` with every field
 optional, limits and descriptions kept). The deployment's form shows the whole schema prefilled with the current
 ``params.yaml``; only the keys whose value differs from ``params.yaml`` when the run starts count as overrides.
 """
@@ -11,8 +11,8 @@ from typing import Annotated, Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from timetuning.config import Params, apply_overrides
-from timetuning.profiles import schema_leaves
+from timetuning.infra.config import Params, apply_overrides
+from timetuning.infra.profiles import schema_leaves
 
 
 def partial_model(model: type[BaseModel], name: str | None = None) -> type[BaseModel]:

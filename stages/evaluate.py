@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from timetuning.config import Params
-from timetuning.eval_shards import iter_eval_clips
-from timetuning.evaluation_report import per_class_rows, report_sections
-from timetuning.files import write_json_atomic, write_text_atomic
-from timetuning.inputs import check_stage_inputs
-from timetuning.report import metrics_document, write_report
-from timetuning.stage import run_stage
+from timetuning.data.eval_shards import iter_eval_clips
+from timetuning.infra.config import Params
+from timetuning.infra.files import write_json_atomic, write_text_atomic
+from timetuning.report.evaluation_report import per_class_rows, report_sections
+from timetuning.report.report import metrics_document, write_report
+from timetuning.run.inputs import check_stage_inputs
+from timetuning.run.stage import run_stage
 
 log = logging.getLogger("timetuning.stages.evaluate")
 

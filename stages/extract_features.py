@@ -9,14 +9,14 @@ import logging
 import sys
 from pathlib import Path
 
-from timetuning.backbones import build_backbone
-from timetuning.config import Params
-from timetuning.eval_shards import read_labels
-from timetuning.distributed import cleanup, init_distributed
-from timetuning.features import extract_split_distributed
-from timetuning.files import write_json_atomic
-from timetuning.inputs import check_stage_inputs
-from timetuning.stage import run_stage, set_parser
+from timetuning.data.eval_shards import read_labels
+from timetuning.eval.extraction import extract_split_distributed
+from timetuning.infra.config import Params
+from timetuning.infra.distributed import cleanup, init_distributed
+from timetuning.infra.files import write_json_atomic
+from timetuning.models.backbones import build_backbone
+from timetuning.run.inputs import check_stage_inputs
+from timetuning.run.stage import run_stage, set_parser
 
 log = logging.getLogger("timetuning.stages.extract_features")
 

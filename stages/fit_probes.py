@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from timetuning.config import Params
-from timetuning.eval_shards import read_labels
-from timetuning.files import atomic_path, write_json_atomic
-from timetuning.inputs import check_stage_inputs
-from timetuning.results import evaluate_set
-from timetuning.stage import run_stage, set_parser
+from timetuning.data.eval_shards import read_labels
+from timetuning.eval.results import evaluate_set
+from timetuning.infra.config import Params
+from timetuning.infra.files import atomic_path, write_json_atomic
+from timetuning.run.inputs import check_stage_inputs
+from timetuning.run.stage import run_stage, set_parser
 
 log = logging.getLogger("timetuning.stages.fit_probes")
 

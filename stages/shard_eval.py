@@ -6,10 +6,10 @@ import argparse
 import logging
 import sys
 
-from timetuning.config import Params
-from timetuning.eval_shards import shard_eval_set
-from timetuning.inputs import check_stage_inputs
-from timetuning.stage import run_stage, stage_parser
+from timetuning.data.eval_shards import shard_eval_set
+from timetuning.infra.config import Params
+from timetuning.run.inputs import check_stage_inputs
+from timetuning.run.stage import run_stage, stage_parser
 
 log = logging.getLogger("timetuning.stages.shard_eval")
 

@@ -6,10 +6,10 @@ import argparse
 import logging
 import sys
 
-from timetuning.config import Params
-from timetuning.ingest import shard_videos
-from timetuning.inputs import check_stage_inputs
-from timetuning.stage import run_stage
+from timetuning.data.ingest import shard_videos
+from timetuning.infra.config import Params
+from timetuning.run.inputs import check_stage_inputs
+from timetuning.run.stage import run_stage
 
 log = logging.getLogger("timetuning.stages.shard_videos")
 

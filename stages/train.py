@@ -6,12 +6,12 @@ import argparse
 import logging
 import sys
 
-from timetuning.config import Params
-from timetuning.distributed import cleanup, init_distributed
-from timetuning.inputs import check_stage_inputs
-from timetuning.stage import run_stage
-from timetuning.training import train
-from timetuning.validation import validation_data
+from timetuning.infra.config import Params
+from timetuning.infra.distributed import cleanup, init_distributed
+from timetuning.run.inputs import check_stage_inputs
+from timetuning.run.stage import run_stage
+from timetuning.train.loop import train
+from timetuning.train.validation import validation_data
 
 log = logging.getLogger("timetuning.stages.train")
 
@@ -32,7 +32,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     if ctx.is_main:
         log.info("trained %d steps (resumed from %d): loss %s -> %s, %s clips/s, val mIoU %s -> best %s at step %s; "
                  "exported %s", summary["steps"], summary["resumed_from"], _rounded(summary["first_loss"]),
-                 _rounded(summary["final_loss"]), _rounded(summary["mean_clips_per_s"], 3),
+                 _rounded(summary["final_loss"]), _rounded(summary["median_clips_per_s"], 3),
                  _rounded(summary["val_miou_start"]), _rounded(summary["val_miou_best"]), summary["best_step"],
                  summary["exported"])
 

@@ -7,9 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from pipeline.dvc_runner import stage_env
-from timetuning.config import dump_params, validate_params
+from timetuning.infra.config import dump_params, validate_params
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from timetuning.synthetic import davis_palette
+from timetuning.data.labels import davis_palette
 
 COLOURS = np.array([[30, 30, 30], [220, 40, 40], [40, 200, 60], [50, 60, 230]], np.uint8)
 
@@ -133,7 +133,7 @@ def named_davis_set(root: Path, splits: dict[str, list[str]], frames: int = 6, w
                     height: int = 48, seed: int = 0) -> Path:
     """DAVIS layout with the given sequence names per split (a name may sit in several splits: one video, listed
     twice), synthetic moving objects of 4 classes: for the training side's selection and leak tests."""
-    from timetuning.synthetic import generate_video, write_davis_sequence
+    from timetuning.data.synthetic import generate_video, write_davis_sequence
 
     rng = np.random.default_rng(seed)
     written: set[str] = set()
@@ -151,8 +151,8 @@ def named_davis_set(root: Path, splits: dict[str, list[str]], frames: int = 6, w
 
 def sharded_set(root: Path, out: Path, name: str, splits: list[str], **kw) -> Path:
     """Shard a DAVIS-layout set into ``out/<name>``; returns that folder."""
-    from timetuning.config import EvalSetParams
-    from timetuning.eval_shards import shard_eval_set
+    from timetuning.data.eval_shards import shard_eval_set
+    from timetuning.infra.config import EvalSetParams
 
     params = EvalSetParams(name=name, layout="davis", root=str(root), splits=splits,
                            short_side=kw.pop("short_side", 64), frames_per_clip=kw.pop("frames_per_clip", 2), **kw)

@@ -3,8 +3,8 @@
 import sys
 
 from tests.evalsets import MeanColour
-from timetuning.distributed import cleanup, init_distributed
-from timetuning.features import extract_split_distributed
+from timetuning.eval.extraction import extract_split_distributed
+from timetuning.infra.distributed import cleanup, init_distributed
 
 if __name__ == "__main__":
     set_dir, out = sys.argv[1:3]

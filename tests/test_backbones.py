@@ -9,12 +9,13 @@ import timm
 import torch
 from PIL import Image
 
-from timetuning.backbones import DenseBackbone, WeightsError, build_backbone
-from timetuning.checkpoint import export_backbone
-from timetuning.config import BackboneParams, TrainParams, load_params
-from timetuning.distributed import DistContext
-from timetuning.synthetic import write_clip_shards
-from timetuning.training import train
+from timetuning.data.synthetic import write_clip_shards
+from timetuning.infra.checkpoint import export_backbone
+from timetuning.infra.config import BackboneParams, TrainParams, load_params
+from timetuning.infra.distributed import DistContext
+from timetuning.models.backbones import DenseBackbone, build_backbone
+from timetuning.models.weights import WeightsError
+from timetuning.train.loop import train
 
 
 def _photo(name: str, size: int = 224) -> torch.Tensor:
@@ -66,7 +67,7 @@ def test_mobilenetv2_wheel_weights_load_in_order_and_see_structure():
     of a real photo are spatially structured far beyond a random initialisation's."""
     import sys
 
-    from timetuning.package_weights import package_weights_file
+    from timetuning.models.package_weights import package_weights_file
 
     params = BackboneParams(name="mobilenetv2_100", weights="package:mobilenetv2", feature_layer="block-2")
     backbone = build_backbone(params).eval()
@@ -233,7 +234,7 @@ def test_a_local_file_whose_family_disagrees_with_the_name_is_refused(tmp_path, 
         assert ok.mean == (0.485, 0.456, 0.406)
     unknown = tmp_path / "weights.pth"
     torch.save(_vit_state(), unknown)
-    with caplog.at_level(logging.WARNING, logger="timetuning.backbones"):
+    with caplog.at_level(logging.WARNING, logger="timetuning.models"):
         build_backbone(BackboneParams(name="test_vit", weights=str(unknown)))
     assert "cannot tell which normalisation" in caplog.text and "(0.5, 0.5, 0.5)" in caplog.text
 

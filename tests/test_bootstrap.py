@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from timetuning.bootstrap import paired_delta, resample_weights
-from timetuning.comparison import verdict
-from timetuning.scores import ConfusionScores, GroupScores, RatioScores
+from timetuning.eval.bootstrap import paired_delta, resample_weights
+from timetuning.eval.comparison import verdict
+from timetuning.eval.scores import ConfusionScores, GroupScores, RatioScores
 
 
 def test_resamples_draw_whole_videos_with_replacement():

@@ -6,11 +6,11 @@ import os
 import pytest
 import torch
 
-from timetuning.checkpoint import CheckpointError, load_checkpoint, load_resume_state, save_checkpoint
-from timetuning.config import TrainParams
-from timetuning.distributed import DistContext
-from timetuning.synthetic import write_clip_shards
-from timetuning.training import train
+from timetuning.data.synthetic import write_clip_shards
+from timetuning.infra.checkpoint import CheckpointError, load_checkpoint, load_resume_state, save_checkpoint
+from timetuning.infra.config import TrainParams
+from timetuning.infra.distributed import DistContext
+from timetuning.train.loop import train
 
 
 def _real_checkpoint(path):
@@ -57,7 +57,7 @@ def test_unusable_last_checkpoint_is_set_aside_and_training_starts_fresh(tmp_pat
     assert load_resume_state(last) is None  # no checkpoint: nothing to say
     for n, (name, data) in enumerate(_corruptions(good).items(), start=1):
         last.write_bytes(data)
-        with caplog.at_level(logging.WARNING, logger="timetuning.checkpoint"):
+        with caplog.at_level(logging.WARNING, logger="timetuning.infra.checkpoint"):
             caplog.clear()
             assert load_resume_state(last) is None, name
         aside = last.with_name("last.pt.corrupt" if n == 1 else f"last.pt.corrupt-{n}")
@@ -100,19 +100,19 @@ def test_the_code_fingerprint_covers_exactly_the_train_stages_dvc_deps(tmp_path)
 
     import yaml
 
-    from timetuning.checkpoint import code_fingerprint
-    from timetuning.dvc_yaml import PACKAGES, ROOT
+    from timetuning.infra.checkpoint import code_fingerprint
+    from timetuning.infra.dvc_yaml import PACKAGES, ROOT
 
     for package in PACKAGES:
         shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]
     deps = {d for d in stage["deps"] if d.endswith(".py")}
-    assert "timetuning/loss.py" in deps and "stages/train.py" in deps
+    assert "timetuning/method/loss.py" in deps and "stages/train.py" in deps
     others = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.py")} - deps
-    assert "timetuning/report.py" in others
+    assert "timetuning/report/report.py" in others
     before = code_fingerprint(tmp_path)
     assert before == code_fingerprint(tmp_path)  # deterministic
-    for name in sorted(deps | {"timetuning/report.py", "pipeline/flows.py"}):
+    for name in sorted(deps | {"timetuning/report/report.py", "pipeline/flows.py"}):
         original = (tmp_path / name).read_bytes()
         (tmp_path / name).write_bytes(original + b"\n# edited\n")
         assert (code_fingerprint(tmp_path) != before) == (name in deps), name

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from timetuning.clip_stream import ClipDataset, StepBatches, clip_batches, mixed_seed, training_clips
-from timetuning.distributed import DistContext
-from timetuning.shard_index import index_shard, read_sample
-from timetuning.shards import iter_shard, list_shards
-from timetuning.synthetic import write_clip_shards
-from timetuning.transforms import ClipAugmentation
+from timetuning.data.clip_stream import ClipDataset, StepBatches, clip_batches, mixed_seed, training_clips
+from timetuning.data.shard_index import index_shard, read_sample
+from timetuning.data.shards import iter_shard, list_shards
+from timetuning.data.synthetic import write_clip_shards
+from timetuning.data.transforms import ClipAugmentation
+from timetuning.infra.distributed import DistContext
 
 
 @pytest.fixture(scope="module")

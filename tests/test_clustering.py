@@ -3,8 +3,14 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from timetuning.clustering import (KMeansSettings, assign_clusters, classes_present, cluster_groups, group_pca,
-                                   match_group)
+from timetuning.eval.clustering import (
+    KMeansSettings,
+    assign_clusters,
+    classes_present,
+    cluster_groups,
+    group_pca,
+    match_group,
+)
 
 FAST = KMeansSettings(iterations=50, restarts=2, points_per_centroid=256)
 

@@ -5,7 +5,7 @@ import ast
 import re
 from pathlib import Path
 
-from timetuning.dvc_yaml import PACKAGES, ROOT, code_deps, dvc_yaml_problems, imported_files, write_dvc_yaml
+from timetuning.infra.dvc_yaml import PACKAGES, ROOT, code_deps, dvc_yaml_problems, imported_files, write_dvc_yaml
 
 
 def test_every_stage_depends_on_exactly_the_project_files_it_imports():
@@ -27,18 +27,18 @@ def test_the_walk_follows_lazy_relative_and_package_imports(tmp_path):
 
 def test_write_restores_deps_that_were_dropped(tmp_path):
     text = (ROOT / "dvc.yaml").read_text()
-    broken = re.sub(r"^      - timetuning/forwarder.py\n", "", text, count=1, flags=re.M)  # train's
+    broken = re.sub(r"^      - timetuning/method/forwarder.py\n", "", text, count=1, flags=re.M)  # train's
     assert broken != text
     (tmp_path / "dvc.yaml").write_text(broken)
     for package in PACKAGES:  # code_deps reads the sources next to dvc.yaml
         (tmp_path / package).symlink_to(ROOT / package)
-    import timetuning.dvc_yaml as cd
+    import timetuning.infra.dvc_yaml as cd
 
-    assert cd.dvc_yaml_problems(tmp_path / "dvc.yaml") == ["train: imports timetuning/forwarder.py but does not "
+    assert cd.dvc_yaml_problems(tmp_path / "dvc.yaml") == ["train: imports timetuning/method/forwarder.py but does not "
                                                            "depend on it"]
     write_dvc_yaml(tmp_path / "dvc.yaml")
     assert cd.dvc_yaml_problems(tmp_path / "dvc.yaml") == []
-    assert "timetuning/forwarder.py" in code_deps("stages.train")
+    assert "timetuning/method/forwarder.py" in code_deps("stages.train")
 
 
 def test_a_params_key_left_out_of_a_stage_is_named():
@@ -46,7 +46,7 @@ def test_a_params_key_left_out_of_a_stage_is_named():
     dvc.yaml forgets would change the shards without DVC rerunning the stage."""
     import yaml
 
-    from timetuning.dvc_yaml import param_problems
+    from timetuning.infra.dvc_yaml import param_problems
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert param_problems(stages) == []
@@ -61,7 +61,7 @@ def test_a_key_dvc_yaml_tracks_but_params_yaml_lacks_is_named(tmp_path):
     """DVC refuses to run a stage whose tracked key is missing from params.yaml, whatever the schema's default."""
     import yaml
 
-    from timetuning.dvc_yaml import missing_params
+    from timetuning.infra.dvc_yaml import missing_params
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert missing_params(stages, ROOT / "params.yaml") == []
@@ -89,6 +89,38 @@ def test_layers_import_only_downward():
         assert "pipeline" not in _imports(path), f"{path}: a stage imports the pipeline that runs it"
 
 
+LAYERS = ("infra", "data", "models", "method", "eval", "train", "report", "run")  # bottom to top (docs/architecture.md)
+
+
+def _library_imports(path: Path) -> set[str]:
+    """The timetuning subpackages a file imports (lazy imports included)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            modules = [node.module]
+        else:
+            continue
+        names |= {m.split(".")[1] for m in modules if m.startswith("timetuning.")}
+    return names
+
+
+def test_the_library_subpackages_import_only_their_own_layer_or_lower():
+    """The subpackages are layers: a module imports its own subpackage or one below it (infra < data < models <
+    method < eval < train < report < run), never one above; __init__.py files stay empty, so a stage's generated
+    code deps are the modules it imports, not whole packages."""
+    found = sorted(p.name for p in (ROOT / "timetuning").iterdir() if p.is_dir() and p.name != "__pycache__")
+    assert found == sorted(LAYERS)
+    upward = []
+    for pkg in LAYERS:
+        assert (ROOT / "timetuning" / pkg / "__init__.py").read_text() == "", pkg
+        for path in sorted((ROOT / "timetuning" / pkg).glob("*.py")):
+            upward += [f"{path.relative_to(ROOT)} imports timetuning.{other}" for other in _library_imports(path)
+                       if LAYERS.index(other) > LAYERS.index(pkg)]
+    assert upward == []
+
+
 def test_stages_are_thin_entry_points():
     """A stage reads its params section, calls the library and writes its outputs (STYLE.md): under 60 lines, so a
     decision worth testing lives in timetuning/, where the tests and the other callers reach it."""
@@ -96,10 +128,12 @@ def test_stages_are_thin_entry_points():
     assert {name: n for name, n in sizes.items() if n >= 60} == {}
 
 
-def test_the_readme_module_map_names_every_library_module():
-    """README "Development" lists each module of timetuning/ once, with its concept: a new module is added to the
-    map, a removed one leaves it."""
-    text = (ROOT / "README.md").read_text().split("## Development", 1)[1]
-    listed = re.findall(r"^  (\w+)\.py +\S", text, re.M)
-    modules = sorted(p.stem for p in (ROOT / "timetuning").glob("*.py") if p.stem != "__init__")
+def test_the_module_map_names_every_library_module():
+    """docs/architecture.md lists each module of timetuning/ once, under its subpackage, with its concept: a new
+    module is added to the map, a moved or removed one leaves it."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    listed = re.findall(r"^  (\w+/\w+)\.py +\S", text, re.M)
+    modules = sorted(p.relative_to(ROOT / "timetuning").with_suffix("").as_posix()
+                     for p in (ROOT / "timetuning").glob("*/*.py") if p.stem != "__init__")
     assert len(listed) == len(set(listed)) and sorted(listed) == modules
+    assert not [p.name for p in (ROOT / "timetuning").glob("*.py") if p.stem != "__init__"]  # every module in one

@@ -1,7 +1,6 @@
 import pytest
 
-from timetuning.config import Params, ParamsError, apply_overrides, load_params, validate_params
-
+from timetuning.infra.config import Params, ParamsError, apply_overrides, load_params, validate_params
 
 PROJECT = __import__('pathlib').Path(__file__).resolve().parents[1]
 
@@ -65,7 +64,7 @@ def test_no_dict_valued_dvc_param_holds_a_key_named_size_or_nfiles():
     such a key at any depth."""
     import yaml
 
-    from timetuning.config import dump_params, validate_params
+    from timetuning.infra.config import dump_params, validate_params
 
     params = yaml.safe_load(dump_params(validate_params({})))
     stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
@@ -131,8 +130,8 @@ def test_impossible_combinations_are_refused_naming_the_key():
 
 
 def test_demo_class_bound_is_the_number_of_synthetic_designs():
-    from timetuning.config import DEMO_MAX_CLASSES
-    from timetuning.synthetic import CLASS_NAMES
+    from timetuning.data.synthetic import CLASS_NAMES
+    from timetuning.infra.config import DEMO_MAX_CLASSES
 
     assert DEMO_MAX_CLASSES == len(CLASS_NAMES)
 
@@ -153,7 +152,7 @@ def test_eval_set_classes_and_splits_are_checked():
 
 
 def test_propagation_defaults_are_dinos_and_params_yaml_holds_them():
-    from timetuning.config import PropagationParams
+    from timetuning.infra.config import PropagationParams
 
     defaults = PropagationParams()
     # facebookresearch/dino eval_video_segmentation.py: --topk 5, --size_mask_neighborhood 12, --n_last_frames 7,
@@ -172,7 +171,7 @@ def _missing_keys(schema, data: dict, where: str) -> list[str]:
     """Schema fields absent from ``data``, walking into sections, mappings of sections and lists of sections."""
     import typing
 
-    from timetuning.config import Section
+    from timetuning.infra.config import Section
 
     def sections(annotation) -> list:
         found = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, Section)]

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from timetuning.config import EvalSetParams
-from timetuning.datasets import DatasetError, clip_starts, read_sequences
-from timetuning.eval_shards import clip_lengths, iter_eval_clips, shard_eval_set
-from timetuning.shards import decode_image, decode_mask, iter_shard, list_shards
-from timetuning.synthetic import CLASS_NAMES, davis_palette, generate_video, write_davis_semantics, write_davis_sequence
+from timetuning.data.datasets import DatasetError, clip_starts, read_sequences
+from timetuning.data.eval_shards import clip_lengths, iter_eval_clips, shard_eval_set
+from timetuning.data.labels import davis_palette
+from timetuning.data.shards import decode_image, decode_mask, iter_shard, list_shards
+from timetuning.data.synthetic import CLASS_NAMES, generate_video, write_davis_semantics, write_davis_sequence
+from timetuning.infra.config import EvalSetParams
 
 
 def _davis(root, n_train=2, n_val=1, frames=6, semantics=False):

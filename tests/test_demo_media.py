@@ -3,9 +3,17 @@ import pytest
 import torch
 from PIL import Image
 
-from timetuning.backbones import build_backbone
-from timetuning.config import BackboneParams
-from timetuning.demo_media import CUTOUT_MAX_SIDE, OBJECT_CLASSES, TEXTURES, MediaError, cutout, package_file, texture
+from timetuning.data.demo_media import (
+    CUTOUT_MAX_SIDE,
+    OBJECT_CLASSES,
+    TEXTURES,
+    MediaError,
+    cutout,
+    package_file,
+    texture,
+)
+from timetuning.infra.config import BackboneParams
+from timetuning.models.backbones import build_backbone
 
 
 def _index(name: str) -> int:

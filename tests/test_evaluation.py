@@ -8,12 +8,16 @@ import pytest
 import torch
 
 from tests.evalsets import MeanColour, davis_set, voc_set
-from timetuning.config import EvalSetParams, FitProbesParams
-from timetuning.eval_shards import shard_eval_set
-from timetuning.evaluation import SplitSource, evaluate_model, fit_split_pca, linear_protocol
-from timetuning.features import extract_split, read_features
-from timetuning.pca import fit_standard_pca
-from timetuning.results import evaluate_set
+from timetuning.data.eval_shards import shard_eval_set
+from timetuning.eval.cluster_protocols import fit_split_pca
+from timetuning.eval.evaluation import evaluate_model
+from timetuning.eval.extraction import extract_split
+from timetuning.eval.feature_store import read_features
+from timetuning.eval.pca import fit_standard_pca
+from timetuning.eval.probe_protocols import linear_protocol
+from timetuning.eval.results import evaluate_set
+from timetuning.eval.split_source import SplitSource
+from timetuning.infra.config import EvalSetParams, FitProbesParams
 
 FAST = dict(seeds=[0, 1], kmeans_restarts=2, overclustering_k=[6], linear_epochs=30, linear_drop_epoch=25,
             linear_lr=0.5, bootstrap_samples=200, hummingbird_k=5, cluster_eval_size=64, dataset_eval_size=64)

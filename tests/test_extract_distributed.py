@@ -11,10 +11,10 @@ import pytest
 
 from tests.dvc_repo import PROJECT, dvc_env
 from tests.evalsets import MeanColour, davis_set
-from timetuning.config import EvalSetParams
-from timetuning.eval_shards import read_labels, shard_eval_set
-from timetuning.distributed import DistContext
-from timetuning.features import extract_split, extract_split_distributed, part_path, rank_share
+from timetuning.data.eval_shards import read_labels, shard_eval_set
+from timetuning.eval.extraction import extract_split, extract_split_distributed, part_path, rank_share
+from timetuning.infra.config import EvalSetParams
+from timetuning.infra.distributed import DistContext
 
 
 def test_rank_shares_cover_every_clip_once_cut_on_whole_batches():

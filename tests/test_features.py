@@ -2,13 +2,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from timetuning.backbones import build_backbone, dense_features
-from timetuning.config import BackboneParams, EvalSetParams
-from timetuning.eval_shards import iter_eval_clips, shard_eval_set
-from timetuning.features import extract_split, feature_file, iter_feature_clips, prefetch, read_features
-from timetuning.masks import patch_labels
-from timetuning.synthetic import generate_video, write_davis_sequence
-from timetuning.upsampling import resize_nearest
+from timetuning.data.eval_shards import iter_eval_clips, shard_eval_set
+from timetuning.data.synthetic import generate_video, write_davis_sequence
+from timetuning.eval.extraction import extract_split, prefetch
+from timetuning.eval.feature_store import feature_file, iter_feature_clips, read_features
+from timetuning.eval.masks import patch_labels
+from timetuning.eval.upsampling import resize_nearest
+from timetuning.infra.config import BackboneParams, EvalSetParams
+from timetuning.models.backbones import build_backbone, dense_features
 
 
 def test_patch_labels_majority_and_ignore():

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from timetuning.files import atomic_path, remove_stale_temporaries, sha256_file, write_json_atomic
+from timetuning.infra.files import atomic_path, remove_stale_temporaries, sha256_file, write_json_atomic
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):

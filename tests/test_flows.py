@@ -16,9 +16,18 @@ from pipeline.dvc_runner import workspace_lock
 from pipeline.server import start_server, stop_server, wait_healthy
 from tests.dvc_repo import dvc, run
 from tests.media import make_video
-from tests.tiny_flow import (api, api_error, artifacts, free_port, logs, make_tiny_pipeline, stop, task_runs,
-                             wait_flow_run)
-from timetuning.config import ShardVideosParams, load_params
+from tests.tiny_flow import (
+    api,
+    api_error,
+    artifacts,
+    free_port,
+    logs,
+    make_tiny_pipeline,
+    stop,
+    task_runs,
+    wait_flow_run,
+)
+from timetuning.infra.config import ShardVideosParams, load_params
 
 pytestmark = pytest.mark.slow
 PROJECT = Path(__file__).resolve().parents[1]
@@ -240,9 +249,9 @@ def test_missing_inputs_stop_the_run_before_dvc_touches_anything(prefect_api, tm
 
 
 def test_ingest_fans_out_on_a_local_dask_cluster(prefect_api, tmp_path):
-    from timetuning.executors import dask_mapper
-    from timetuning.ingest import shard_videos
-    from timetuning.shards import list_shards
+    from timetuning.data.ingest import shard_videos
+    from timetuning.data.shards import list_shards
+    from timetuning.infra.executors import dask_mapper
 
     videos = tmp_path / "videos"
     for i in range(3):

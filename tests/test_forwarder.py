@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from timetuning.forwarder import propagate_assignments, propagate_step, window_mask
+from timetuning.method.forwarder import propagate_assignments, propagate_step, window_mask
 
 
 def reference_propagation(features: torch.Tensor, first: torch.Tensor, temperature: float, topk: int, radius: int,

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import webdataset as wds
-from PIL import Image
 import yaml
+from PIL import Image
 
 from tests.media import make_video
-from timetuning.config import ShardVideosParams
-from timetuning.executors import process_pool_mapper
-from timetuning.ingest import find_videos, scan_videos, shard_videos, video_ids
-from timetuning.shards import iter_shard, list_shards
+from timetuning.data.ingest import find_videos, scan_videos, shard_videos, video_ids
+from timetuning.data.shards import iter_shard, list_shards
+from timetuning.infra.config import ShardVideosParams
+from timetuning.infra.executors import process_pool_mapper
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import yaml
 
 from tests.dvc_repo import dvc, dvc_env, make_repo, ran_stages, run, tiny_params
 from tests.media import make_audio, make_phone_video, make_video
-from timetuning.shards import iter_shard, list_shards
+from timetuning.data.shards import iter_shard, list_shards
 
 pytestmark = pytest.mark.slow
 

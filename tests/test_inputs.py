@@ -6,9 +6,16 @@ from pathlib import Path
 import pytest
 
 from tests.dvc_repo import PROJECT
-from timetuning.config import Params, validate_params
-from timetuning.inputs import (MissingInputError, StageInput, check_stage_inputs, load_and_preflight, preflight,
-                               stage_inputs, stage_names)
+from timetuning.infra.config import Params, validate_params
+from timetuning.run.inputs import (
+    MissingInputError,
+    StageInput,
+    check_stage_inputs,
+    load_and_preflight,
+    preflight,
+    stage_inputs,
+    stage_names,
+)
 
 ALL = ["demo_data", "shard_videos", "shard_eval@davis_demo", "train", "extract_features@davis_demo",
        "fit_probes@davis_demo", "evaluate"]

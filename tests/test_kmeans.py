@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from timetuning.kmeans import batched_kmeans, squared_distances
+from timetuning.eval.kmeans import batched_kmeans, squared_distances
 
 
 def _blobs(seed, centres, n_per, spread=0.05):

@@ -6,11 +6,18 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from timetuning.config import TrainParams
-from timetuning.head import ClusteringHead
-from timetuning.loss import EmbeddingQueue, TargetStatistics, TimeTuningObjective, propagated_targets, time_tuning_loss
-from timetuning.sinkhorn import sinkhorn_knopp
-from timetuning.training import TimeTuner, apply_schedules, build_objective, build_optimizer
+from timetuning.infra.config import TrainParams
+from timetuning.method.loss import (
+    EmbeddingQueue,
+    TargetStatistics,
+    TimeTuningObjective,
+    propagated_targets,
+    time_tuning_loss,
+)
+from timetuning.method.sinkhorn import sinkhorn_knopp
+from timetuning.models.head import ClusteringHead
+from timetuning.train.optimizer import apply_schedules, build_optimizer
+from timetuning.train.tuner import TimeTuner, build_objective
 
 
 def frame0_targets(features: torch.Tensor, first_scores: torch.Tensor, cfg: TrainParams) -> torch.Tensor:

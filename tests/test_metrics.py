@@ -1,8 +1,14 @@
 import numpy as np
 import pytest
 
-from timetuning.metrics import (confusion_matrix, hungarian_miou, mean_iou, overclustering_miou, per_class_iou,
-                                remap_confusion)
+from timetuning.eval.metrics import (
+    confusion_matrix,
+    hungarian_miou,
+    mean_iou,
+    overclustering_miou,
+    per_class_iou,
+    remap_confusion,
+)
 
 
 def reference_miou(pred, target, num_classes, ignore=255):
@@ -97,11 +103,11 @@ def _spelled_out_ignore_index(path) -> list[int]:
 
 
 def test_the_ignore_index_is_named_wherever_masks_are_read():
-    """One fact: mask value 255 means "not scored" (IGNORE_INDEX, metrics.py); every other module names it, so a
+    """One fact: mask value 255 means "not scored" (IGNORE_INDEX, data/labels.py); every other module names it, so a
     test of a mask value reads as what it means and there is one place to look."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     found = {p.relative_to(root).as_posix(): lines for pkg in ("timetuning", "stages", "pipeline")
              for p in sorted((root / pkg).rglob("*.py")) if (lines := _spelled_out_ignore_index(p))}
-    assert found == {"timetuning/metrics.py": [14]}  # IGNORE_INDEX = 255 itself
+    assert found == {"timetuning/data/labels.py": [5]}  # IGNORE_INDEX = 255 itself

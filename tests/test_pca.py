@@ -4,7 +4,7 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
-from timetuning.pca import fit_standard_pca
+from timetuning.eval.pca import fit_standard_pca
 
 
 def _data(n=500, d=12, seed=0):

@@ -1,13 +1,19 @@
 import numpy as np
 import torch
-
-from timetuning.masks import soft_patch_labels
-from timetuning.metrics import confusion_matrix, mean_iou
 from torch import nn
 from torch.nn import functional as F
 
-from timetuning.probes import (MemoryBank, ShuffleBuffers, predict_linear_probe, retrieval_votes, train_linear_probe,
-                               train_linear_probes, upsampled_argmax)
+from timetuning.eval.masks import soft_patch_labels
+from timetuning.eval.metrics import confusion_matrix, mean_iou
+from timetuning.eval.probes import (
+    MemoryBank,
+    ShuffleBuffers,
+    predict_linear_probe,
+    retrieval_votes,
+    train_linear_probe,
+    train_linear_probes,
+    upsampled_argmax,
+)
 
 
 def _separable(frames=12, grid=4, size=16, dim=8, seed=0):

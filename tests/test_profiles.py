@@ -11,14 +11,14 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
+from pipeline.cli import main as cli
 from stages import shard_eval, shard_videos
 from stages import train as train_stage
 from tests.dvc_repo import PROJECT, dvc, make_repo, tiny_params
 from tests.evalsets import named_davis_set
-from timetuning.backbones import build_backbone
-from pipeline.cli import main as cli
-from timetuning.config import ParamsError, load_params, validate_params
-from timetuning.profiles import apply_profile, merge, profiled_params, read_profile
+from timetuning.infra.config import ParamsError, load_params, validate_params
+from timetuning.infra.profiles import merge, profiled_params, read_profile
+from timetuning.models.backbones import build_backbone
 
 PAPER = PROJECT / "profiles" / "paper.yaml"
 

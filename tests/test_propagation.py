@@ -5,9 +5,15 @@ import pytest
 import torch
 from PIL import Image
 
-from timetuning.config import PropagationParams
-from timetuning.propagation import (LabeledClip, evaluate_propagation, first_frame_labels, labels_to_mask,
-                                    propagate_labels, propagate_masks)
+from timetuning.eval.propagation import (
+    LabeledClip,
+    evaluate_propagation,
+    first_frame_labels,
+    labels_to_mask,
+    propagate_labels,
+    propagate_masks,
+)
+from timetuning.infra.config import PropagationParams
 
 
 def _unit(v):

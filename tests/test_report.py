@@ -1,8 +1,13 @@
 import numpy as np
 
-from timetuning import figures, report
-from timetuning.evaluation_report import (set_section, starting_model_warning, training_rows, training_story,
-                                         verdict_paragraphs)
+from timetuning.report import figures, report
+from timetuning.report.evaluation_report import (
+    set_section,
+    starting_model_warning,
+    training_rows,
+    training_story,
+    verdict_paragraphs,
+)
 
 
 def _summary(mean, std=0.01):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from timetuning.sampling import min_frames_needed, sample_clips, video_rng
+from timetuning.data.sampling import min_frames_needed, sample_clips, video_rng
 
 
 def test_uniform_clips_are_distinct_sorted_and_in_range():

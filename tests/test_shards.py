@@ -5,8 +5,19 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from timetuning.shards import (ShardError, ShardWriter, clip_frames, decode_image, decode_mask, encode_jpeg,
-                               encode_png, iter_shard, list_shards, safe_extract, sanitize_key)
+from timetuning.data.shards import (
+    ShardError,
+    ShardWriter,
+    clip_frames,
+    decode_image,
+    decode_mask,
+    encode_jpeg,
+    encode_png,
+    iter_shard,
+    list_shards,
+    safe_extract,
+    sanitize_key,
+)
 
 
 def _samples(n):

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from timetuning.sinkhorn import sinkhorn_knopp
+from timetuning.method.sinkhorn import sinkhorn_knopp
 
 
 def reference_sinkhorn(scores: list[list[float]], epsilon: float, iterations: int) -> list[list[float]]:

@@ -6,11 +6,19 @@ import pytest
 from PIL import Image
 
 from stages import demo_data
-from timetuning.config import validate_params
-from timetuning.demo_media import OBJECT_CLASSES
-from timetuning.synthetic import (CLASS_NAMES, _hue_saturation, generate_video, plan_video, render_frame,
-                                  write_davis_semantics, write_davis_sequence, write_video_file)
-from timetuning.video import decode_video
+from timetuning.data.demo_media import OBJECT_CLASSES
+from timetuning.data.synthetic import (
+    CLASS_NAMES,
+    _hue_saturation,
+    generate_video,
+    plan_video,
+    render_frame,
+    write_davis_semantics,
+    write_davis_sequence,
+    write_video_file,
+)
+from timetuning.data.video import decode_video
+from timetuning.infra.config import validate_params
 
 
 def _video(seed, frames=6, classes=4, objects=3):
@@ -146,7 +154,7 @@ def test_demo_data_stage_is_byte_identical_and_keeps_splits_apart(tmp_path):
 
 def test_demo_defaults_are_params_yaml():
     """One fact in one place: the schema's demo defaults are the committed params.yaml values."""
-    from timetuning.config import DemoDataParams, Params, load_params
+    from timetuning.infra.config import DemoDataParams, Params, load_params
 
     committed = load_params("params.yaml")
     assert committed.demo_data == DemoDataParams()

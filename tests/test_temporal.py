@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from timetuning.temporal import label_stability, mean_stability, stable_counts
+from timetuning.eval.temporal import label_stability, mean_stability, stable_counts
 
 
 def _clip_labels(frames=3, size=2):

@@ -16,18 +16,22 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import timetuning.training as training
+import timetuning.train.loop as loop
 from tests.dvc_repo import PROJECT, dvc_env
 from tests.evalsets import named_davis_set, sharded_set
-from timetuning.backbones import build_backbone
-from timetuning.checkpoint import load_checkpoint, save_checkpoint
-from timetuning.config import TrainParams, dump_params, validate_params
-from timetuning.distributed import DistContext
-from timetuning.head import ClusteringHead
-from timetuning.synthetic import write_clip_shards
-from timetuning.training import (NonFiniteLossError, ProgressLog, TimeTuner, TrainingRun, beats, build_objective,
-                                 build_optimizer, build_tuner, optimisation_step, train)
-from timetuning.validation import ValidationData, ValidationScores, validation_data
+from timetuning.data.synthetic import write_clip_shards
+from timetuning.infra.checkpoint import load_checkpoint, save_checkpoint
+from timetuning.infra.config import TrainParams, dump_params, validate_params
+from timetuning.infra.distributed import DistContext
+from timetuning.models.backbones import build_backbone
+from timetuning.models.head import ClusteringHead
+from timetuning.train.loop import NonFiniteLossError, optimisation_step, train
+from timetuning.train.optimizer import build_optimizer
+from timetuning.train.progress import ProgressLog
+from timetuning.train.run_state import TrainingRun
+from timetuning.train.selection import BestValidation, beats
+from timetuning.train.tuner import TimeTuner, build_objective, build_tuner
+from timetuning.train.validation import ValidationData, ValidationScores, validation_data
 
 CPU = DistContext()
 
@@ -85,17 +89,17 @@ class Killed(BaseException):
 
 
 def _killed_then_resumed(monkeypatch, p: TrainParams, kill_at: int, validation) -> dict:
-    original = training.apply_schedules
+    original = loop.apply_schedules
 
     def dying(optimizer, step, params):
         if step == kill_at:
             raise Killed
         return original(optimizer, step, params)
 
-    monkeypatch.setattr(training, "apply_schedules", dying)
+    monkeypatch.setattr(loop, "apply_schedules", dying)
     with pytest.raises(Killed):
         train(p, 0, CPU, validation, progress=False)
-    monkeypatch.setattr(training, "apply_schedules", original)
+    monkeypatch.setattr(loop, "apply_schedules", original)
     return train(p, 0, CPU, validation, progress=False)
 
 
@@ -159,7 +163,7 @@ def _scripted_validation(monkeypatch, scores: dict[int, float]):
         calls.append(len(calls))
         return ValidationScores(scores[len(calls) - 1], 0.5, 1.0), []
 
-    monkeypatch.setattr(training, "validate", scripted)
+    monkeypatch.setattr(loop, "validate", scripted)
     return ValidationData("davis", "train", Path("unused"), 4, [], [])
 
 
@@ -180,7 +184,7 @@ def test_the_start_is_exported_only_when_strictly_best_and_then_loudly(clip_shar
 
     worse = _scripted_validation(monkeypatch, {0: 0.6, 1: 0.5, 2: 0.55})
     p = tiny(clip_shards, tmp_path / "worse", steps=4, val_every=2)
-    with caplog.at_level(logging.WARNING, logger="timetuning.training"):
+    with caplog.at_level(logging.WARNING, logger="timetuning.train"):
         summary = train(p, 0, CPU, worse, progress=False)
     assert summary["exported"] == "start" and summary["exported_is_start"] and summary["best_step"] == 0
     assert "IS the starting backbone" in summary["warning"] and "IS the starting backbone" in caplog.text
@@ -193,10 +197,10 @@ def test_the_start_is_exported_only_when_strictly_best_and_then_loudly(clip_shar
 
 
 def test_selection_rule():
-    assert beats(0.1, 0, {"miou": -1.0, "step": -1})
-    assert beats(0.5, 5, {"miou": 0.5, "step": 0})  # a trained step wins a tie against the start
-    assert not beats(0.5, 10, {"miou": 0.5, "step": 5})  # between trained steps the earlier one stays
-    assert not beats(0.4, 5, {"miou": 0.5, "step": 0})
+    assert beats(0.1, 0, BestValidation(-1.0, -1))
+    assert beats(0.5, 5, BestValidation(0.5, 0))  # a trained step wins a tie against the start
+    assert not beats(0.5, 10, BestValidation(0.5, 5))  # between trained steps the earlier one stays
+    assert not beats(0.4, 5, BestValidation(0.5, 0))
 
 
 def _tiny_tuner(seed=0, amp=None, student_temperature=0.1):
@@ -295,13 +299,13 @@ def test_progress_lines_are_rounded_and_complete(clip_shards, tmp_path, caplog):
     log = ProgressLog(total=400, start=100, every=0.0)
     log.started -= 30.0  # 30 s for the first 100 steps of this run
     log.last_time -= 30.0
-    with caplog.at_level(logging.INFO, logger="timetuning.training"):
+    with caplog.at_level(logging.INFO, logger="timetuning.train"):
         log.update(200, 1.234567, 8)
     line = caplog.records[-1].getMessage()
     assert line.startswith("step 200/400 (50%)  loss 1.2346  ") and line.endswith("clips/s  ETA 1m00s")
     assert "%|" not in line  # a tqdm-like percentage would be taken for a progress bar by the flow
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="timetuning.training"):
+    with caplog.at_level(logging.INFO, logger="timetuning.train"):
         train(tiny(clip_shards, tmp_path, steps=3, progress_seconds=1e-6), 0, CPU, progress=False)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert [ln.split()[1] for ln in lines] == ["1/3", "2/3", "3/3"] and lines[-1].endswith("ETA 0s")

@@ -1,10 +1,15 @@
 import torch
-
-from timetuning.schedules import cosine
 from torchvision.transforms.v2 import functional as TF
 
-from timetuning.transforms import (ClipAugmentation, adjust_contrast, apply_color_matrix, eval_transform,
-                                  saturation_matrix, separable_gaussian_blur)
+from timetuning.data.transforms import (
+    ClipAugmentation,
+    adjust_contrast,
+    apply_color_matrix,
+    eval_transform,
+    saturation_matrix,
+    separable_gaussian_blur,
+)
+from timetuning.train.schedules import cosine
 
 
 def _clip():

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from timetuning.upsampling import bilinear_sample, bilinear_upsample, nearest_indices, resize_nearest
+from timetuning.eval.upsampling import bilinear_sample, bilinear_upsample, nearest_indices, resize_nearest
 
 
 def test_bilinear_sample_equals_interpolate_at_every_pixel():

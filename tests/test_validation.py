@@ -7,11 +7,17 @@ import pytest
 import torch
 
 from tests.evalsets import MeanColour, davis_set, named_davis_set, sharded_set
-from timetuning.config import validate_params
-from timetuning.shard_index import SampleRef
-from timetuning.loss import ForwarderSettings
-from timetuning.validation import (DataLeakError, feature_cosine, forwarder_jf, spread_over_videos, validate,
-                                   validation_data)
+from timetuning.data.shard_index import SampleRef
+from timetuning.infra.config import validate_params
+from timetuning.method.loss import ForwarderSettings
+from timetuning.train.validation import (
+    DataLeakError,
+    feature_cosine,
+    forwarder_jf,
+    spread_over_videos,
+    validate,
+    validation_data,
+)
 
 
 def _refs(groups: dict[str, int]) -> dict[str, list[SampleRef]]:

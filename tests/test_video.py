@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.media import make_audio, make_phone_video, make_video
-from timetuning.video import VideoError, check_geometry, decode_video, output_size, probe_video
+from timetuning.data.video import VideoError, check_geometry, decode_video, output_size, probe_video
 
 
 def test_probe_and_decode_resamples_and_scales(tmp_path):

@@ -3,8 +3,16 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from timetuning.vos_metrics import (ObjectScore, _hits, boundary_f_measure, boundary_map, boundary_radius, region_similarity,
-                                    score_clip, summarize)
+from timetuning.eval.vos_metrics import (
+    ObjectScore,
+    _hits,
+    boundary_f_measure,
+    boundary_map,
+    boundary_radius,
+    region_similarity,
+    score_clip,
+    summarize,
+)
 
 
 def _band(shape, top, bottom):

