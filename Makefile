@@ -1,6 +1,6 @@
-# The two commands a fresh machine needs (README):
+# The two commands a fresh machine needs (README.md):
 #   make demo   set up, then run the whole pipeline on the embedded default data (dvc repro)
-#   make test   set up, then run the test suite
+#   make test   set up, then run the linter and the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -38,6 +38,7 @@ demo: setup
 	@echo "report: reports/report.html   metrics: reports/metrics.json"
 
 test: setup browser
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
 
 bench: setup

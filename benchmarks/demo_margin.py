@@ -137,7 +137,7 @@ def main() -> None:
         print(f"{args.split}: {len(frames)} distinct frames, per video {min(per_video.values())}-"
               f"{max(per_video.values())}")
         size = params.extract_features.input_size
-        print(f"| candidate | dim | zeros | PCA mIoU | L2 mIoU | baseline | PCA margin | L2 margin |")
+        print("| candidate | dim | zeros | PCA mIoU | L2 mIoU | baseline | PCA margin | L2 margin |")
         print("|---|---|---|---|---|---|---|---|")
         for layer in args.layers or [params.train.backbone.feature_layer]:
             feats = embed(params, layer, frames, size)

@@ -86,7 +86,8 @@ def main() -> None:
         bare = sorted(bare_runs)[len(bare_runs) // 2]
         end_to_end = sorted(extract_runs)[len(extract_runs) // 2]
         forward = sorted(forward_runs)[len(forward_runs) // 2]
-    print(f"{args.backbone} at {args.size} px (median of {args.rounds} alternating rounds), batch {args.batch}, {torch.get_num_threads()} threads")
+    print(f"{args.backbone} at {args.size} px (median of {args.rounds} alternating rounds), batch {args.batch}, "
+          f"{torch.get_num_threads()} threads")
     print(f"bare timm forward        : {bare:7.1f} frames/s")
     print(f"extract_features (all in): {end_to_end:7.1f} frames/s  ratio {end_to_end / bare:.3f} (target >= 0.9)")
     print(f"  model forward inside   : {forward:7.1f} frames/s")

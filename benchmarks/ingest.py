@@ -59,7 +59,8 @@ def main() -> None:
         src.mkdir()
         make_videos(src, args.videos, args.seconds)
         paths = find_videos(src, [".mp4"])
-        print(f"{len(paths)} videos, 640x360 @30 fps, {args.seconds:g} s each -> fps={args.fps:g}, short side {args.size}")
+        print(f"{len(paths)} videos, 640x360 @30 fps, {args.seconds:g} s each -> fps={args.fps:g}, "
+              f"short side {args.size}")
         print(f"{'workers':>7} {'ffmpeg alone f/s':>17} {'shard_videos f/s':>17} {'ratio':>6} {'per-worker f/s':>15}")
         for workers in (1, 2):
             params = ShardVideosParams(input_dir=str(src), output_dir=f"{tmp}/out{workers}", fps=args.fps,

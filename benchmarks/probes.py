@@ -8,8 +8,8 @@ For each size (val frames; the train split, on which the linear probe and the re
 has as many) it writes a synthetic labeled set the way the pipeline does: evaluation shards (JPEG frames, class
 masks and instance masks in clips of 4 frames, 64-frame videos, masks stored at ``--mask`` as DAVIS 480p is at
 short side 224) and two models' Parquet features (``start`` and ``timetuned``, float16, ``--dim`` dims on a
-``--grid`` x ``--grid`` patch grid, through :class:`timetuning.eval.feature_store.RowGroupWriter`). Features are the class
-mean of each patch's label plus a per-video offset and noise, so k-means, the probes and the propagation have
+``--grid`` x ``--grid`` patch grid, through :class:`timetuning.eval.feature_store.RowGroupWriter`). Features are the
+class mean of each patch's label plus a per-video offset and noise, so k-means, the probes and the propagation have
 structure to find. Then it runs `fit_probes` for that set (:func:`timetuning.eval.results.evaluate_set`, the stage's
 work: both models, every protocol and robustness variant, the params.yaml defaults: 3 seeds, linear probe,
 retrieval, J&F) in a fresh process per size, so the peak RSS is that size's own, and prints seconds, peak RSS,

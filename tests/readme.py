@@ -1,4 +1,4 @@
-"""The README's "Beyond one machine" commands, as written, for the tests to run word for word.
+"""The "Beyond one machine" commands of docs/scale-out.md, as written, for the tests to run word for word.
 
 Each block is marked `<!-- readme-test: NAME -->`. Only the machine-specific words are replaced: the server's URL,
 the remote's folder, the pool's name, and `.venv/bin/` (the venv running the tests).
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tests.dvc_repo import dvc_env
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "scale-out.md"
 SECTION = "## Beyond one machine"
 
 
@@ -44,7 +44,8 @@ class Steps(dict):
 def beyond_one_machine(api_url: str = "", remote: Path | None = None, pool: str = "gpu") -> Steps:
     text = README.read_text()
     section = text[text.index(SECTION):]
-    section = section[:section.index("\n## ", 1)]
+    end = section.find("\n## ", 1)
+    section = section if end < 0 else section[:end]
     words = {".venv/bin/": f"{Path(sys.executable).parent}/", "http://server:4200/api": api_url,
              "/mnt/shared/dvc-remote": str(remote), "--pool gpu": f"--pool {pool}"}
     blocks = {}

@@ -145,7 +145,7 @@ def test_trainable_blocks_count_back_from_the_feature_layer(layer, blocks):
 
 def test_default_feature_layer_is_params_yaml():
     chosen = load_params("params.yaml").train.backbone
-    assert chosen == TrainParams().backbone and chosen.feature_layer == "block-2"  # the measured choice (README)
+    assert chosen == TrainParams().backbone and chosen.feature_layer == "block-2"  # the measured choice (docs/demo.md)
     backbone = build_backbone(chosen)
     assert backbone.feature_layer == "block-2" and backbone.embed_dim == 192
     assert BackboneParams().feature_layer == "final"  # any other backbone: the method's last layer unless told

@@ -122,8 +122,8 @@ def test_the_library_subpackages_import_only_their_own_layer_or_lower():
 
 
 def test_stages_are_thin_entry_points():
-    """A stage reads its params section, calls the library and writes its outputs (STYLE.md): under 60 lines, so a
-    decision worth testing lives in timetuning/, where the tests and the other callers reach it."""
+    """A stage reads its params section, calls the library and writes its outputs (docs/architecture.md): under 60
+    lines, so a decision worth testing lives in timetuning/, where the tests and the other callers reach it."""
     sizes = {p.name: len(p.read_text().splitlines()) for p in sorted((ROOT / "stages").glob("*.py"))}
     assert {name: n for name, n in sizes.items() if n >= 60} == {}
 

@@ -106,9 +106,10 @@ def test_impossible_combinations_are_refused_naming_the_key():
     validate_params({"train": {"input_size": 112, "forwarder_topk": 49}})
     # a ViT's patch size comes from its name (patch8 at 112 px: a 14x14 grid); a window of radius 1 bounds it
     validate_params({"train": {"backbone": {"name": "vit_small_patch8_224"}, "input_size": 112,
-                               "forwarder_window": 1, "forwarder_topk": 9}})
-    assert "a window of 3x3 patches, forwarder_window 1): lower forwarder_topk or widen forwarder_window" in _error(
-        {"train": {"backbone": {"name": "vit_small_patch8_224"}, "input_size": 112, "forwarder_window": 1,
+                               "forwarder_window_radius": 1, "forwarder_topk": 9}})
+    assert ("a window of 3x3 patches, forwarder_window_radius 1): lower forwarder_topk or widen "
+            "forwarder_window_radius") in _error(
+        {"train": {"backbone": {"name": "vit_small_patch8_224"}, "input_size": 112, "forwarder_window_radius": 1,
                    "forwarder_topk": 10}})
     assert _error({"train": {"crop_scale": [0.9, 0.5]}}) == \
         "train.crop_scale: (0.9, 0.5) must be (min, max) with 0 < min <= max <= 1"
@@ -209,3 +210,7 @@ def test_params_yaml_names_every_key_and_the_schema_defaults_are_its_values():
     committed, defaults = load_params(PROJECT / "params.yaml"), Params()
     for section in Params.model_fields:
         assert getattr(committed, section) == getattr(defaults, section), section
+
+
+def test_a_renamed_train_key_says_its_new_name():
+    assert "train: forwarder_window is now called forwarder_window_radius" in _error({"train": {"forwarder_window": 3}})

@@ -37,7 +37,8 @@ def _features(tmp_path, set_params, splits, input_size=64, model=None):
 def mixed_videos(tmp_path_factory):
     """Videos of two aspect ratios (16:9 and 4:3) and one portrait: the batches across clips must not mix sizes."""
     tmp = tmp_path_factory.mktemp("mixed")
-    root = davis_set(tmp / "davis", {"train": [(72, 128), (96, 128), (128, 96)], "val": [(72, 128), (96, 128), (72, 128)]})
+    root = davis_set(tmp / "davis", {"train": [(72, 128), (96, 128), (128, 96)],
+                                     "val": [(72, 128), (96, 128), (72, 128)]})
     params = EvalSetParams(name="mixed", layout="davis", root=str(root), short_side=48, frames_per_clip=2,
                            max_clips_per_video=2)
     set_dir = _features(tmp, params, ["train", "val"])

@@ -1,5 +1,6 @@
 """DVC experiments that keep what did not change and carry their metrics, and results shared through a DVC remote
-(the README's "Beyond one machine" commands, run as written), on a real DVC repo with a local-folder remote."""
+(the "Beyond one machine" commands of docs/scale-out.md, run as written), on a real DVC repo with a local-folder
+remote."""
 
 import json
 import time
@@ -84,7 +85,8 @@ def test_queued_experiments_reuse_train_carry_metrics_and_travel_through_a_remot
     diff = json.loads(dvc(repo, "metrics", "diff", first, second, "--json").stdout)
     assert diff["reports/metrics.json"]["timetuned.davis_demo.miou"]["diff"] == pytest.approx(0.01)
 
-    # share the experiments (README, word for word), then a fresh clone gets everything without running anything
+    # share the experiments (docs/scale-out.md, word for word), then a fresh clone gets everything without running
+    # anything
     steps.run(steps["share"][-1], repo)  # `dvc exp push origin`
     clone = tmp_path / "b"
     run(["git", "clone", "-q", str(origin), str(clone)], tmp_path)

@@ -33,8 +33,8 @@ def test_rank_shares_cover_every_clip_once_cut_on_whole_batches():
 def eval_shards(tmp_path: Path) -> Path:
     """A small evaluation set of 3 videos (split ``val``), sharded."""
     root = davis_set(tmp_path / "davis", {"val": [(72, 128), (96, 128), (128, 96)]})
-    params = EvalSetParams(name="ranks", layout="davis", root=str(root), splits=["val"], short_side=48, frames_per_clip=2,
-                           max_clips_per_video=3)
+    params = EvalSetParams(name="ranks", layout="davis", root=str(root), splits=["val"], short_side=48,
+                           frames_per_clip=2, max_clips_per_video=3)
     shard_eval_set(params, tmp_path / "shards", progress=False)
     return tmp_path / "shards" / "ranks"
 

@@ -316,8 +316,8 @@ def test_served_deployment_has_a_form_and_runs_from_the_api(prefect_api, tiny_re
 
 def test_deployment_on_a_work_pool_runs_on_a_process_worker_and_pushes_to_the_remote(prefect_api, tiny_repo,
                                                                                       tmp_path):
-    """README "Beyond one machine": `timetuning deploy --pool`, `prefect worker start --pool` in a checkout with a
-    DVC remote; a run goes to the worker, runs the pipeline, and its outputs are in the remote."""
+    """docs/scale-out.md "Beyond one machine": `timetuning deploy --pool`, `prefect worker start --pool` in a checkout
+    with a DVC remote; a run goes to the worker, runs the pipeline, and its outputs are in the remote."""
     from tests.readme import beyond_one_machine
 
     origin = tmp_path / "origin.git"

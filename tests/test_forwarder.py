@@ -8,16 +8,16 @@ from timetuning.method.forwarder import propagate_assignments, propagate_step, w
 
 
 def reference_propagation(features: torch.Tensor, first: torch.Tensor, temperature: float, topk: int, radius: int,
-                          previous_frames: int) -> list[torch.Tensor]:
-    """METHOD.md written out plainly: for each frame t >= 1 and each target patch, score every source patch of the
-    context (frame 0 + the ``previous_frames`` frames before t) inside the window, keep the top-k over all of them
+                          context_frames: int) -> list[torch.Tensor]:
+    """docs/method.md written out plainly: for each frame t >= 1 and each target patch, score every source patch of the
+    context (frame 0 + the ``context_frames`` frames before t) inside the window, keep the top-k over all of them
     jointly, weight them by exp(similarity / temperature) normalised to 1, and average their labels."""
     t_len, _, h, w = features.shape
     f = features.double()
     f = f / f.norm(dim=1, keepdim=True)
     labels = [first.double()]
     for t in range(1, t_len):
-        context = [0] + list(range(max(1, t - previous_frames), t))
+        context = [0] + list(range(max(1, t - context_frames), t))
         out = torch.zeros_like(labels[0])
         for i in range(h):
             for j in range(w):
@@ -53,17 +53,17 @@ def test_equals_the_plain_reference_on_ten_frames_where_the_context_queue_evicts
     t, d, h, w, k = 10, 16, 5, 6, 4
     feats = _video_like(t, d, h, w)
     q0 = _soft_labels(k, h, w)
-    got = propagate_assignments(feats[None], q0[None], temperature=0.1, topk=5, window_radius=2, previous_frames=7)
-    want = reference_propagation(feats, q0, temperature=0.1, topk=5, radius=2, previous_frames=7)
+    got = propagate_assignments(feats[None], q0[None], temperature=0.1, topk=5, window_radius=2, context_frames=7)
+    want = reference_propagation(feats, q0, temperature=0.1, topk=5, radius=2, context_frames=7)
     assert got.shape == (1, t, k, h, w)
     for frame in range(t):
         assert torch.allclose(got[0, frame].double(), want[frame], atol=2e-5), frame
     # the comparison can tell a wrong context length apart: the reference with 6 previous frames differs at t = 8, 9
-    shorter = reference_propagation(feats, q0, temperature=0.1, topk=5, radius=2, previous_frames=6)
+    shorter = reference_propagation(feats, q0, temperature=0.1, topk=5, radius=2, context_frames=6)
     assert (shorter[9] - want[9]).abs().max() > 1e-3
 
 
-def test_context_is_frame_zero_plus_seven_previous_frames():
+def test_context_is_frame_zero_plus_seven_context_frames():
     """Clip A: frame 8 shows exactly frame 1 (other frames unrelated); at a near-zero temperature it copies frame 1's
     labels, because frame 1 is still among the 7 previous frames. Clip B: frame 9 shows frame 1, but by then frame 1
     has left the queue, so frame 9 cannot copy it. (Window 1 and top-3 make frame 1's labels differ from frame 0's.)"""
@@ -73,7 +73,7 @@ def test_context_is_frame_zero_plus_seven_previous_frames():
     feats[0, 8] = feats[0, 1]
     feats[1, 9] = feats[1, 1]
     q0 = torch.stack([_soft_labels(k, h, w, seed=4), _soft_labels(k, h, w, seed=5)])
-    q = propagate_assignments(feats, q0, temperature=0.01, topk=3, window_radius=1, previous_frames=7)
+    q = propagate_assignments(feats, q0, temperature=0.01, topk=3, window_radius=1, context_frames=7)
     assert (q[0, 1] - q0[0]).abs().max() > 0.1
     assert torch.allclose(q[0, 8], q[0, 1], atol=1e-6)
     assert (q[1, 9] - q[1, 1]).abs().max() > 0.1
@@ -86,7 +86,7 @@ def test_frame_zero_is_always_in_the_context():
     feats = torch.randn(t, d, h, w, generator=g)
     feats[9] = feats[0]
     q0 = _soft_labels(k, h, w, seed=6)
-    q = propagate_assignments(feats[None], q0[None], temperature=0.01, topk=1, window_radius=0, previous_frames=7)[0]
+    q = propagate_assignments(feats[None], q0[None], temperature=0.01, topk=1, window_radius=0, context_frames=7)[0]
     assert torch.allclose(q[9], q0, atol=1e-6)
 
 

@@ -91,7 +91,8 @@ def test_preflight_counts_what_the_run_itself_makes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models" / "timetuned.safetensors").unlink()
     # a single stage (dvc repro --single-item, the flow's stage tasks) needs its inputs on disk
-    with pytest.raises(MissingInputError, match=r"^extract_features@davis_demo: data/shards/eval/davis_demo/labels.json"):
+    labels = r"^extract_features@davis_demo: data/shards/eval/davis_demo/labels.json"
+    with pytest.raises(MissingInputError, match=labels):
         preflight(params, ["extract_features"], single_item=True)
     # ... unless an earlier stage of the same run makes them: then only the first stages' own inputs are missing
     with pytest.raises(MissingInputError) as err:

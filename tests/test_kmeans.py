@@ -9,7 +9,8 @@ def _blobs(seed, centres, n_per, spread=0.05):
     rng = np.random.default_rng(seed)
     centres = np.asarray(centres, np.float32)
     labels = np.repeat(np.arange(len(centres)), n_per)
-    return torch.from_numpy(centres[labels] + rng.normal(0, spread, (labels.size, centres.shape[1])).astype(np.float32)), labels
+    points = centres[labels] + rng.normal(0, spread, (labels.size, centres.shape[1]))
+    return torch.from_numpy(points.astype(np.float32)), labels
 
 
 def _partition_equal(a, b):

@@ -123,7 +123,7 @@ def test_method_defaults_are_the_papers_constants():
     p = TrainParams()
     assert (p.sinkhorn_epsilon, p.sinkhorn_iterations, p.student_temperature, p.forwarder_temperature) == (
         0.05, 10, 0.1, 0.1)
-    assert (p.forwarder_topk, p.forwarder_window, p.forwarder_context, p.num_prototypes) == (5, 6, 7, 200)
+    assert (p.forwarder_topk, p.forwarder_window_radius, p.forwarder_context_frames, p.num_prototypes) == (5, 6, 7, 200)
     assert (p.hidden_dim, p.bottleneck_dim, p.projection_dim, p.trainable_blocks) == (1024, 512, 256, 2)
     assert (p.weight_decay_start, p.weight_decay_end) == (0.04, 0.4)
 
@@ -140,7 +140,8 @@ def test_objective_equals_a_plain_reference_on_nine_frames():
     b, t, d, h, w, k = 2, 9, 12, 3, 4, 6
     feats = torch.randn(b, 1, d, h, w, generator=g) + 0.7 * torch.randn(b, t, d, h, w, generator=g)
     cfg = TrainParams(sinkhorn_epsilon=0.07, sinkhorn_iterations=4, student_temperature=0.2,
-                      forwarder_temperature=0.05, forwarder_topk=3, forwarder_window=1, forwarder_context=7)
+                      forwarder_temperature=0.05, forwarder_topk=3, forwarder_window_radius=1,
+                      forwarder_context_frames=7)
     head = ClusteringHead(d, num_prototypes=k, hidden_dim=16, bottleneck_dim=16, out_dim=8, generator=g)
     with torch.no_grad():
         first = head(feats[:, 0])  # [B, N, K]
@@ -149,7 +150,7 @@ def test_objective_equals_a_plain_reference_on_nine_frames():
     want = []
     for i in range(b):
         labels = reference_propagation(feats[i], q0[i].t().reshape(k, h, w), temperature=0.05, topk=3, radius=1,
-                                       previous_frames=7)
+                                       context_frames=7)
         targets = labels[-1].reshape(k, -1).argmax(0)
         want.append(F.cross_entropy(last[i].double() / 0.2, targets, reduction="none"))
     expected = torch.cat(want).mean()

@@ -51,12 +51,12 @@ def test_full_pipeline_repro_report_and_metrics(tmp_path):
 
 
 def test_readme_multi_gpu_recipe_works_in_a_script(tmp_path, monkeypatch):
-    """The README's torchrun lines, word for word but for the process count (2 gloo ranks on CPU) and the venv:
-    train runs as DDP, `dvc commit --force` records it without asking, and `dvc repro` runs only what follows;
+    """The torchrun lines of docs/scale-out.md, word for word but for the process count (2 gloo ranks on CPU) and the
+    venv: train runs as DDP, `dvc commit --force` records it without asking, and `dvc repro` runs only what follows;
     then extract_features under torchrun writes the very files one process wrote (nothing left to rerun).
     Every process runs one thread, as torchrun's are: CPU kernels round differently with other thread counts."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "scale-out.md").read_text()
     venv = f"{Path(sys.executable).parent}/"
     recipes = {}
     for stage in ("train", "extract_features"):

@@ -37,7 +37,8 @@ def test_the_paper_profile_is_the_papers_recipe():
     assert (t.input_size, p.shard_videos.size, t.batch_size, t.trainable_blocks) == (224, 224, 128, 2)
     assert (t.lr_backbone, t.lr_head, t.weight_decay_start, t.weight_decay_end) == (1e-5, 1e-4, 0.04, 0.4)
     assert t.grad_clip == 0.0 and t.precision == "fp32"
-    assert (t.forwarder_context, t.forwarder_topk, t.forwarder_window, t.forwarder_temperature) == (7, 5, 6, 0.1)
+    assert (t.forwarder_context_frames, t.forwarder_topk, t.forwarder_window_radius, t.forwarder_temperature) == (
+        7, 5, 6, 0.1)
     assert (t.sinkhorn_epsilon, t.sinkhorn_iterations, t.student_temperature, t.num_prototypes) == (0.05, 10, 0.1, 200)
     assert (t.hidden_dim, t.bottleneck_dim, t.projection_dim, tuple(t.crop_scale)) == (1024, 512, 256, (0.4, 1.0))
     assert p.shard_videos.input_format == "frames" and p.shard_videos.video_list == "splits/ytvos_train.txt"

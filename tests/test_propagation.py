@@ -213,7 +213,7 @@ def test_rectangles_with_matching_features_are_exact_with_nearest_upsampling():
 
 def test_static_features_and_a_moving_mask_give_the_j_and_f_of_the_shift():
     # the features say nothing moves, the ground truth band moves down 1 px per frame: the prediction stays put
-    t, grid, p = 5, 10, 10
+    t, grid = 5, 10
     feats = _random_scene(16, grid, grid)[None].repeat(t, 1, 1, 1)
     masks = np.zeros((t, 100, 100), np.uint8)
     for i in range(t):

@@ -22,7 +22,8 @@ def test_dense_clips_have_the_stride():
 def test_too_short_gives_no_clip():
     assert min_frames_needed("dense", 4, 3) == 10
     assert sample_clips(9, sampler="dense", frames_per_clip=4, stride=3, clips_per_video=2, rng=video_rng(0, "v")) == []
-    assert sample_clips(3, sampler="uniform", frames_per_clip=4, stride=1, clips_per_video=2, rng=video_rng(0, "v")) == []
+    assert sample_clips(3, sampler="uniform", frames_per_clip=4, stride=1, clips_per_video=2,
+                        rng=video_rng(0, "v")) == []
     with pytest.raises(ValueError, match="unknown sampler"):
         min_frames_needed("random", 4, 1)
 

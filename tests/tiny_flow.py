@@ -43,7 +43,8 @@ if n == 13:
 b = 2 * int(open("out/a.txt").read())
 open("out/b.txt", "w").write(str(b))
 os.makedirs("reports/figures", exist_ok=True)
-json.dump({"start": {"davis_demo": {"miou": 0.25}}, "timetuned": {"davis_demo": {"miou": round(0.5 + b / 1000 + n / 100, 6)}}},
+tuned = round(0.5 + b / 1000 + n / 100, 6)
+json.dump({"start": {"davis_demo": {"miou": 0.25}}, "timetuned": {"davis_demo": {"miou": tuned}}},
           open("reports/metrics.json", "w"))
 Image.new("RGB", (24, 16), (200, 30, 30)).save("reports/figures/curve.png")
 open("reports/report.md", "w").write(f"# Tiny report\\n\\nb = {b}\\n\\n![curve](figures/curve.png)\\n")

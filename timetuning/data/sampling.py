@@ -1,4 +1,4 @@
-"""Clip samplers (METHOD.md): which frame indices of a video form each training clip.
+"""Clip samplers (docs/method.md): which frame indices of a video form each training clip.
 
 Every video gets its own random stream derived from (seed, video id), so the clips of a video do not depend on
 which worker decodes it or in which order videos are processed.

@@ -1,4 +1,4 @@
-"""Clip-consistent augmentation (METHOD.md): one crop box, flip and photometric draw per clip, all frames alike.
+"""Clip-consistent augmentation (docs/method.md): one crop box, flip and photometric draw per clip, all frames alike.
 
 Geometry: short side to ``resize``, RandomResizedCrop to ``size`` (scale 0.4-1, ratio 3/4-4/3) with the same box
 for every frame, horizontal flip p=0.5. Photometric, drawn once per clip: ColorJitter(0.8, 0.8, 0.8, 0.2) with

@@ -1,6 +1,6 @@
 """Every evaluation protocol for one model on one labeled set, streamed from its features and its shards.
 
-The protocols and their choices (README "Evaluation protocols"; TimeT's reference unless said otherwise):
+The protocols and their choices (docs/evaluation.md; TimeT's reference unless said otherwise):
 - clustering per frame, per clip and per dataset (:mod:`timetuning.eval.clustering`): scaler + PCA fitted once on the
   scored split, pixels of bilinearly upsampled features clustered at a square evaluation size, K = classes present
   in the group, Hungarian matching, mIoU over the classes present; robustness variants change one choice each;
@@ -8,8 +8,9 @@ The protocols and their choices (README "Evaluation protocols"; TimeT's referenc
 - linear probe and Hummingbird retrieval (:mod:`timetuning.eval.probes`), fitted on the set's train split and scored per
   pixel at each frame's stored mask size;
 - temporal stability of the per-frame and per-clip cluster maps (:mod:`timetuning.eval.temporal`).
-Each returns a :class:`~timetuning.eval.protocol_result.ProtocolResult` of per-video statistics (:mod:`timetuning.eval.scores`), so a model's numbers and the bootstrap interval of a
-difference between models come from the same data. Only one chunk of clips is in memory at a time.
+Each returns a :class:`~timetuning.eval.protocol_result.ProtocolResult` of per-video statistics
+(:mod:`timetuning.eval.scores`), so a model's numbers and the bootstrap interval of a difference between models come
+from the same data. Only one chunk of clips is in memory at a time.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Segmentation metrics from confusion matrices (numpy only, no per-pixel Python loops).
 
-Conventions (METHOD.md): label 255 is ignored everywhere; mIoU averages over the ground-truth classes present in
-the target (background included); unsupervised predictions are cluster ids matched to classes either one-to-one
+Conventions (docs/evaluation.md): label 255 is ignored everywhere; mIoU averages over the ground-truth classes present
+in the target (background included); unsupervised predictions are cluster ids matched to classes either one-to-one
 (Hungarian on IoU, unmatched clusters count as background) or many-to-one (each cluster to the class where its
 precision is highest).
 """

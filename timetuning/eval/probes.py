@@ -1,7 +1,7 @@
 """Supervised read-outs of frozen dense features: a linear probe and dense nearest-neighbour retrieval.
 
-Linear probe (METHOD.md; TimeT/Leopart's ``LinearFinetune``): a 1x1 convolution (a linear layer on patch tokens) to
-the classes, trained with cross-entropy (ignore 255) on logits bilinearly upsampled to square training masks
+Linear probe (docs/evaluation.md; TimeT/Leopart's ``LinearFinetune``): a 1x1 convolution (a linear layer on patch
+tokens) to the classes, trained with cross-entropy (ignore 255) on logits bilinearly upsampled to square training masks
 (``train_size``, 100 in the reference; upsampling logits equals upsampling features before a 1x1 conv), SGD lr 0.01,
 momentum 0.9, weight decay 1e-4, x0.1 at ``drop_epoch``. Training streams the features: each epoch is one pass over
 the split through a seeded shuffle buffer, so memory does not grow with the split.

@@ -6,8 +6,8 @@ the patch grid by nearest neighbour and one-hot encoded; every later frame's sof
 the soft labels of a context -- the first frame plus the ``context_frames`` most recent predicted frames -- where each
 target patch keeps its ``topk`` most similar source patches (cosine of L2-normalised features, jointly over all
 context frames, only sources within ``window_radius`` rows and columns), weighted by ``exp(cosine / temperature)``
-normalised to sum 1. That is exactly one step of the Feature-Forwarder (``timetuning/method/forwarder.py``), with one-hot
-instance labels in place of Sinkhorn cluster assignments, so the method's own machinery does the propagation.
+normalised to sum 1. That is exactly one step of the Feature-Forwarder (``timetuning/method/forwarder.py``), with
+one-hot instance labels in place of Sinkhorn cluster assignments, so the method's own machinery does the propagation.
 Predictions are upsampled to the mask resolution (bilinear, then DINO's per-object min-max rescaling), and the
 argmax gives the instance id. Scores: :mod:`timetuning.eval.vos_metrics`.
 """
@@ -45,11 +45,11 @@ def propagate_labels(features: torch.Tensor, first_labels: torch.Tensor,
                      params: PropagationParams | None = None) -> torch.Tensor:
     """Soft patch labels of every frame ``[T, K, h, w]`` (frame 0 = ``first_labels``) from features ``[T, D, h, w]``.
 
-    The Feature-Forwarder keeps frame 0 and the latest ``context_frames`` frames (its ``previous_frames``).
+    The Feature-Forwarder keeps frame 0 and the latest ``context_frames`` frames.
     """
     p = params or PropagationParams()
     return propagate_assignments(features[None].float(), first_labels[None].float(), temperature=p.temperature,
-                                 topk=p.topk, window_radius=p.window_radius, previous_frames=p.context_frames)[0]
+                                 topk=p.topk, window_radius=p.window_radius, context_frames=p.context_frames)[0]
 
 
 def labels_to_mask(soft: torch.Tensor, ids: list[int], size: tuple[int, int],

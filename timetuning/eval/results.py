@@ -48,7 +48,8 @@ def protocol_statement(p: FitProbesParams, input_size: int) -> dict[str, Any]:
 
 def _model_document(ev: ProtocolResult) -> dict[str, Any]:
     return {"protocols": {name: summary(s) for name, s in ev.scores.items()},
-            "variants": {v: {name: summary(s) for name, s in scores.items()} for v, scores in ev.variant_scores.items()},
+            "variants": {v: {name: summary(s) for name, s in scores.items()}
+                         for v, scores in ev.variant_scores.items()},
             "not_applicable": ev.not_applicable, "facts": ev.facts}
 
 

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 PositiveInt = Annotated[int, Field(gt=0)]
 JPEG_MAX_SIDE = 65500  # libjpeg's largest image side
-DEMO_MAX_CLASSES = 6  # background + the 5 photographed objects of timetuning.data.demo_media (tests/test_config.py checks)
+# background + the 5 photographed objects of timetuning.data.demo_media (tests/test_config.py checks)
+DEMO_MAX_CLASSES = 6
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -115,14 +116,12 @@ class ShardVideosParams(Section):
     """processes: a local pool; dask: fan out through Prefect's DaskTaskRunner (execution only)."""
     dask_address: str | None = Field(None, json_schema_extra=EXECUTION_ONLY)
     """Scheduler address (tcp://host:8786) for executor dask; empty = a local Dask cluster (execution only)."""
-    max_aspect_ratio: float = Field(
-        default=4.0, ge=1.0, le=64.0,
-        description="longest displayed side over shortest; a more elongated video is skipped and listed (scaling "
-                    "its short side to `size` would make huge frames). 4 admits 32:9 ultra-wide and 9:16 portrait")
-    max_decoded_mib: int = Field(
-        default=1024, ge=16,
-        description="memory bound (MiB) of one video's decoded frames per worker; a longer video is used up to "
-                    "there and listed under videos_shortened in the manifest")
+    max_aspect_ratio: float = Field(default=4.0, ge=1.0, le=64.0)
+    """Longest displayed side over shortest; a more elongated video is skipped and listed (scaling its short side to
+    `size` would make huge frames). 4 admits 32:9 ultra-wide and 9:16 portrait."""
+    max_decoded_mib: int = Field(default=1024, ge=16)
+    """Memory bound (MiB) of one video's decoded frames per worker; a longer video is used up to there and listed
+    under videos_shortened in the manifest."""
     input_format: Literal["videos", "frames"] = "videos"
     """videos: video files; frames: one folder of JPEG/PNG frames per video (YouTube-VOS, DAVIS JPEGImages)."""
     frames_fps: PositiveFloat = 30.0
@@ -167,11 +166,10 @@ class EvalSetParams(Section):
     """Short side of stored frames and masks in pixels."""
     max_samples: PositiveInt | None = None
     """Samples per split at most (empty = all)."""
-    classes: list[str] | str | None = Field(
-        default=None,
-        description="class names by id (id 0 first), or a file of them (JSON list, or one name per line; a relative "
-                    "path is read from `root`); every mask value must be one of these ids (255 = ignore). None: "
-                    "DAVIS reads classes.json at its root or names the ids found, VOC uses Pascal VOC's 21 classes")
+    classes: list[str] | str | None = None
+    """Class names by id (id 0 first), or a file of them (JSON list, or one name per line; a relative path is read
+    from `root`); every mask value must be one of these ids (255 = ignore). None: DAVIS reads classes.json at its
+    root or names the ids found, VOC uses Pascal VOC's 21 classes."""
     video_lists: dict[str, str] = Field(default_factory=dict)
     """Split -> file of video IDs (one per line) forming that split, instead of the layout's own split file; keep
     them under splits/ (a DVC dependency)."""
@@ -287,6 +285,9 @@ class BackboneParams(Section):
     """Per-channel input std the weights were trained with; empty = the model config's."""
 
 
+RENAMED_TRAIN_KEYS = {"forwarder_window": "forwarder_window_radius", "forwarder_context": "forwarder_context_frames"}
+
+
 class TrainParams(Section):
     """Time-tuning: Feature-Forwarder + Sinkhorn-balanced spatio-temporal clustering."""
 
@@ -298,7 +299,7 @@ class TrainParams(Section):
     """The training's own seed (prototypes, clip order, augmentations); null = the top-level seed. Another value
     retrains on the same data: the spread over training seeds is the training's own randomness."""
     # the default start model: EfficientNet-Lite0 read at blocks[-2], the layer measured furthest above the
-    # all-background baseline on the demo set (README, Evaluation); a backbone given without feature_layer is read
+    # all-background baseline on the demo set (docs/demo.md); a backbone given without feature_layer is read
     # at "final" (for ViTs the method's last-layer tokens)
     backbone: BackboneParams = Field(default_factory=lambda: BackboneParams(feature_layer="block-2"))
     """The backbone to time-tune, its starting weights and the layer read as its features."""
@@ -308,10 +309,10 @@ class TrainParams(Section):
     a ViT's final norm stays frozen; 0 = frozen."""
     input_size: Annotated[int, Field(ge=16)] = 160
     """Crop size of the training clips in pixels."""
-    # clip augmentations (METHOD.md)
+    # clip augmentations (docs/method.md)
     crop_scale: tuple[Probability, Probability] = (0.4, 1.0)
     """Range of the random crop's area, as a fraction of the frame (min, max)."""
-    # method constants (METHOD.md)
+    # method constants (docs/method.md)
     num_prototypes: Annotated[int, Field(ge=2)] = 200
     """Clustering prototypes of the head."""
     projection_dim: PositiveInt = 256
@@ -341,9 +342,9 @@ class TrainParams(Section):
     """Softmax temperature of the Feature-Forwarder's affinities."""
     forwarder_topk: PositiveInt = 5
     """Neighbours kept per patch by the Feature-Forwarder."""
-    forwarder_window: NonNegativeInt = 6
+    forwarder_window_radius: NonNegativeInt = 6
     """Spatial window (patches) the Feature-Forwarder searches."""
-    forwarder_context: PositiveInt = 7
+    forwarder_context_frames: PositiveInt = 7
     """Previous frames the Feature-Forwarder keeps besides frame 0 (the reference: frame 0 + 7 previous)."""
     # optimisation
     batch_size: PositiveInt = 8
@@ -381,19 +382,29 @@ class TrainParams(Section):
     progress_seconds: PositiveFloat = Field(10.0, json_schema_extra=EXECUTION_ONLY)
     """Seconds between the rounded progress lines in the stage's log (execution only)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        """Keys that were renamed (one name per concept across config, method and docs) say what they are now."""
+        old = [k for k in RENAMED_TRAIN_KEYS if isinstance(data, dict) and k in data]
+        if old:
+            raise ValueError("; ".join(f"{k} is now called {RENAMED_TRAIN_KEYS[k]}" for k in old))
+        return data
+
     @model_validator(mode="after")
     def _possible_combinations(self) -> TrainParams:
         low, high = self.crop_scale
         if low <= 0 or low > high:
             raise ValueError(f"crop_scale: ({low:g}, {high:g}) must be (min, max) with 0 < min <= max <= 1")
         grid = self.input_size // stride if (stride := feature_stride(self.backbone)) else None
-        side = 2 * self.forwarder_window + 1  # the window's patches along each axis
+        side = 2 * self.forwarder_window_radius + 1  # the window's patches along each axis
         per_frame = min(side, grid) ** 2 if grid else side**2
         if self.forwarder_topk > per_frame:
             grid_bound = grid is not None and grid <= side
             where = (f"the whole {grid}x{grid} patch grid at input_size {self.input_size} / stride {stride}"
-                     if grid_bound else f"a window of {side}x{side} patches, forwarder_window {self.forwarder_window}")
-            fix = "raise input_size" if grid_bound else "widen forwarder_window"
+                     if grid_bound else
+                     f"a window of {side}x{side} patches, forwarder_window_radius {self.forwarder_window_radius}")
+            fix = "raise input_size" if grid_bound else "widen forwarder_window_radius"
             raise ValueError(f"forwarder_topk: {self.forwarder_topk} is more than the {per_frame} patches a target "
                              f"patch can draw on from its first context frame ({where}): lower forwarder_topk or "
                              f"{fix}")
@@ -499,30 +510,32 @@ class PropagationParams(Section):
     convention is the DAVIS-2017 semi-supervised benchmark's (davis2017-evaluation: first and last frame skipped).
     """
 
-    topk: PositiveInt = Field(5, le=1024, description="source patches whose labels each target patch averages, "
-                              "chosen jointly over all context frames (DINO --topk 5)")
-    window_radius: NonNegativeInt = Field(12, le=1024, description="a source patch contributes only if it lies "
-                                          "within this many rows and columns of the target patch on the patch "
-                                          "grid (DINO --size_mask_neighborhood 12)")
-    context_frames: NonNegativeInt = Field(7, le=1024, description="most recent predicted frames kept as context "
-                                           "besides the first (annotated) frame, which is always kept "
-                                           "(DINO --n_last_frames 7)")
-    temperature: PositiveFloat = Field(0.1, le=100.0, description="affinity softmax temperature: weights are "
-                                       "exp(cosine / temperature) over the top-k (DINO: fixed 0.1)")
-    upsampling: Literal["bilinear", "nearest"] = Field("bilinear", description="how the patch-level soft labels "
-                                                       "are brought to the mask resolution before the argmax "
-                                                       "(DINO: bilinear, align_corners=False)")
-    rescale_per_object: bool = Field(True, description="after upsampling, min-max rescale each object's soft "
-                                     "label map to [0, 1] before the argmax (DINO's norm_mask)")
-    score_last_frame: bool = Field(False, description="score the last frame too; the DAVIS-2017 semi-supervised "
-                                   "benchmark skips the first (given) and the last frame")
+    topk: PositiveInt = Field(5, le=1024)
+    """Source patches whose labels each target patch averages, chosen jointly over all context frames (DINO --topk
+    5)"""
+    window_radius: NonNegativeInt = Field(12, le=1024)
+    """A source patch contributes only if it lies within this many rows and columns of the target patch on the patch
+    grid (DINO --size_mask_neighborhood 12)"""
+    context_frames: NonNegativeInt = Field(7, le=1024)
+    """Most recent predicted frames kept as context besides the first (annotated) frame, which is always kept (DINO
+    --n_last_frames 7)"""
+    temperature: PositiveFloat = Field(0.1, le=100.0)
+    """Affinity softmax temperature: weights are exp(cosine / temperature) over the top-k (DINO: fixed 0.1)"""
+    upsampling: Literal["bilinear", "nearest"] = "bilinear"
+    """How the patch-level soft labels are brought to the mask resolution before the argmax (DINO: bilinear,
+    align_corners=False)"""
+    rescale_per_object: bool = True
+    """After upsampling, min-max rescale each object's soft label map to [0, 1] before the argmax (DINO's norm_mask)"""
+    score_last_frame: bool = False
+    """Score the last frame too; the DAVIS-2017 semi-supervised benchmark skips the first (given) and the last
+    frame."""
 
 
 ROBUSTNESS_VARIANTS = ("l2_no_pca", "pca_per_group", "fixed_k", "patch_level")
 
 
 class FitProbesParams(Section):
-    """Evaluation protocols (TimeT's by default; README "Evaluation protocols" states each choice)."""
+    """Evaluation protocols (TimeT's by default; docs/evaluation.md states each choice)."""
 
     output_dir: str = "data/probes"
     """Where the probe results go."""
@@ -575,8 +588,8 @@ class FitProbesParams(Section):
         if not self.seeds:
             raise ValueError("seeds: at least one seed is needed")
         return self
-    propagation: PropagationParams = Field(default_factory=PropagationParams,
-                                           description="video object segmentation by label propagation (J&F)")
+    propagation: PropagationParams = Field(default_factory=PropagationParams)
+    """Video object segmentation by label propagation (J&F)"""
 
 
 # --------------------------------------------------------------------------- stage 5: reports

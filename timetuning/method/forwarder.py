@@ -3,7 +3,7 @@
 Frame 0's soft assignment is carried to each later frame through patch correspondences given by the (frozen,
 no-grad) backbone features: every target patch takes a weighted average of the assignments of its top-k most
 similar source patches, over all context frames jointly, restricted to a local spatial window. The context is
-frame 0 (the Sinkhorn-balanced anchor) plus the ``previous_frames`` most recent frames, as in the reference (frame 0
+frame 0 (the Sinkhorn-balanced anchor) plus the ``context_frames`` most recent frames, as in the reference (frame 0
 and a queue of 7). Fully vectorised: one batched matrix product per frame, no loop over patches.
 """
 
@@ -42,11 +42,11 @@ def propagate_step(target: torch.Tensor, sources: torch.Tensor, source_assignmen
 
 @torch.no_grad()
 def propagate_assignments(features: torch.Tensor, first_assignment: torch.Tensor, *, temperature: float = 0.1,
-                          topk: int = 5, window_radius: int = 6, previous_frames: int = 7) -> torch.Tensor:
+                          topk: int = 5, window_radius: int = 6, context_frames: int = 7) -> torch.Tensor:
     """Carry frame 0's assignment through a clip.
 
     features: ``[B, T, D, h, w]`` backbone features (normalised here). first_assignment: ``[B, K, h, w]``.
-    Frame t is labelled from frame 0 and frames ``max(1, t - previous_frames) .. t - 1`` (their propagated labels).
+    Frame t is labelled from frame 0 and frames ``max(1, t - context_frames) .. t - 1`` (their propagated labels).
     Returns the assignments of every frame, ``[B, T, K, h, w]`` (frame 0 is ``first_assignment``).
     """
     b, t, d, h, w = features.shape
@@ -61,6 +61,6 @@ def propagate_assignments(features: torch.Tensor, first_assignment: torch.Tensor
         out.append(q)
         context_f.append(feats[:, i])
         context_q.append(q)
-        if len(context_f) > 1 + previous_frames:  # frame 0 stays; the oldest of the others leaves the queue
+        if len(context_f) > 1 + context_frames:  # frame 0 stays; the oldest of the others leaves the queue
             del context_f[1], context_q[1]
     return torch.stack(out, 1).transpose(2, 3).reshape(b, t, -1, h, w)

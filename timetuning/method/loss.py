@@ -131,7 +131,7 @@ def propagated_targets(features: torch.Tensor, first_assignment: torch.Tensor,
     k = first_assignment.shape[-1]
     q0 = first_assignment.transpose(1, 2).reshape(b, k, h, w)
     q = propagate_assignments(features.detach(), q0, temperature=forwarder.temperature, topk=forwarder.topk,
-                              window_radius=forwarder.window_radius, previous_frames=forwarder.context_frames)
+                              window_radius=forwarder.window_radius, context_frames=forwarder.context_frames)
     return q[:, -1].flatten(2).argmax(dim=1)
 
 

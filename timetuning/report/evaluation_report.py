@@ -266,11 +266,11 @@ TRAINING_FACTS = (  # (key, label, format) in reading order; mIoU values x100
 def training_rows(summary: dict[str, Any]) -> list[list[str]]:
     """The training summary as a two-column table, rounded (keys it lacks are left out)."""
     rows = [["fact", "value"]]
-    for key, label, fmt in TRAINING_FACTS:
+    for key, name, fmt in TRAINING_FACTS:
         value = summary.get(key)
         if value is None:
             continue
-        rows.append([label, x100(value) if fmt == "x100" else fmt.format(value)])
+        rows.append([name, x100(value) if fmt == "x100" else fmt.format(value)])
     return rows
 
 

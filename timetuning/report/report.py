@@ -107,7 +107,8 @@ def robustness_table(doc: dict[str, Any], tuned: str) -> list[list[str]] | None:
             cells.append(f"{x100(d['delta'], True)} [{x100(d['ci_low'], True)}, {x100(d['ci_high'], True)}]"
                          if d else "-")
         agree = not comp["verdicts"][p]["disagreeing_variants"]
-        rows.append([label(p), *cells, "yes" if agree else "no: " + ", ".join(comp["verdicts"][p]["disagreeing_variants"])])
+        disagreeing = ", ".join(comp["verdicts"][p]["disagreeing_variants"])
+        rows.append([label(p), *cells, "yes" if agree else "no: " + disagreeing])
     return rows
 
 

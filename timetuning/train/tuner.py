@@ -53,7 +53,7 @@ def build_objective(p: TrainParams, world_size: int = 1) -> TimeTuningObjective:
     queue = (EmbeddingQueue(max(1, p.queue_size // world_size), p.projection_dim, p.queue_start_step)
              if p.queue_size else None)
     forwarder = ForwarderSettings(temperature=p.forwarder_temperature, topk=p.forwarder_topk,
-                                  window_radius=p.forwarder_window, context_frames=p.forwarder_context)
+                                  window_radius=p.forwarder_window_radius, context_frames=p.forwarder_context_frames)
     return TimeTuningObjective(sinkhorn_epsilon=p.sinkhorn_epsilon, sinkhorn_iterations=p.sinkhorn_iterations,
                                student_temperature=p.student_temperature, forwarder=forwarder,
                                sinkhorn_frames=p.sinkhorn_frames, queue=queue)
