@@ -3,8 +3,10 @@
     .venv/bin/python benchmarks/ablation.py                       # every variant (~4-9 min each on 2 cores)
     .venv/bin/python benchmarks/ablation.py --only start-recipe queue-3200 --workdir /tmp/ablation
     .venv/bin/python benchmarks/ablation.py --list                # the variants and what each changes
+    .venv/bin/python benchmarks/ablation.py --table-only --train-seeds 0 1 2   # the table of what has run
 
-Every variant is ``params.yaml`` with a few ``train`` keys changed. It runs the real training stage
+Every variant is ``params.yaml`` as it was before the ablation (``PRE_ABLATION``: the backbone trains from step
+0) with a few ``train`` keys changed; ``head-warmup-50`` is today's ``params.yaml``. It runs the real training stage
 (``python -m stages.train``) in a fresh process on the demo shards that ``dvc repro shard_videos
 shard_eval@davis_demo`` made, so the numbers are those the stage logs: the selection score (per-clip clustering
 mIoU of ``train.val_clips`` clips of ``davis_demo``'s *train* split, x100, at step 0 and every ``val_every``
@@ -38,9 +40,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER_LR = {"lr_backbone": 1e-5, "lr_head": 1e-4, "grad_clip": 0.0}
 MOBILENET = {"backbone": {"name": "mobilenetv2_100", "weights": "package:mobilenetv2", "output_stride": 16,
                           "feature_layer": "block-2"}}
-# name -> the train keys it changes (the first is params.yaml as it is); a first-round variant changes one thing
+# the recipe the ablation started from: params.yaml before the ablation chose freeze_backbone_steps 50 (so the
+# table stays the same run after run); every variant is this plus its own changes
+PRE_ABLATION: dict[str, Any] = {"freeze_backbone_steps": 0}
+# name -> the train keys it changes; a first-round variant changes one thing
 VARIANTS: dict[str, dict[str, Any]] = {
-    "params.yaml": {},
+    "pre-ablation": {},
     "paper-lr": PAPER_LR,
     "lr-x0.3": {"lr_backbone": 3e-5, "lr_head": 3e-4},
     "lr-x3": {"lr_backbone": 3e-4, "lr_head": 3e-3},
@@ -83,7 +88,8 @@ def variant_params(name: str, changes: dict[str, Any], workdir: Path, base: Path
     folder."""
     params = yaml.safe_load(base.read_text())
     label = run_label(name, seed)
-    params["train"] = merged(params["train"], changes) | {"output_dir": str(workdir / label / "models")}
+    recipe = merged(merged(params["train"], PRE_ABLATION), changes)
+    params["train"] = recipe | {"output_dir": str(workdir / label / "models")}
     if seed is not None:
         params["train"]["seed"] = seed
     path = workdir / label / "params.yaml"
@@ -187,20 +193,26 @@ def plot(results: dict[str, dict[str, Any]], logs: dict[str, list[dict[str, floa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
-    colours = plt.get_cmap("tab20")
-    for i, (name, r) in enumerate(results.items()):
+    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 5.2), gridspec_kw={"width_ratios": [1.35, 1]})
+    variants = list(dict.fromkeys(label.split("@")[0] for label in results))
+    colours = [plt.get_cmap("tab20")(i) for i in range(20)] + [plt.get_cmap("Dark2")(i) for i in range(8)]
+    for label, r in results.items():
+        name, seeded = label.split("@")[0], "@" in label
         steps, values = zip(*r["curve"])
-        left.plot(steps, values, marker=".", label=name, color=colours(i % 20),
-                  lw=2.2 if name == "params.yaml" else 1.0)
-    left.axhline(next(iter(results.values()))["curve"][0][1], color="gray", ls="--", lw=0.8)
-    left.set(title="selection score (davis_demo train, per-clip clustering mIoU x100)", xlabel="step")
-    left.legend(fontsize=7, ncol=2)
+        # the change from the run's own step 0: training seeds start from different k-means draws
+        left.plot(steps, [v - values[0] for v in values], marker="." if not seeded else None,
+                  color=colours[variants.index(name) % len(colours)], ls=":" if seeded else "-",
+                  lw=2.4 if name == "head-warmup-50" and not seeded else 1.0, label=None if seeded else name)
+    left.axhline(0, color="gray", ls="--", lw=0.8)
+    left.set(title="selection score (davis_demo train, per-clip clustering mIoU) minus step 0, x100; "
+             "dotted: other training seeds", xlabel="step", ylabel="change from step 0 (x100)")
+    left.title.set_fontsize(9)
+    left.legend(fontsize=7, ncol=1, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     drift, change = drift_and_selection(logs)
     right.scatter(drift, change, s=12)
     right.axhline(0, color="gray", lw=0.8)
     rho = rank_correlation(drift, change)
-    right.set(title=f"selection change vs feature drift, every validation (Spearman {rho:.2f})",
+    right.set(title=f"every validation: selection change vs drift (Spearman {rho:.2f})",
               xlabel="1 - mean cosine of the features to the start", ylabel="selection change from step 0 (x100)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -226,10 +238,12 @@ def main() -> None:
                         help="train every variant with each of these train.seed values (default: params.yaml's) and "
                         "add a table of the selection curves averaged over them")
     parser.add_argument("--list", action="store_true", help="print the variants and exit")
+    parser.add_argument("--table-only", action="store_true",
+                        help="train nothing: the table and figure of the runs already in --workdir")
     args = parser.parse_args()
     if args.list:
         for name, changes in VARIANTS.items():
-            print(f"{name}: {json.dumps(flatten(changes)) if changes else 'params.yaml as it is'}")
+            print(f"{name}: {json.dumps(flatten(changes)) if changes else 'the recipe before the ablation'}")
         return
     names = args.only or list(VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
@@ -237,7 +251,7 @@ def main() -> None:
         raise SystemExit(f"error: unknown variant(s) {unknown}; --list shows them")
     base = yaml.safe_load(Path(args.params).read_text())
     needed = [ROOT / base["train"]["shards"], ROOT / base["shard_eval"]["output_dir"] / base["train"]["val_set"]]
-    if missing := [str(p) for p in needed if not p.is_dir()]:
+    if not args.table_only and (missing := [str(p) for p in needed if not p.is_dir()]):
         raise SystemExit(f"error: {', '.join(missing)} not found: run `dvc repro shard_videos "
                          f"shard_eval@{base['train']['val_set']}` first")
     workdir = Path(args.workdir)
@@ -248,15 +262,22 @@ def main() -> None:
         # the base params' own seed is the variant's own run (same folder): it is not trained twice
         for seed in [None if s == base_seed else s for s in args.train_seeds or [None]]:
             label = run_label(name, seed)
-            params = variant_params(name, VARIANTS[name], workdir, Path(args.params), seed)
-            seconds = run_variant(label, params, workdir)
+            if args.table_only:
+                if not (workdir / label / "models" / "train_log.csv").is_file():
+                    continue
+                seconds = 0.0
+            else:
+                params = variant_params(name, VARIANTS[name], workdir, Path(args.params), seed)
+                seconds = run_variant(label, params, workdir)
             logs[label] = read_log(workdir / label / "models" / "train_log.csv")
             results[label] = r = curve_and_diagnostics(logs[label])
             print(f"{label}: {seconds:.0f} s; selection {' '.join(f'{v:.1f}' for _, v in r['curve'])}; best "
                   f"trained step {r['best_step']} {r['gain']:+.1f}", flush=True)
     print_table(results)
     if args.train_seeds and len(args.train_seeds) > 1:
-        print_seed_summary(results, names, args.train_seeds, base_seed)
+        seeded = [n for n in names if all(run_label(n, None if s == base_seed else s) in results
+                                          for s in args.train_seeds)]
+        print_seed_summary(results, seeded, args.train_seeds, base_seed)
     drift, change = drift_and_selection(logs)
     if len(drift) > 2:
         print(f"\nselection change vs feature drift over {len(drift)} validations: Spearman "
