@@ -113,7 +113,7 @@ def main() -> None:
         per_seed = [runs[s]["deltas"].get(protocol) for s in args.seeds]
         if any(d is None for d in per_seed):
             continue
-        scale = 1.0 if protocol.startswith("temporal_stability") else 100.0
+        scale = 100.0  # mIoU and stability are fractions in results.json
         cells = [f"{scale * d['delta']:+.1f} [{scale * d['ci_low']:+.1f}, {scale * d['ci_high']:+.1f}]"
                  for d in per_seed]
         values = np.array([scale * d["delta"] for d in per_seed])
