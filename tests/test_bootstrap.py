@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from timetuning.eval.bootstrap import paired_delta, resample_weights
-from timetuning.eval.comparison import verdict
+from timetuning.eval.comparison import compare_models, verdict
 from timetuning.eval.scores import ConfusionScores, GroupScores, RatioScores
 
 
@@ -71,3 +71,13 @@ def test_verdict_is_robust_only_when_the_interval_excludes_zero_and_variants_agr
     assert not v["robust"] and "interval includes zero" in v["text"]
     v = verdict({"delta": -0.03, "ci_low": -0.05, "ci_high": -0.01}, {"l2_no_pca": {"delta": -0.02}})
     assert v["robust"] and v["direction"] == "hurts"
+
+
+def test_every_verdict_speaks_in_points_of_100_temporal_stability_included():
+    """Temporal stability is a share of patches, like mIoU a fraction: its verdict reads -2.5 points, not -0.0."""
+    stable = {"temporal_stability_per_frame": RatioScores(np.array([[[90, 100], [85, 100], [88, 100]]]))}
+    less = {"temporal_stability_per_frame": RatioScores(np.array([[[87, 100], [83, 100], [85, 100]]]))}
+    out = compare_models(stable, less, {}, {}, 3, samples=200, confidence=0.95, seed=0)
+    text = out["verdicts"]["temporal_stability_per_frame"]["text"]
+    assert out["deltas"]["temporal_stability_per_frame"]["delta"] == pytest.approx(-8 / 300)
+    assert "-2.7 points" in text, text

@@ -57,7 +57,7 @@ def compare_models(baseline: dict[str, Scores], tuned: dict[str, Scores],
                                                                         weights, confidence)
     verdicts = {}
     for name, main in deltas.items():
-        scale, unit = (1.0, "") if name.startswith("temporal_stability") else (100.0, " points")
-        verdicts[name] = verdict(main, robustness.get(name, {}), scale, unit)
+        # every score is a fraction (mIoU, J&F, the share of stable patches): the text speaks in points of 100
+        verdicts[name] = verdict(main, robustness.get(name, {}))
     return {"deltas": deltas, "robustness": robustness, "verdicts": verdicts, "bootstrap": {
         "unit": "video", "samples": samples, "confidence": confidence, "seed": seed, "videos": videos}}
