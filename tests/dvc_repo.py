@@ -70,7 +70,7 @@ def tiny_full_params() -> dict:
     params = tiny_params()
     params["train"] = {"input_size": 64, "batch_size": 4, "steps": 4, "num_prototypes": 16, "hidden_dim": 64,
                        "bottleneck_dim": 32, "projection_dim": 16, "num_workers": 0,
-                       "checkpoint_every": 2, "val_every": 2}
+                       "checkpoint_every": 2, "val_every": 2, "freeze_backbone_steps": 0}
     params["extract_features"] = {"input_size": 64, "batch_size": 8}
     params["fit_probes"] = {"seeds": [0], "kmeans_restarts": 1, "overclustering_k": [8], "linear_epochs": 3,
                             "linear_drop_epoch": 2}

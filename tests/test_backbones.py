@@ -157,7 +157,7 @@ def test_training_builds_with_the_default_layer(tmp_path):
     layer = TrainParams().backbone.feature_layer
     params = TrainParams(shards=str(shards), output_dir=str(tmp_path / "out"), input_size=64, batch_size=2, steps=2,
                          num_prototypes=8, hidden_dim=32, bottleneck_dim=16, projection_dim=8, num_workers=0,
-                         val_set=None, trainable_blocks=1,
+                         val_set=None, trainable_blocks=1, freeze_backbone_steps=0,
                          backbone={"name": "test_efficientnet", "weights": "none", "feature_layer": layer})
     summary = train(params, 0, DistContext(), progress=False)
     assert summary["steps"] == 2 and (tmp_path / "out" / "timetuned.safetensors").is_file()

@@ -77,7 +77,7 @@ def test_training_on_a_truncated_last_pt_warns_and_starts_fresh(tmp_path, caplog
     out = tmp_path / "run"
     params = TrainParams(shards=str(shards), output_dir=str(out), input_size=32, batch_size=2, steps=2,
                          num_prototypes=8, hidden_dim=16, bottleneck_dim=8, projection_dim=8, num_workers=0,
-                         checkpoint_every=2, val_set=None, forwarder_topk=4,
+                         checkpoint_every=2, val_set=None, forwarder_topk=4, freeze_backbone_steps=0,
                          backbone={"name": "test_vit", "weights": "none"})
     last = out / "checkpoints" / "last.pt"
     good = _real_checkpoint(tmp_path / "good.pt")

@@ -55,6 +55,7 @@ def tiny(clip_shards, out, **kw) -> TrainParams:
     base = dict(shards=str(clip_shards), output_dir=str(out), input_size=64, batch_size=4, steps=8,
                 num_prototypes=16, hidden_dim=64, bottleneck_dim=32, projection_dim=16, num_workers=0,
                 checkpoint_every=2, val_every=100, val_set=None, lr_backbone=1e-4, lr_head=1e-3, grad_clip=0.0,
+                freeze_backbone_steps=0,
                 backbone={"name": "test_vit", "weights": "none"})
     base.update(kw)
     return TrainParams(**base)
@@ -205,7 +206,8 @@ def test_selection_rule():
 
 def _tiny_tuner(seed=0, amp=None, student_temperature=0.1):
     p = TrainParams(backbone={"name": "test_vit", "weights": "none"}, num_prototypes=8, hidden_dim=32,
-                    bottleneck_dim=16, projection_dim=8, student_temperature=student_temperature)
+                    bottleneck_dim=16, projection_dim=8, student_temperature=student_temperature,
+                    freeze_backbone_steps=0)
     tuner = build_tuner(p, seed, torch.device("cpu"))
     tuner.amp_dtype = amp
     return p, tuner

@@ -334,7 +334,7 @@ class TrainParams(Section):
     """Step at which the queue starts filling; it is used once full (SwAV: start late)."""
     freeze_prototypes_steps: NonNegativeInt = 0
     """The prototypes do not move during the first this many steps (SwAV's freeze_prototypes_niters)."""
-    freeze_backbone_steps: NonNegativeInt = 0
+    freeze_backbone_steps: NonNegativeInt = 50
     """The backbone does not move during the first this many steps, while the new head learns the targets."""
     student_temperature: PositiveFloat = 0.1
     """Softmax temperature of the student's cluster predictions."""
