@@ -1,5 +1,6 @@
 """Corrupt checkpoints: a one-line message naming the path, the bad file set aside, training starts fresh."""
 
+import argparse
 import logging
 import os
 
@@ -7,7 +8,13 @@ import pytest
 import torch
 
 from timetuning.data.synthetic import write_clip_shards
-from timetuning.infra.checkpoint import CheckpointError, load_checkpoint, load_resume_state, save_checkpoint
+from timetuning.infra.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_resume_state,
+    save_checkpoint,
+    torch_load,
+)
 from timetuning.infra.config import TrainParams
 from timetuning.infra.distributed import DistContext
 from timetuning.train.loop import train
@@ -48,6 +55,16 @@ def test_foreign_and_hostile_files_are_refused(tmp_path):
     torch.save({"step": 1, "fingerprint": "x", "payload": _Hostile()}, tmp_path / "hostile.pt")
     with pytest.raises(CheckpointError, match=r"hostile.pt: refused: loading it would call posix.system"):
         load_checkpoint(tmp_path / "hostile.pt")
+
+
+def test_a_command_line_namespace_loads_as_data(tmp_path):
+    """DINO's checkpoints keep their arguments as an argparse.Namespace: plain data, allowed; other classes not."""
+    torch.save({"args": argparse.Namespace(arch="vit_small", lr=5e-4), "teacher": {"w": torch.ones(2)}},
+               tmp_path / "dino.pth")
+    assert torch_load(tmp_path / "dino.pth")["args"].arch == "vit_small"
+    torch.save({"args": _Hostile()}, tmp_path / "hostile.pth")
+    with pytest.raises(CheckpointError, match="refused"):
+        torch_load(tmp_path / "hostile.pth")
 
 
 def test_unusable_last_checkpoint_is_set_aside_and_training_starts_fresh(tmp_path, caplog):

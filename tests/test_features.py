@@ -1,10 +1,14 @@
+import json
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import timm
+import torch
 
 from timetuning.data.eval_shards import iter_eval_clips, shard_eval_set
 from timetuning.data.synthetic import generate_video, write_davis_sequence
-from timetuning.eval.extraction import extract_split, prefetch
+from timetuning.eval.extraction import extract_split, merge_parts, prefetch
 from timetuning.eval.feature_store import feature_file, iter_feature_clips, read_features
 from timetuning.eval.masks import patch_labels
 from timetuning.eval.upsampling import resize_nearest
@@ -63,6 +67,28 @@ def test_parquet_round_trip_matches_the_model(tmp_path, eval_set):
     np.testing.assert_allclose(cols["feature"][:16], expected, rtol=1e-5, atol=1e-5)
     assert cols["frame"][:20].tolist() == [0] * 16 + [1] * 4 and cols["col"][:5].tolist() == [0, 1, 2, 3, 0]
     assert set(np.unique(cols["label"])) <= {0, 1, 2, 3, 255}
+
+
+def test_features_record_where_the_weights_came_from(tmp_path, eval_set):
+    """A Leopart-style checkpoint's choice (layout, part, prefix, dropped heads) is in each features file's metadata,
+    and survives the merge of per-rank parts."""
+    weights = tmp_path / "leopart.ckpt"
+    state = {f"model.{k}": v for k, v in timm.create_model("test_vit", num_classes=0).state_dict().items()}
+    torch.save({"epoch": 1, "state_dict": state | {"prototypes.weight": torch.zeros(3, 8)}}, weights)
+    backbone = build_backbone(BackboneParams(name="test_vit", weights=str(weights), mean=(0.485, 0.456, 0.406),
+                                             std=(0.229, 0.224, 0.225)))
+    parts = [tmp_path / f"part{i}.parquet" for i in range(2)]
+    for i, part in enumerate(parts):
+        extract_split(backbone, eval_set, "val", part, input_size=32, progress=False, only=range(i * 3, i * 3 + 3))
+    recorded = json.loads(feature_file(parts[0]).weights_source)
+    assert recorded == {"weights": str(weights), "layout": "leopart", "form": "lightning", "part": "student",
+                        "container": "state_dict", "prefix": "model.", "tensors": len(state),
+                        "dropped": ["head state_dict/prototypes (1 tensor)"], "detected": True}
+    merge_parts(parts, tmp_path / "val.parquet")
+    assert json.loads(feature_file(tmp_path / "val.parquet").weights_source) == recorded
+    none = build_backbone(BackboneParams(name="test_vit", weights="none"))
+    extract_split(none, eval_set, "val", tmp_path / "n.parquet", input_size=32, progress=False)
+    assert json.loads(feature_file(tmp_path / "n.parquet").weights_source)["layout"] is None
 
 
 def test_float16_storage_halves_the_file(tmp_path, eval_set):

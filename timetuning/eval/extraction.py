@@ -102,7 +102,9 @@ def extract_split(backbone: DenseBackbone, set_dir: str | Path, split: str, out_
         raise ValueError(f"extract_features.input_size {input_size} is not a multiple of the stride {backbone.stride}")
     grid = input_size // backbone.stride
     backbone.eval().to(device)
-    schema = feature_schema(int(backbone.embed_dim), dtype, grid, input_size)
+    source = getattr(backbone, "weights_source", None)
+    schema = feature_schema(int(backbone.embed_dim), dtype, grid, input_size,
+                            source.to_json() if source is not None else None)
     rows = frames_done = 0
     seconds = 0.0
     pending: list[tuple[EvalClip, torch.Tensor]] = []  # clips whose frames are not all embedded yet, in order
@@ -203,7 +205,7 @@ def merge_parts(parts: list[Path], out_path: str | Path, row_group_size: int = 6
     stored = pq.read_schema(parts[0])
     info = feature_file(parts[0])  # the writer's schema (Parquet readers rename the list's child field)
     dtype = "float16" if stored.field("feature").type.value_type == pa.float16() else "float32"
-    schema = feature_schema(info.dim, dtype, info.grid, info.input_size)
+    schema = feature_schema(info.dim, dtype, info.grid, info.input_size, info.weights_source)
     rows = 0
     with atomic_path(out_path) as tmp:
         writer = RowGroupWriter(tmp, schema, row_group_size)

@@ -5,7 +5,7 @@ row/col, the patch label (majority class of its pixels; ``ignore_index`` when mo
 vector as a FixedSizeList (float16 by default). Every frame is resized to a square ``input_size`` (as TimeT and
 Leopart evaluate), so frames of any size and orientation share one patch grid and batch together; the masks stay at
 their stored size in the evaluation shards, where the probes score them. The file's schema metadata records the
-grid, the input size and the feature dimension.
+grid, the input size, the feature dimension and where the backbone's weights came from (``weights_source``).
 """
 
 from __future__ import annotations
@@ -25,13 +25,19 @@ if TYPE_CHECKING:  # timm (~200 MB resident) is imported only where features are
 
 
 
-def feature_schema(dim: int, dtype: str, grid: int, input_size: int) -> pa.Schema:
+def feature_schema(dim: int, dtype: str, grid: int, input_size: int, weights_source: str | None = None
+                   ) -> pa.Schema:
+    """The features' schema; ``weights_source`` (JSON: which file, layout, part and prefix gave the backbone's
+    weights, :class:`~timetuning.models.checkpoint_layouts.WeightsSource`) is kept in the metadata when given."""
     value = pa.float16() if dtype == "float16" else pa.float32()
+    metadata = {"grid": str(grid), "input_size": str(input_size), "dim": str(dim)}
+    if weights_source is not None:
+        metadata["weights_source"] = weights_source
     return pa.schema([
         ("dataset", pa.string()), ("split", pa.string()), ("clip_id", pa.string()), ("video_id", pa.string()),
         ("frame", pa.int16()), ("row", pa.int16()), ("col", pa.int16()), ("label", pa.int16()),
         ("feature", pa.list_(value, dim)),
-    ], metadata={"grid": str(grid), "input_size": str(input_size), "dim": str(dim)})
+    ], metadata=metadata)
 
 
 class RowGroupWriter:
@@ -108,6 +114,7 @@ class FeatureFile:
     dim: int
     grid: int
     input_size: int
+    weights_source: str | None = None  # JSON of the backbone's WeightsSource, where the extraction recorded it
 
     @property
     def frames(self) -> int:
@@ -123,8 +130,9 @@ def feature_file(path: str | Path) -> FeatureFile:
     if b"grid" not in meta:
         raise ValueError(f"{path}: not a features file of this version (no grid in its metadata); rerun "
                          "extract_features")
+    source = meta.get(b"weights_source")
     return FeatureFile(path, pq.ParquetFile(path).metadata.num_rows, int(meta[b"dim"]), int(meta[b"grid"]),
-                       int(meta[b"input_size"]))
+                       int(meta[b"input_size"]), source.decode() if source is not None else None)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -77,7 +78,9 @@ def torch_load(path: str | Path) -> Any:
     if size == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # DINO's training checkpoints keep their command line as an argparse.Namespace: plain data, allowed
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     # what torch's readers raise on damaged bytes: a garbled pickle (KeyError, UnpicklingError), a cut zip
     # (RuntimeError), an early end (EOFError), ...
     except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError, TypeError, AttributeError,

@@ -257,6 +257,10 @@ class ShardEvalParams(Section):
 _LAYER = r"(final|head_conv|head_preact|block-[1-9][0-9]*)"  # one part of backbone.feature_layer
 
 
+# the layouts of timetuning.models.checkpoint_layouts (tests/test_checkpoint_layouts.py checks they agree)
+CHECKPOINT_LAYOUTS = ("auto", "timet", "leopart", "neco", "dino", "timm", "timetuning")
+
+
 class BackboneParams(Section):
     """A timm backbone and where its starting weights come from.
 
@@ -283,6 +287,22 @@ class BackboneParams(Section):
     vit_small_patch16_224.dino, 0.5 for plain vit_small_patch16_224)."""
     std: PositiveRGBTriple | None = None
     """Per-channel input std the weights were trained with; empty = the model config's."""
+    checkpoint_layout: Literal[CHECKPOINT_LAYOUTS] = "auto"  # type: ignore[valid-type]
+    """How a weights file nests its backbone: auto (told from its keys), timet, leopart, neco, dino, timm (a bare
+    state dict) or timetuning (this project's export or training checkpoint); timetuning/models/checkpoint_layouts.py
+    lists each layout's containers, prefixes and heads."""
+    checkpoint_part: Literal["auto", "student", "teacher"] = "auto"
+    """Which backbone of a student/teacher checkpoint to load: auto = the one its authors evaluate (TimeT, Leopart,
+    NeCo: the student; DINO: the teacher)."""
+
+    @model_validator(mode="after")
+    def _layout_of_a_file(self) -> BackboneParams:
+        if self.weights in ("hub", "none") or self.weights.startswith("package:"):
+            for key in ("checkpoint_layout", "checkpoint_part"):
+                if getattr(self, key) != "auto":
+                    raise ValueError(f"{key}: {getattr(self, key)!r} applies to a .pth/.safetensors weights file, "
+                                     f"not weights {self.weights!r}; leave it auto")
+        return self
 
 
 RENAMED_TRAIN_KEYS = {"forwarder_window": "forwarder_window_radius", "forwarder_context": "forwarder_context_frames"}
@@ -454,7 +474,8 @@ class ModelParams(Section):
             return train.backbone
         if self.source == "train_result":
             weights = str(Path(train.output_dir) / "timetuned.safetensors")
-            return train.backbone.model_copy(update={"weights": weights})
+            return train.backbone.model_copy(update={"weights": weights, "checkpoint_layout": "timetuning",
+                                                     "checkpoint_part": "auto"})
         assert self.backbone is not None
         return self.backbone
 

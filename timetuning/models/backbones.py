@@ -32,6 +32,7 @@ from torch import nn
 
 from timetuning.data.transforms import eval_transform
 from timetuning.infra.config import BackboneParams
+from timetuning.models.checkpoint_layouts import WeightsSource
 from timetuning.models.weights import check_weights_spec, config_normalisation, load_weights
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class DenseBackbone(nn.Module):
             self.stride = int(getattr(model, "_timetuning_output_stride", 32))
         self._check_layers()
         self.embed_dim = self._feature_dim()
+        self.weights_source: WeightsSource | None = None  # where the weights came from (build_backbone sets it)
 
     # ------------------------------------------------------------------ which map is returned
     def _check_layers(self) -> None:
@@ -149,7 +151,8 @@ class DenseBackbone(nn.Module):
         b, n, d = tokens.shape
         h, w = images.shape[-2] // self.stride, images.shape[-1] // self.stride
         if h * w != n:
-            raise ValueError(f"{self.name}: {n} patch tokens do not form a {h}x{w} grid for input {tuple(images.shape)}")
+            raise ValueError(f"{self.name}: {n} patch tokens do not form a {h}x{w} grid for input "
+                             f"{tuple(images.shape)}")
         return tokens.transpose(1, 2).reshape(b, d, h, w)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -238,7 +241,8 @@ def build_backbone(params: BackboneParams, trainable_blocks: int = 0) -> DenseBa
     """Create the timm model, load its starting weights, and freeze all but the last ``trainable_blocks``."""
     check_weights_spec(params)
     model = create_timm_model(params.name, pretrained=params.weights == "hub", output_stride=params.output_stride)
-    load_weights(model, params)
+    source = load_weights(model, params)
     backbone = DenseBackbone(model, params.name, params.feature_layer, params.mean, params.std)
+    backbone.weights_source = source  # which tensors of which file: recorded in the features' metadata
     backbone.set_trainable_blocks(trainable_blocks)
     return backbone
