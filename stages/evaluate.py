@@ -37,13 +37,16 @@ def run(params: Params, args: argparse.Namespace) -> None:
     log_rows = list(csv.DictReader((train / "train_log.csv").open())) if (train / "train_log.csv").is_file() else []
     models = params.extract_features
     tuned = next((m.name for m in models.models if m.source == "train_result"), None)
+    # the reference fit_probes compared every model with (fit_probes.reference_model), as its results say
+    reference = next((c["baseline"] for doc in results.values() for c in doc["comparisons"].values()),
+                     models.baseline_model())
     write_json_atomic(out / "metrics.json", metrics_document(results))
     for name, doc in results.items():
         text = io.StringIO()
         csv.writer(text, lineterminator="\n").writerows(per_class_rows(name, doc))
         write_text_atomic(out / "plots" / f"{name}_per_class_iou.csv", text.getvalue())
     write_report(out, "timetuning evaluation report",
-                 report_sections(results, clips, examples, models.baseline_model(), tuned, summary, log_rows))
+                 report_sections(results, clips, examples, reference, tuned, summary, log_rows))
     log.info("wrote %s, %s and %s", out / "metrics.json", out / "report.md", out / "report.html")
 
 

@@ -31,7 +31,9 @@ def run(params: Params, args: argparse.Namespace) -> None:
     for model in p.models:
         spec = model.resolve(params.train)
         backbone = build_backbone(spec).to(ctx.device)
-        files = index["models"].setdefault(model.name, {"backbone": spec.model_dump(mode="json"), "files": {}})
+        source = backbone.weights_source.as_dict() if backbone.weights_source is not None else None
+        files = index["models"].setdefault(model.name, {"backbone": spec.model_dump(mode="json"),
+                                                        "weights_source": source, "files": {}})
         for split in eval_set.splits:
             path = out / model.name / f"{split}.parquet"
             stats = extract_split_distributed(backbone, set_dir, split, path, ctx=ctx, input_size=p.input_size,

@@ -26,7 +26,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     set_dir, out = Path(params.shard_eval.output_dir) / args.set, Path(params.fit_probes.output_dir) / args.set
     classes = [c["name"] for c in read_labels(set_dir)["classes"]]
     doc, examples = evaluate_set(args.set, set_dir, Path(feats.output_dir) / args.set, eval_set.splits,
-                                 [m.name for m in feats.models], feats.baseline_model(), classes, params.fit_probes,
+                                 [m.name for m in feats.models], params.reference_model(), classes, params.fit_probes,
                                  params.evaluate.num_example_clips)
     for model, arrays in examples.items():
         with atomic_path(out / model / "examples.npz") as tmp, open(tmp, "wb") as f:

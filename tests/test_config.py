@@ -214,3 +214,10 @@ def test_params_yaml_names_every_key_and_the_schema_defaults_are_its_values():
 
 def test_a_renamed_train_key_says_its_new_name():
     assert "train: forwarder_window is now called forwarder_window_radius" in _error({"train": {"forwarder_window": 3}})
+
+
+def test_the_reference_model_must_be_one_of_the_models():
+    assert "fit_probes.reference_model: no model named 'dino' in extract_features.models (have ['start', " \
+           "'timetuned'])" in _error({"fit_probes": {"reference_model": "dino"}})
+    params = validate_params({"fit_probes": {"reference_model": "timetuned"}})
+    assert params.reference_model() == "timetuned" and validate_params({}).reference_model() == "start"

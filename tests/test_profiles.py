@@ -132,3 +132,21 @@ def test_the_paper_profile_runs_end_to_end_with_a_stand_in_backbone(tmp_path):
     assert final.keys() == start.keys()
     model = json.loads((tmp_path / "models" / "model.json").read_text())
     assert model["mean"] == [0.485, 0.456, 0.406] and model["std"] == [0.229, 0.224, 0.225]
+
+
+def test_the_compare_profile_names_five_models_their_layouts_and_the_reference():
+    """profiles/compare.yaml on params.yaml and on top of the paper profile: DINO ViT-S/16 as the start and the
+    reference, the time-tuned model, and the released TimeT, Leopart and NeCo files with their layouts, all read
+    with ImageNet's normalisation from models/custom/."""
+    compare = read_profile(PROJECT / "profiles" / "compare.yaml")
+    for base in (yaml.safe_load((PROJECT / "params.yaml").read_text()), _paper_params()):
+        p = profiled_params(base, compare)
+        models = {m.name: m for m in p.extract_features.models}
+        assert list(models) == ["dino", "timetuned", "timet", "leopart", "neco"]
+        assert p.reference_model() == "dino" and p.train.backbone.name == "vit_small_patch16_224.dino"
+        layouts = {n: m.backbone.checkpoint_layout for n, m in models.items() if m.source == "custom"}
+        assert layouts == {"timet": "timet", "leopart": "leopart", "neco": "neco"}
+        for m in models.values():
+            b = m.resolve(p.train)
+            assert (b.mean, b.std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), m.name
+            assert m.source != "custom" or Path(b.weights).parent == Path("models/custom")

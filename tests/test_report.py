@@ -136,3 +136,88 @@ def test_the_training_story_follows_from_the_log():
                        "starting model is exported.")
     assert fell[2].startswith("Correspondences held") and "barely moved" in fell[2]
     assert training_story(_log({0: (0.45, 0.6, 1.0)})) == []  # no trained step validated: nothing to say
+
+
+FIVE = {"dino": 0.40, "timetuned": 0.43, "timet": 0.46, "leopart": 0.385, "neco": 0.50}
+
+
+def _five_model_doc():
+    """DINO as the reference and four models compared with it; every delta is the plain difference of means with
+    an interval of +-0.02 around it, robust when it excludes zero."""
+    doc = _doc()
+    start = doc["models"]["start"]
+    doc["models"] = {m: {**start, "protocols": {"cluster_per_clip": _summary(v),
+                                                "linear": {**_summary(v + 0.1), "per_class_iou": [0.9, v],
+                                                           "confusion": [[9, 1], [3, 1]]}}}
+                     for m, v in FIVE.items()}
+    doc["comparisons"] = {}
+    for m, v in FIVE.items():
+        if m == "dino":
+            continue
+        d = {"delta": v - FIVE["dino"], "ci_low": v - FIVE["dino"] - 0.02, "ci_high": v - FIVE["dino"] + 0.02,
+             "confidence": 0.95, "samples": 100, "seed_std": 0.01}
+        robust = d["ci_low"] > 0 or d["ci_high"] < 0
+        doc["comparisons"][m] = {
+            "baseline": "dino", "deltas": {"cluster_per_clip": d, "linear": d},
+            "robustness": {"cluster_per_clip": {"l2_no_pca": d}},
+            "verdicts": {p: {"robust": robust, "disagreeing_variants": [], "text": "t"}
+                         for p in ("cluster_per_clip", "linear")}}
+    return doc
+
+
+def test_five_models_side_by_side_with_deltas_against_the_reference():
+    doc = _five_model_doc()
+    rows = report.models_table(doc, "dino")
+    assert rows[0] == ["protocol", "dino", "timetuned (delta [95% interval])", "timet (delta [95% interval])",
+                       "leopart (delta [95% interval])", "neco (delta [95% interval])"]
+    clip = next(r for r in rows if r[0] == "Clustering per clip")
+    assert clip == ["Clustering per clip", "40.0", "43.0 (+3.0 [+1.0, +5.0])*", "46.0 (+6.0 [+4.0, +8.0])*",
+                    "38.5 (-1.5 [-3.5, +0.5])", "50.0 (+10.0 [+8.0, +12.0])*"]
+    assert next(r for r in rows if r[0] == "Hummingbird retrieval")[1:] == ["n/a"] * 5
+    m = report.metrics_document({"d": doc})
+    assert m["delta"]["d"]["cluster_per_clip"] == 3.0 and m["delta_neco"]["d"]["linear"] == 10.0
+    assert m["delta_leopart_ci_high"]["d"]["cluster_per_clip"] == 0.5 and m["timet"]["d"]["linear"] == 56.0
+    head = set_section("d", doc, "dino", "timetuned", [], {})[0]
+    captions = [c for c, _ in head.tables]
+    assert sum(c.startswith("Every model side by side") for c in captions) == 1
+    assert [c.split(":")[0] for c in captions if c.startswith("Robustness")] == [
+        f"Robustness, {m} minus dino" for m in ("timetuned", "timet", "leopart", "neco")]
+    assert [name for name, _, _ in head.figures] == ["d_deltas.png"]
+
+
+def test_a_five_model_report_reads_in_a_real_browser(tmp_path):
+    """The 5-model report as a reader opens it: the side-by-side table shows every model, and nothing runs off
+    the page (wide tables scroll inside their own box). The screenshot stays in the test's folder."""
+    from tests.browser import CHROMIUM, sync_playwright_or_skip
+
+    sync_playwright = sync_playwright_or_skip()
+    sections = set_section("d", _five_model_doc(), "dino", "timetuned", [], {})
+    report.write_report(tmp_path, "five models", [report.Section("Summary", ["intro"])] + sections)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto((tmp_path / "report.html").as_uri())
+        table = page.locator("xpath=//p[em[starts-with(., 'Every model side by side')]]/following-sibling::div[1]")
+        headers = table.locator("th").all_inner_texts()
+        assert headers[1:] == ["dino"] + [f"{m} (delta [95% interval])" for m in ("timetuned", "timet", "leopart",
+                                                                                 "neco")]
+        assert "50.0 (+10.0 [+8.0, +12.0])*" in table.inner_text()
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        image = page.locator("img[alt^='d: every delta']")
+        assert image.evaluate("i => i.complete && i.naturalWidth > 0")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+
+
+def test_the_report_says_which_part_of_each_checkpoint_was_read():
+    from timetuning.report.evaluation_report import weights_paragraphs
+
+    doc = _doc()
+    doc["models"]["start"]["facts"] = {**doc["models"]["start"]["facts"], "weights_source": {
+        "weights": "models/custom/TimeT.pth", "layout": "timet", "part": "student", "container": None,
+        "prefix": "feature_extractor.backbone.", "tensors": 150, "detected": True}}
+    doc["models"]["timetuned"]["facts"] = {**doc["models"]["timetuned"]["facts"], "weights_source": {
+        "weights": "package:efficientnet_lite0", "layout": None}}
+    assert weights_paragraphs(doc) == [
+        "Weights: start: models/custom/TimeT.pth, layout timet (detected), the student: 150 tensors from "
+        "feature_extractor.backbone.; timetuned: package:efficientnet_lite0."]

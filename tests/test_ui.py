@@ -3,7 +3,6 @@ deployment's form in a real headless Chromium (Playwright), a taken port refused
 server behind. One serve (one server) for the module; the kill comes last."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.server import port_in_use
+from tests.browser import CHROMIUM, sync_playwright_or_skip
 from tests.tiny_flow import api, artifacts, free_port, make_tiny_pipeline, stop, task_runs, wait_flow_run
 
 pytestmark = pytest.mark.slow
 PROJECT = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("TIMETUNING_CHROMIUM", "/usr/bin/chromium")
 
 
 def _serve_cmd(port: int, repo: Path) -> list[str]:
@@ -59,18 +58,8 @@ def test_the_ui_calls_the_api_on_the_served_port(served):
         assert json.loads(r.read())["api_url"] == served["url"]
 
 
-def _browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as err:
-        pytest.skip(f"no browser test: Playwright is not installed ({err})")
-    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).is_file():
-        pytest.skip(f"no browser test: no Chromium at {CHROMIUM} (Debian: apt-get install chromium)")
-    return sync_playwright
-
-
 def test_a_run_from_the_form_in_a_real_browser(served):
-    sync_playwright = _browser()
+    sync_playwright = sync_playwright_or_skip()
     base = f"http://127.0.0.1:{served['port']}"
     deployment = served["deployment"]
     shots = served["tmp"]

@@ -15,6 +15,8 @@ from the same data. Only one chunk of clips is in memory at a time.
 
 from __future__ import annotations
 
+import json
+
 from timetuning.eval.cluster_protocols import dataset_protocols, fit_split_pca, group_protocols
 from timetuning.eval.clustering import (
     TIMET,
@@ -59,5 +61,6 @@ def evaluate_model(val: SplitSource, train: SplitSource | None, num_classes: int
         result = result.merge(propagation)
     result.facts.update(pca_dim=pca.dim, pca_explained_variance=float(pca.explained_variance_ratio.sum()),
                         frames=val.num_frames, clips=len(val.clip_frames), videos=len(val.videos),
-                        grid=val.info.grid, feature_dim=val.info.dim, input_size=val.info.input_size)
+                        grid=val.info.grid, feature_dim=val.info.dim, input_size=val.info.input_size,
+                        weights_source=json.loads(val.info.weights_source) if val.info.weights_source else None)
     return result

@@ -597,6 +597,9 @@ class FitProbesParams(Section):
     """Video resamples of the bootstrap interval of every delta."""
     confidence: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95
     """Level of the intervals."""
+    reference_model: str | None = None
+    """The model every other is compared with (deltas, intervals, verdicts): a name in extract_features.models;
+    null = the one with source train_start."""
 
     @model_validator(mode="after")
     def _possible_combinations(self) -> FitProbesParams:
@@ -656,7 +659,16 @@ class Params(Section):
                 raise ValueError(f"train.val_split: {name}/{split} is the split evaluation scores for "
                                  f"shard_eval.sets.{name}; model selection on it would leak. Select on another split "
                                  f"(e.g. a held-out video list in shard_eval.sets.{name}.video_lists)")
+        reference = self.fit_probes.reference_model
+        names = [m.name for m in self.extract_features.models]
+        if reference is not None and reference not in names:
+            raise ValueError(f"fit_probes.reference_model: no model named {reference!r} in extract_features.models "
+                             f"(have {names})")
         return self
+
+    def reference_model(self) -> str | None:
+        """The model every other is compared with: ``fit_probes.reference_model``, else the starting model."""
+        return self.fit_probes.reference_model or self.extract_features.baseline_model()
 
 
 SECTIONS: tuple[str, ...] = tuple(k for k in Params.model_fields if k != "seed")

@@ -16,6 +16,7 @@ from timetuning.report.report import (
     Section,
     label,
     main_table,
+    models_table,
     per_class_table,
     protocol_order,
     robustness_table,
@@ -78,7 +79,25 @@ def protocol_paragraphs(doc: dict[str, Any]) -> list[str]:
         f"Linear probe: {proto['linear']}. Hummingbird: {proto['hummingbird']}.",
         f"Intervals: {proto['bootstrap']}. Robustness variants: "
         + "; ".join(f"{k}: {v}" for k, v in proto["variants"].items() if k != "timet") + ".",
-    ]
+    ] + weights_paragraphs(doc)
+
+
+def weights_paragraphs(doc: dict[str, Any]) -> list[str]:
+    """Where each model's weights came from: the file, and for a checkpoint the layout, the part and the prefix
+    the loader took (the features' ``weights_source``)."""
+    parts = []
+    for model, m in doc["models"].items():
+        ws = m["facts"].get("weights_source")
+        if not ws:
+            continue
+        if ws.get("layout"):
+            where = f"{ws['container']}/" if ws.get("container") else ""
+            how = "detected" if ws.get("detected") else "named"
+            parts.append(f"{model}: {ws['weights']}, layout {ws['layout']} ({how}), the {ws['part']}: "
+                         f"{ws['tensors']} tensors from {where}{ws.get('prefix') or '(no prefix)'}")
+        else:
+            parts.append(f"{model}: {ws['weights']}")
+    return ["Weights: " + "; ".join(parts) + "."] if parts else []
 
 
 def example_figures(set_name: str, doc: dict[str, Any], clips: list[EvalClip],
@@ -121,7 +140,7 @@ def set_section(set_name: str, doc: dict[str, Any], baseline: str | None, tuned:
     facts = next(iter(doc["models"].values()))["facts"]
     size = f"{facts['frames']} images" if doc["image_set"] else f"{facts['videos']} videos, {facts['frames']} frames"
     head = Section(f"{set_name}: results ({doc['scored_on']} split, {size}{', image set' if doc['image_set'] else ''})")
-    if baseline and tuned and tuned in doc["models"]:
+    if baseline and tuned and tuned in doc["comparisons"]:
         head.paragraphs += verdict_paragraphs(set_name, doc, tuned)
         if facts.get("all_background_miou") is not None:
             start = doc["models"][baseline]["protocols"].get("cluster_per_dataset", {}).get("mean")
@@ -131,22 +150,34 @@ def set_section(set_name: str, doc: dict[str, Any], baseline: str | None, tuned:
                     f"All-background baseline (predicting background everywhere, per-dataset scoring): "
                     f"{x100(facts['all_background_miou'])} mIoU; the starting model's per-dataset clustering is "
                     f"{x100(abs(margin))} points {'above' if margin >= 0 else 'BELOW'} it.")
-        head.tables.append(("All numbers x100 (mIoU; stability in %). Delta = time-tuned minus start with its 95% "
+        who = "time-tuned minus start" if (baseline, tuned) == ("start", "timetuned") else f"{tuned} minus {baseline}"
+        head.tables.append((f"All numbers x100 (mIoU; stability in %). Delta = {who} with its 95% "
                             "bootstrap interval over videos; seed std = standard deviation over the k-means/probe "
                             "seeds. " + TRAINING_RANDOMNESS,
                             main_table(doc, baseline, tuned)))
-        robust = robustness_table(doc, tuned)
+    compared = sorted(doc["comparisons"], key=lambda m: (m != tuned, list(doc["models"]).index(m)))
+    reference = doc["comparisons"][compared[0]]["baseline"] if compared else None
+    if reference and (len(compared) > 1 or tuned not in compared):
+        head.tables.append((f"Every model side by side (x100): each model's value, its delta against {reference} "
+                            "with its 95% bootstrap interval over videos, * = robust (interval excludes zero and "
+                            "every protocol variant agrees in sign).", models_table(doc, reference)))
+    for model in compared:
+        robust = robustness_table(doc, model)
         if robust:
-            head.tables.append(("Robustness: the same delta under protocol variants that each change one choice "
-                                "(x100, [95% interval]); 'robust' needs every variant to agree in sign and the "
-                                "default interval to exclude zero.", robust))
-        comp = doc["comparisons"][tuned]
-        rows = [(label(p), d["delta"] * 100, d["ci_low"] * 100, d["ci_high"] * 100, comp["verdicts"][p]["robust"])
-                for p, d in ((p, comp["deltas"][p]) for p in protocol_order(list(comp["deltas"])))
-                if not p.startswith("temporal_stability")]
-        head.figures.append((f"{set_name}_deltas.png", figures.deltas_png(rows, set_name),
-                             f"{set_name}: every delta (time-tuned minus start, x100) with its 95% interval; filled "
-                             "markers are robust."))
+            who = "" if compared == [tuned] else f"{model} minus {reference}: "
+            head.tables.append((f"Robustness, {who}the same delta under protocol variants that each change one "
+                                "choice (x100, [95% interval]); 'robust' needs every variant to agree in sign and "
+                                "the default interval to exclude zero.", robust))
+    series = {m: [(label(p), d["delta"] * 100, d["ci_low"] * 100, d["ci_high"] * 100,
+                   doc["comparisons"][m]["verdicts"][p]["robust"])
+                  for p, d in ((p, doc["comparisons"][m]["deltas"][p])
+                               for p in protocol_order(list(doc["comparisons"][m]["deltas"])))
+                  if not p.startswith("temporal_stability")] for m in compared}
+    if series:
+        who = "time-tuned" if compared == [tuned] else "each model"
+        head.figures.append((f"{set_name}_deltas.png", figures.deltas_png(series, set_name, reference),
+                             f"{set_name}: every delta ({who} minus {reference}, x100) with its 95% interval; "
+                             "filled markers are robust."))
     details = Section(f"{set_name}: protocol, classes and pictures", protocol_paragraphs(doc))
     details.tables.append(("IoU per class (x100).", per_class_table(doc, classes)))
     values = figures.per_class_values(doc)
@@ -170,8 +201,10 @@ def report_sections(results: dict[str, dict[str, Any]], clips: dict[str, list[Ev
                     summary: dict[str, Any], log_rows: list[dict[str, str]]) -> list[Section]:
     """The whole report: a summary (with the starting-model warning), each set's sections, then training."""
     models = ", ".join(next(iter(results.values()))["models"]) if results else "-"
+    several = results and len(next(iter(results.values()))["models"]) > 2
+    who = "each model" if several or not tuned else tuned
     intro = Section("Summary", [f"Models: {models}; sets: {', '.join(results)}. Numbers x100; deltas are "
-                                f"{tuned or 'each model'} minus {baseline or 'the starting model'}."],
+                                f"{who} minus {baseline or 'the starting model'}."],
                     warning=starting_model_warning(summary))
     sections = [intro]
     for name, doc in results.items():

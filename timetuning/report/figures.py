@@ -72,16 +72,28 @@ def training_curves_png(rows: list[dict[str, str]]) -> bytes | None:
     return png(fig)
 
 
-def deltas_png(rows: list[tuple[str, float, float, float, bool]], title: str) -> bytes:
-    """A forest plot: per protocol the delta (x100) with its interval; robust deltas filled, others hollow."""
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
-    for y, (label, delta, low, high, robust) in enumerate(reversed(rows)):
-        ax.plot([low, high], [y, y], color="tab:blue" if robust else "tab:gray", lw=2)
-        ax.plot([delta], [y], "o", color="tab:blue" if robust else "white",
-                markeredgecolor="tab:blue" if robust else "tab:gray", ms=7)
+def deltas_png(series: dict[str, list[tuple[str, float, float, float, bool]]], title: str, reference: str) -> bytes:
+    """A forest plot: per protocol each compared model's delta (x100) against ``reference`` with its interval;
+    robust deltas filled, others hollow; one colour per model."""
+    protocols = list(dict.fromkeys(r[0] for rows in series.values() for r in rows))
+    n = len(series)
+    fig, ax = plt.subplots(figsize=(7.5, (0.3 + 0.18 * n) * len(protocols) + 1.4))
+    colours = plt.get_cmap("tab10")
+    for k, (model, rows) in enumerate(series.items()):
+        colour = colours(k % 10) if n > 1 else "tab:blue"
+        offset = (n - 1) / 2 * 0.22 - k * 0.22
+        for name, delta, low, high, robust in rows:
+            y = len(protocols) - 1 - protocols.index(name) + offset
+            ax.plot([low, high], [y, y], color=colour if robust or n > 1 else "tab:gray", lw=2)
+            ax.plot([delta], [y], "o", color=colour if robust else "white",
+                    markeredgecolor=colour if robust or n > 1 else "tab:gray", ms=6 if n > 1 else 7,
+                    label=model if name == rows[0][0] else None)
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(range(len(rows)), [r[0] for r in reversed(rows)])
-    ax.set(title=title, xlabel="time-tuned minus start (x100), 95% interval; filled = robust")
+    ax.set_yticks(range(len(protocols)), list(reversed(protocols)))
+    who = "time-tuned" if n == 1 and "timetuned" in series else "model"
+    ax.set(title=title, xlabel=f"{who} minus {reference} (x100), 95% interval; filled = robust")
+    if n > 1:
+        ax.legend(fontsize=8, loc="best")
     return png(fig)
 
 

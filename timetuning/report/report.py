@@ -92,6 +92,30 @@ def main_table(doc: dict[str, Any], baseline: str, tuned: str) -> list[list[str]
     return rows
 
 
+def models_table(doc: dict[str, Any], reference: str) -> list[list[str]]:
+    """protocol | the reference model | every other model: its value (its delta against the reference [95%
+    interval]), ``*`` marking a robust delta (all x100)."""
+    ref = doc["models"][reference]
+    others = [m for m in doc["models"] if m != reference]
+    rows = [["protocol", reference, *[f"{m} (delta [95% interval])" for m in others]]]
+    for p in protocol_order(sorted(set(ref["protocols"]) | set(ref["not_applicable"]))):
+        if p in ref["not_applicable"]:
+            rows.append([label(p), "n/a", *["n/a" for _ in others]])
+            continue
+        row = [label(p), x100(ref["protocols"][p].get("mean"))]
+        for m in others:
+            value = doc["models"][m]["protocols"].get(p, {}).get("mean")
+            comp = doc["comparisons"].get(m, {})
+            d, v = comp.get("deltas", {}).get(p), comp.get("verdicts", {}).get(p)
+            cell = x100(value)
+            if d:
+                cell += (f" ({x100(d['delta'], True)} [{x100(d['ci_low'], True)}, {x100(d['ci_high'], True)}])"
+                         + ("*" if v and v["robust"] else ""))
+            row.append(cell)
+        rows.append(row)
+    return rows
+
+
 def robustness_table(doc: dict[str, Any], tuned: str) -> list[list[str]] | None:
     """Per protocol, the delta under TimeT's protocol and under each variant (x100, with intervals)."""
     comp = doc["comparisons"].get(tuned)
@@ -135,7 +159,7 @@ def markdown_table(rows: list[list[str]]) -> str:
 def html_table(rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 # ---------------------------------------------------------------------------------------------- documents
@@ -152,7 +176,7 @@ STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#22
          "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #bbb;padding:4px 10px;"
          "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}figure{margin:1em 0}"
          "figcaption{color:#555;font-size:.9em}.warning{background:#fff3cd;border:1px solid #e0b400;padding:.6em 1em;"
-         "font-weight:bold}caption{text-align:left;color:#555;font-size:.9em;padding:.2em 0}")
+         "font-weight:bold}caption{text-align:left;color:#555;font-size:.9em;padding:.2em 0}.scroll{overflow-x:auto}")
 
 
 def write_report(out_dir: Path, title: str, sections: list[Section]) -> None:
