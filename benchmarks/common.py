@@ -1,13 +1,16 @@
-"""Shared set-up for the benchmarks: synthetic clip shards and evaluation shards in a temp dir."""
+"""Shared set-up for the benchmarks: synthetic clip shards and evaluation shards in a temp dir, and a stage run in a
+fresh process."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from timetuning.data.eval_shards import shard_eval_set  # noqa: E402
 from timetuning.data.synthetic import generate_video, write_clip_shards, write_davis_sequence  # noqa: E402
@@ -32,3 +35,13 @@ def eval_shards(out: Path, sequences: int, frames: int = 8, size: int = 224) -> 
     shard_eval_set(EvalSetParams(name="bench", layout="davis", root=str(root), splits=["val"], size=size,
                                  frames_per_clip=4, max_clips_per_video=2), out / "eval", progress=False)
     return out / "eval" / "bench"
+
+
+def run_stage(module: str, params: Path, log: Path, *extra: str) -> None:
+    """``python -m <module> --params <params> <extra>`` from the repository root, its output appended to ``log``;
+    a failure ends the benchmark naming the log."""
+    with open(log, "a") as f:
+        proc = subprocess.run([sys.executable, "-m", module, "--params", str(params), *extra], cwd=ROOT, stdout=f,
+                              stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: {module} failed (exit {proc.returncode}); see {log}")

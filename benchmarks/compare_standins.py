@@ -18,7 +18,6 @@ took the wrong part would show chance-level numbers in that model's column. The 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import run_stage  # noqa: E402
 from timetuning.infra.config import load_params  # noqa: E402
 from timetuning.models.backbones import build_backbone  # noqa: E402
 
@@ -90,14 +90,6 @@ def comparison_params(base: Path, files: dict[str, Path], workdir: Path) -> Path
     path = workdir / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
-
-
-def run_stage(module: str, params: Path, log: Path, *extra: str) -> None:
-    with open(log, "a") as f:
-        proc = subprocess.run([sys.executable, "-m", module, "--params", str(params), *extra], cwd=ROOT, stdout=f,
-                              stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise SystemExit(f"error: {module} failed (exit {proc.returncode}); see {log}")
 
 
 def main() -> None:

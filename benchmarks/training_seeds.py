@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,10 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import run_stage  # noqa: E402
+
 PROTOCOLS = ("cluster_per_frame", "cluster_per_clip", "cluster_per_dataset", "overcluster_k20", "overcluster_k40",
              "linear", "hummingbird", "jf_mean", "temporal_stability_per_frame", "temporal_stability_per_clip")
 
@@ -55,14 +58,6 @@ def seed_params(base: Path, seed: int, overrides: dict[str, Any], out: Path) -> 
     path = out / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
-
-
-def run_stage(module: str, params: Path, log: Path, *extra: str) -> None:
-    with open(log, "a") as f:
-        proc = subprocess.run([sys.executable, "-m", module, "--params", str(params), *extra], cwd=ROOT, stdout=f,
-                              stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise SystemExit(f"error: {module} failed (exit {proc.returncode}); see {log}")
 
 
 def seed_run(base: Path, seed: int, overrides: dict[str, Any], workdir: Path, eval_set: str) -> dict[str, Any]:
