@@ -156,7 +156,7 @@ def set_section(set_name: str, doc: dict[str, Any], baseline: str | None, tuned:
                             "seeds. " + TRAINING_RANDOMNESS,
                             main_table(doc, baseline, tuned)))
     compared = sorted(doc["comparisons"], key=lambda m: (m != tuned, list(doc["models"]).index(m)))
-    reference = doc["comparisons"][compared[0]]["baseline"] if compared else None
+    reference = baseline if compared else None  # the stage read it from the results (fit_probes.reference_model)
     if reference and (len(compared) > 1 or tuned not in compared):
         head.tables.append((f"Every model side by side (x100): each model's value, its delta against {reference} "
                             "with its 95% bootstrap interval over videos, * = robust (interval excludes zero and "
