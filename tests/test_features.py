@@ -9,7 +9,7 @@ import torch
 from timetuning.data.eval_shards import iter_eval_clips, shard_eval_set
 from timetuning.data.synthetic import generate_video, write_davis_sequence
 from timetuning.eval.extraction import extract_split, merge_parts, prefetch
-from timetuning.eval.feature_store import feature_file, iter_feature_clips, read_features
+from timetuning.eval.feature_store import FeatureSpool, feature_file, iter_feature_clips, read_features
 from timetuning.eval.masks import patch_labels
 from timetuning.eval.upsampling import resize_nearest
 from timetuning.infra.config import BackboneParams, EvalSetParams
@@ -151,3 +151,20 @@ def test_prefetch_keeps_order_and_reraises():
         list(prefetch(broken()))
     first = next(prefetch(iter(range(10**6)), depth=1))  # an abandoned consumer does not hang the producer
     assert first == 0
+
+
+def test_the_spool_gives_the_files_clips_on_every_pass_even_interleaved(tmp_path, eval_set):
+    backbone = build_backbone(BackboneParams(name="test_vit", weights="none"))
+    path = tmp_path / "f.parquet"
+    extract_split(backbone, eval_set, "val", path, input_size=64, dtype="float16", row_group_size=40, progress=False)
+    expected = list(iter_feature_clips(path))
+    spool = FeatureSpool(path, batch_rows=7)
+    assert spool.dtype == torch.float16  # stored as the file holds them, converted per clip like the reader does
+    first, second = iter(spool), iter(spool)
+    for a, b, want in zip(first, second, expected):  # two passes at once: reads are positioned
+        for got in (a, b):
+            assert (got.clip_id, got.video_id) == (want.clip_id, want.video_id)
+            assert got.features.dtype == torch.float32
+            torch.testing.assert_close(got.features, want.features, rtol=0, atol=0)
+    assert [c.clip_id for c in spool] == [c.clip_id for c in expected]  # and again after both
+    spool.close()

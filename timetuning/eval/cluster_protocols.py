@@ -23,7 +23,6 @@ from timetuning.eval.clustering import (
     match_group,
     sample_points,
 )
-from timetuning.eval.feature_store import iter_feature_clips
 from timetuning.eval.kmeans import batched_kmeans
 from timetuning.eval.metrics import confusion_matrix, hungarian_mapping
 from timetuning.eval.pca import StandardPCA, fit_standard_pca
@@ -42,7 +41,7 @@ def settings_of(p: FitProbesParams) -> KMeansSettings:
 def fit_split_pca(source: SplitSource, dim: int) -> StandardPCA:
     """The scaler + PCA of the split (TimeT fits them once on the evaluated set)."""
     return fit_standard_pca((f.features.permute(0, 2, 3, 1).reshape(-1, f.features.shape[1])
-                             for f in iter_feature_clips(source.features)), dim)
+                             for f in source.feature_clips()), dim)
 
 
 def feature_maps(kind: str, features: torch.Tensor, pca: StandardPCA) -> torch.Tensor:

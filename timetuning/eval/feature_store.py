@@ -10,6 +10,8 @@ grid, the input size, the feature dimension and where the backbone's weights cam
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,16 +144,57 @@ class FeatureClip:
     features: torch.Tensor  # [T, D, g, g] float32
 
 
-def iter_feature_clips(path: str | Path, batch_rows: int = STREAM_ROWS) -> Iterator[FeatureClip]:
-    """The clips of a features file in order, streamed ``batch_rows`` rows at a time."""
+def iter_feature_clips(path: str | Path, batch_rows: int = STREAM_ROWS,
+                       dtype: torch.dtype | None = torch.float32) -> Iterator[FeatureClip]:
+    """The clips of a features file in order, streamed ``batch_rows`` rows at a time, as ``dtype`` (None: the
+    file's own)."""
     info = feature_file(path)
     for table in clip_tables(info.path, ["video_id", "feature"], batch_rows):
-        column = table.column("feature").combine_chunks()
-        feats = column.values.to_numpy(zero_copy_only=False).reshape(len(column), info.dim)
-        x = torch.from_numpy(feats.astype(np.float32))
-        t = len(column) // (info.grid * info.grid)
+        values = table.column("feature").combine_chunks().values.to_numpy(zero_copy_only=False)
+        t = len(values) // (info.grid * info.grid * info.dim)
+        grid = values.reshape(t, info.grid, info.grid, info.dim)
+        x = torch.from_numpy(np.ascontiguousarray(grid.transpose(0, 3, 1, 2)))
         yield FeatureClip(table.column("clip_id")[0].as_py(), table.column("video_id")[0].as_py(),
-                          x.reshape(t, info.grid, info.grid, info.dim).permute(0, 3, 1, 2).contiguous())
+                          x if dtype is None else x.to(dtype))
+
+
+class FeatureSpool:
+    """A features file decoded once into an anonymous temporary file of raw values (the file's own dtype, already
+    laid out ``[T, D, g, g]``), read back clip by clip as often as the protocols need: the same clips as
+    :func:`iter_feature_clips`, without decompressing, decoding and transposing the Parquet again on every pass
+    (the protocols read the train split 31 times and the val split ~8 times per model; see docs/benchmarks.md for
+    what a pass costs either way).
+
+    Memory stays one clip: reads are positioned (``os.preadv``), so passes may interleave; the values live in the
+    file (the OS page cache, not the process), 2 bytes per value for float16 (300 MB for 2,000 frames of 14x14
+    384-dim patches), and the file is gone when the spool is closed or collected."""
+
+    def __init__(self, path: str | Path, batch_rows: int = STREAM_ROWS):
+        self.info = feature_file(path)
+        self.clips: list[tuple[str, str, int, int]] = []  # clip id, video id, first byte, frames
+        self.dtype = torch.float16
+        self.file = tempfile.TemporaryFile(prefix="features-")
+        offset = 0
+        for clip in iter_feature_clips(self.info.path, batch_rows, dtype=None):
+            self.dtype = clip.features.dtype
+            values = clip.features.numpy()  # [T, D, g, g], as the protocols take them
+            self.file.write(values.data)
+            self.clips.append((clip.clip_id, clip.video_id, offset, values.shape[0]))
+            offset += values.nbytes
+        self.file.flush()
+
+    def __iter__(self) -> Iterator[FeatureClip]:
+        fd = self.file.fileno()
+        g, d = self.info.grid, self.info.dim
+        for clip_id, video_id, offset, frames in self.clips:
+            values = torch.empty((frames, d, g, g), dtype=self.dtype)
+            view = values.numpy().data.cast("B")
+            if os.preadv(fd, [view], offset) != len(view):
+                raise OSError(f"{self.info.path}: its decoded copy was cut short (temporary disk full?)")
+            yield FeatureClip(clip_id, video_id, values.float())
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def read_features(path: str | Path, columns: list[str] | None = None) -> dict[str, np.ndarray]:

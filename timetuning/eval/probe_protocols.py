@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from timetuning.data.eval_shards import iter_eval_clips
-from timetuning.eval.feature_store import iter_feature_clips
 from timetuning.eval.masks import soft_patch_labels
 from timetuning.eval.metrics import confusion_matrix
 from timetuning.eval.probes import (
@@ -23,6 +22,7 @@ from timetuning.eval.probes import (
     upsampled_argmax,
 )
 from timetuning.eval.protocol_result import ProtocolResult
+from timetuning.eval.retrieval import bank_search
 from timetuning.eval.scores import ConfusionScores
 from timetuning.eval.split_source import SplitSource, compute_device
 from timetuning.eval.upsampling import resize_nearest
@@ -43,7 +43,7 @@ def linear_protocol(train: SplitSource, val: SplitSource, num_classes: int, p: F
 
         def stream():
             targets.seek(0)
-            for f, shard_clip in zip_longest(iter_feature_clips(train.features), written):
+            for f, shard_clip in zip_longest(train.feature_clips(), written):
                 clip_id, frames = shard_clip or (None, 0)
                 train.check(f, clip_id, frames)
                 masks = torch.empty((frames, *size), dtype=torch.uint8)
@@ -65,24 +65,29 @@ def linear_protocol(train: SplitSource, val: SplitSource, num_classes: int, p: F
 
 def retrieval_protocol(train: SplitSource, val: SplitSource, num_classes: int, p: FitProbesParams,
                        num_examples: int) -> ProtocolResult:
-    """Hummingbird retrieval; one run per seed when the memory bank is a sample of the train patches."""
+    """Hummingbird retrieval; one run per seed when the memory bank is a sample of the train patches, each bank
+    searched the ``hummingbird_search`` way (the facts say how)."""
     total = train.info.rows
     seeds = p.seeds if total > p.hummingbird_memory else p.seeds[:1]
     confusion = np.zeros((len(seeds), len(val.videos), num_classes, num_classes), np.int64)
     examples: dict[str, np.ndarray] = {}
     size = train.info.input_size
+    searches: list[str] = []  # how each seed's bank was searched
     for s, seed in enumerate(seeds):
         bank = MemoryBank(total, p.hummingbird_memory, seed)
         for f, clip in train.clips():
             bank.add(f.features, soft_patch_labels(resize_nearest(clip.masks, (size, size)), train.info.grid,
                                                    num_classes))
         features, labels = (t.to(compute_device()) for t in bank.tensors())
+        search = bank_search(features, p.hummingbird_search, min(p.hummingbird_k, len(features)), seed)
+        searches.append(search.description)
         for i, (f, clip) in enumerate(val.clips()):
             votes = retrieval_votes(features, labels, f.features.to(features.device), k=p.hummingbird_k,
-                                    temperature=p.hummingbird_temperature).cpu()
+                                    temperature=p.hummingbird_temperature, search=search).cpu()
             pred = upsampled_argmax(votes, clip.masks.shape[-2:])
             confusion[s, val.clip_video[i]] += confusion_matrix(pred, clip.masks, num_classes, num_classes)
             if s == 0 and i < num_examples:
                 examples[f"retrieval/{i}"] = pred
-        del bank, features, labels  # the next seed's bank is filled with this one gone
-    return ProtocolResult({"hummingbird": ConfusionScores(confusion, "none")}, examples=examples)
+        del bank, features, labels, search  # the next seed's bank is filled with this one gone
+    return ProtocolResult({"hummingbird": ConfusionScores(confusion, "none")}, examples=examples,
+                          facts={"hummingbird_search": sorted(set(searches))})

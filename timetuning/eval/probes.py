@@ -8,7 +8,8 @@ the split through a seeded shuffle buffer, so memory does not grow with the spli
 
 Hummingbird retrieval (open-hummingbird-eval): a memory bank of train patch features (a seeded random sample) with
 soft patch labels (class fractions of their pixels); each query patch takes the softmax(cos / 0.02)-weighted labels
-of its k nearest neighbours (k = 30); the votes are upsampled and the argmax is the prediction.
+of its k nearest neighbours (k = 30), found by the reference's ScaNN search or exactly
+(:mod:`timetuning.eval.retrieval`); the votes are upsampled and the argmax is the prediction.
 
 Both predict at any output size: the scoring code asks for each frame's stored mask size.
 """
@@ -25,6 +26,7 @@ from torch.nn import functional as F
 
 from timetuning.data.labels import IGNORE_INDEX
 from timetuning.eval.kmeans import argmin_along
+from timetuning.eval.retrieval import BankSearch, ExactSearch
 from timetuning.eval.upsampling import bilinear_upsample
 
 
@@ -200,21 +202,17 @@ class MemoryBank:
 
 @torch.no_grad()
 def retrieval_votes(bank: torch.Tensor, bank_labels: torch.Tensor, features: torch.Tensor, *, k: int = 30,
-                    temperature: float = 0.02, scores_in_memory: int = 2 ** 26) -> torch.Tensor:
+                    temperature: float = 0.02, search: BankSearch | None = None) -> torch.Tensor:
     """Soft class votes ``[T, C, g, g]`` of the query patches ``features [T, D, g, g]`` from their k nearest
-    (cosine) bank patches, weighted by softmax(similarity / temperature). Queries go in chunks of at most
-    ``scores_in_memory`` query x bank similarities (256 MiB: a 100,000-patch bank takes 671 queries at a time;
-    64 MiB chunks of 167 were 1.28x slower), whatever the bank's size."""
+    (cosine) bank patches, weighted by softmax(similarity / temperature). ``search`` finds the neighbours
+    (:mod:`timetuning.eval.retrieval`; default: exact search of ``bank``)."""
     t, d, gh, gw = features.shape
     q = F.normalize(features.permute(0, 2, 3, 1).reshape(-1, d).float(), dim=1)
     k = min(k, bank.shape[0])
-    chunk = max(1, scores_in_memory // max(bank.shape[0], 1))
-    votes = []
-    for i in range(0, q.shape[0], chunk):
-        top, idx = (q[i:i + chunk] @ bank.t()).topk(k, dim=1)
-        weights = torch.softmax(top / temperature, dim=1)
-        votes.append(torch.einsum("qk,qkc->qc", weights, bank_labels[idx]))
-    return torch.cat(votes).reshape(t, gh, gw, -1).permute(0, 3, 1, 2)
+    top, idx = (search or ExactSearch(bank)).search(q, k)
+    weights = torch.softmax(top.to(bank_labels.device) / temperature, dim=1)
+    votes = torch.einsum("qk,qkc->qc", weights, bank_labels[idx.to(bank_labels.device)])
+    return votes.reshape(t, gh, gw, -1).permute(0, 3, 1, 2)
 
 
 def upsampled_argmax(scores: torch.Tensor, size: tuple[int, int], block: int = 8) -> np.ndarray:

@@ -38,6 +38,7 @@ def protocol_statement(p: FitProbesParams, input_size: int) -> dict[str, Any]:
                   "each frame's stored mask size",
         "hummingbird": f"k={p.hummingbird_k}, softmax(cos/{p.hummingbird_temperature}), memory "
                        f"{p.hummingbird_memory} train patches, scored at the stored mask size",
+        "hummingbird_search": p.hummingbird_search,
         "seeds": list(p.seeds),
         "bootstrap": f"{p.bootstrap_samples} resamples of videos, paired, {round(100 * p.confidence)}% percentile "
                      "interval",
@@ -65,7 +66,12 @@ def evaluate_set(set_name: str, set_dir: Path, features_dir: Path, splits: list[
     for model in models:
         val = SplitSource(features_dir / model / f"{scored}.parquet", set_dir, scored)
         train = SplitSource(features_dir / model / f"{fitted}.parquet", set_dir, fitted) if fitted else None
-        evaluations[model] = evaluate_model(val, train, len(classes), p, num_examples)
+        try:
+            evaluations[model] = evaluate_model(val, train, len(classes), p, num_examples)
+        finally:  # the decoded copies of this model's features are not needed by the next
+            for source in (val, train):
+                if source is not None:
+                    source.close()
         videos = val.videos
     doc: dict[str, Any] = {
         "set": set_name, "classes": classes, "scored_on": scored, "fitted_on": fitted,

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from timetuning.data.eval_shards import EvalClip, iter_eval_clips
-from timetuning.eval.feature_store import STREAM_ROWS, FeatureClip, clip_tables, feature_file, iter_feature_clips
+from timetuning.eval.feature_store import STREAM_ROWS, FeatureClip, FeatureSpool
 
 CHUNK_FRAMES = 16  # frames of features (and their masks) in memory at a time: bounds the peak memory (a 64-frame
 # chunk of per-frame k-means problems on 384-dim features took ~850 MiB; 16 frames ~250 MiB, and it is no slower)
@@ -21,7 +21,8 @@ CHUNK_FRAMES = 16  # frames of features (and their masks) in memory at a time: b
 
 @dataclass
 class SplitSource:
-    """One split of one set as one model saw it: its features file and the set's shards (for the masks)."""
+    """One split of one set as one model saw it: its features file and the set's shards (for the masks). The
+    features are decoded once, into a :class:`~timetuning.eval.feature_store.FeatureSpool` that every pass reads."""
 
     features: Path
     set_dir: Path
@@ -32,15 +33,20 @@ class SplitSource:
     batch_rows: int = STREAM_ROWS  # Parquet rows read at a time
 
     def __post_init__(self) -> None:
-        self.info = feature_file(self.features)
+        self.spool = FeatureSpool(self.features, self.batch_rows)
+        self.info = self.spool.info
         index: dict[str, int] = {}
-        rows: list[int] = []  # rows of each clip
-        for clip in clip_tables(self.features, ["video_id"], self.batch_rows):
-            self.clip_video.append(index.setdefault(clip.column("video_id")[0].as_py(), len(index)))
-            rows.append(clip.num_rows)
-        per_frame = self.info.grid ** 2
-        self.clip_frames = [r // per_frame for r in rows]
+        for _, video_id, _, frames in self.spool.clips:
+            self.clip_video.append(index.setdefault(video_id, len(index)))
+            self.clip_frames.append(frames)
         self.videos = list(index)
+
+    def feature_clips(self) -> Iterator[FeatureClip]:
+        """The features of every clip, in order (from the spool: no Parquet decoding after the first)."""
+        return iter(self.spool)
+
+    def close(self) -> None:
+        self.spool.close()
 
     @property
     def num_frames(self) -> int:
@@ -53,7 +59,7 @@ class SplitSource:
 
     def clips(self, frames: bool = False) -> Iterator[tuple[FeatureClip, EvalClip]]:
         """Features and masks of every clip, in order, checked to belong together."""
-        pairs = zip_longest(iter_feature_clips(self.features), iter_eval_clips(self.set_dir, self.split, frames=frames))
+        pairs = zip_longest(self.feature_clips(), iter_eval_clips(self.set_dir, self.split, frames=frames))
         for feats, clip in pairs:
             self.check(feats, getattr(clip, "clip_id", None), getattr(clip, "num_frames", 0))
             yield feats, clip

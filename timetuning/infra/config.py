@@ -593,6 +593,10 @@ class FitProbesParams(Section):
     """Softmax temperature of the retrieval protocol."""
     hummingbird_memory: PositiveInt = 100_000
     """Train patches in the retrieval memory bank at most."""
+    hummingbird_search: Literal["scann", "exact", "faiss"] = "scann"
+    """How the retrieval finds a query's neighbours: scann (open-hummingbird-eval's default: a 512-leaf tree, 32
+    leaves searched, the top 120 re-ranked exactly; banks under 51,200 patches are searched exactly), exact (every
+    bank patch scored, torch) or faiss (exact, faiss's flat index, on a GPU where faiss has one)."""
     bootstrap_samples: Annotated[int, Field(ge=100)] = 1000
     """Video resamples of the bootstrap interval of every delta."""
     confidence: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95

@@ -79,7 +79,16 @@ def protocol_paragraphs(doc: dict[str, Any]) -> list[str]:
         f"Linear probe: {proto['linear']}. Hummingbird: {proto['hummingbird']}.",
         f"Intervals: {proto['bootstrap']}. Robustness variants: "
         + "; ".join(f"{k}: {v}" for k, v in proto["variants"].items() if k != "timet") + ".",
-    ] + weights_paragraphs(doc)
+    ] + search_paragraphs(doc) + weights_paragraphs(doc)
+
+
+def search_paragraphs(doc: dict[str, Any]) -> list[str]:
+    """How the retrieval found each query's neighbours (``hummingbird_search``, and what each model's banks got)."""
+    used = sorted({s for m in doc["models"].values() for s in m["facts"].get("hummingbird_search", [])})
+    if not used:
+        return []
+    return [f"Retrieval neighbours (hummingbird_search: {doc['protocol'].get('hummingbird_search', 'exact')}): "
+            + "; ".join(used) + "."]
 
 
 def weights_paragraphs(doc: dict[str, Any]) -> list[str]:
