@@ -54,7 +54,10 @@ def test_a_stage_run_alone_names_the_stage_to_run(tmp_path, monkeypatch):
 
 def test_inputs_the_user_provides_name_their_key(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "voc").mkdir()
+    for name in ("JPEGImages/a.jpg", "SegmentationClass/a.png", "ImageSets/Segmentation/train.txt",
+                 "ImageSets/Segmentation/val.txt"):  # the layout's files are there (only paths are checked)
+        (tmp_path / "voc" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "voc" / name).write_text("a\n")
     params = validate_params({
         "shard_videos": {"input_dir": "/nonexistent/videos"},
         "shard_eval": {"sets": {"mine": {"layout": "voc", "root": "voc", "classes": "names.txt"}}},
