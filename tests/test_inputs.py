@@ -206,17 +206,17 @@ def test_preflight_checks_each_sets_layout(tmp_path, monkeypatch, capsys):
                                                           "train": {"val_set": None}}, sort_keys=False))
     with pytest.raises(MissingInputError) as err:
         load_and_preflight(".", ["shard_eval"], single_item=True)
-    split_file = "data/labelme/ImageSets/Segmentation/{0}.txt: split file not found (shard_eval.sets.two.splits); " \
-                 "or add the file (one ID per line), or list the IDs in shard_eval.sets.two.video_lists: {{{0}: " \
-                 "splits/<file>.txt}}; with no split files, a set with one split uses every image (this set has 2: " \
-                 "['train', 'val'])"
+    split_file = "data/labelme/ImageSets/Segmentation/{0}.txt: split file not found (shard_eval.sets.two.splits): " \
+                 "add it (one ID per line), or list the IDs in shard_eval.sets.two.video_lists: {{{0}: " \
+                 "splits/<file>.txt}}; every image is used only by a set with one split and no split files (this " \
+                 "set has 2 splits: ['train', 'val'])"
     assert str(err.value).splitlines() == [
         f"shard_eval@two: {split_file.format('train')}",
         f"shard_eval@two: {split_file.format('val')}",
         "shard_eval@cvat_val: data/cvat/ImageSets/Segmentation/val.txt: split file not found "
-        "(shard_eval.sets.cvat_val.splits); data/cvat/ImageSets/Segmentation has default.txt: name one of them in "
-        "shard_eval.sets.cvat_val.splits; or add the file (one ID per line), or list the IDs in "
-        "shard_eval.sets.cvat_val.video_lists: {val: splits/<file>.txt}",
+        "(shard_eval.sets.cvat_val.splits): add it (one ID per line), or list the IDs in "
+        "shard_eval.sets.cvat_val.video_lists: {val: splits/<file>.txt}; data/cvat/ImageSets/Segmentation has "
+        "default.txt: to use it, set shard_eval.sets.cvat_val.splits to [default]",
         "shard_eval@masks: data/labelme/Masks: mask folder not found (shard_eval.sets.masks.mask_dir): set "
         "shard_eval.sets.masks.mask_dir to the folder of masks under data/labelme (default SegmentationClass, or "
         "labelme's SegmentationClassPNG)",

@@ -131,14 +131,17 @@ def split_source(params: EvalSetParams, split: str, base: Path = Path(".")) -> S
     if params.layout == "voc" and not others and len(params.splits) == 1:
         images = voc_image_dir(params, base)
         return SplitSource("all", images, f"every image in {images} (no split file {path})")
-    hint = f"; {path.parent} has {', '.join(f'{o}.txt' for o in others[:5])}: name one of them in " \
-           f"{set_key(params, 'splits')}" if others else ""
-    every = ""
+    key = set_key(params, "splits")
+    message = f"{path}: split file not found ({key}): add it (one ID per line), or list the IDs in " \
+              f"{set_key(params)}.{lists}"
+    if len(others) == 1:
+        message += f"; {path.parent} has {others[0]}.txt: to use it, set {key} to [{others[0]}]"
+    elif others:
+        message += f"; {path.parent} has {', '.join(f'{o}.txt' for o in others[:5])}: name those splits in {key}"
     if params.layout == "voc" and not others:
-        every = f"; with no split files, a set with one split uses every image (this set has {len(params.splits)}: " \
-                f"{params.splits})"
-    raise DatasetError(f"{path}: split file not found ({set_key(params, 'splits')}){hint}; or add the file (one ID "
-                      f"per line), or list the IDs in {set_key(params)}.{lists}{every}")
+        message += f"; every image is used only by a set with one split and no split files (this set has " \
+                   f"{len(params.splits)} splits: {params.splits})"
+    raise DatasetError(message)
 
 
 def color_map_file(params: EvalSetParams, base: Path = Path(".")) -> Path | None:
