@@ -1,4 +1,5 @@
-"""DVC stage `shard_eval@<set>`: a labeled set (DAVIS-2017, YouTube-VOS or Pascal VOC layout) -> eval shards."""
+"""DVC stage `shard_eval@<set>`: a labeled set (DAVIS-2017, YouTube-VOS or Pascal VOC layout, or a VOC-like export of
+labelme, CVAT or a plain folder) -> eval shards."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
             log.warning("skipped %s/%s: %s", item["split"], item["video_id"], item["reason"])
         for warning in manifest.get("warnings", []):
             log.warning("%s: %s", name, warning)
+        for note in manifest.get("notes", []):
+            log.info("%s: %s", name, note)
 
 
 def main(argv: list[str] | None = None) -> int:

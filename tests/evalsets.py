@@ -158,3 +158,93 @@ def sharded_set(root: Path, out: Path, name: str, splits: list[str], **kw) -> Pa
                            short_side=kw.pop("short_side", 64), frames_per_clip=kw.pop("frames_per_clip", 2), **kw)
     shard_eval_set(params, out, progress=False)
     return out / name
+
+
+# ------------------------------------------------------------------ annotation tools' exports, as they write them
+ROAD_CLASSES = ["background", "car", "track"]
+LABELME_LABELS = "__ignore__\n_background_\ncar\ntrack\n"  # labelme's labels.txt, the input of labelme2voc
+
+
+def road_label(h: int, w: int, t: int) -> np.ndarray:
+    """A road scene's labels as labelme rasterises its shapes: -1 (an ``__ignore__`` shape), 0 background, 1 a car
+    moving along, 2 the track below it."""
+    label = np.zeros((h, w), np.int32)
+    label[int(0.7 * h):, :] = 2
+    x0 = int((0.1 + 0.1 * t) * w)
+    label[int(0.45 * h):int(0.7 * h), x0:x0 + w // 5] = 1
+    label[: h // 10, : w // 10] = -1
+    return label
+
+
+def _road_frame(label: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    colours = np.array([[90, 140, 200], [200, 30, 40], [70, 70, 70]], np.float32)
+    frame = colours[np.clip(label, 0, 2)] + rng.normal(0, 5, (*label.shape, 3))
+    return np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def labelme_voc_export(out: Path, frames: int = 5, h: int = 563, w: int = 1000) -> Path:
+    """What labelme's VOC converter (labelme2voc) writes for a video's frames annotated with ``labels.txt``
+    (``__ignore__``, ``_background_``, ``car``, ``track``): ``JPEGImages/<frame>.jpg``,
+    ``SegmentationClass/<frame>.npy`` (int32 labels, -1 = ``__ignore__``), ``SegmentationClassPNG/<frame>.png``
+    (the labels as uint8 palette PNGs: -1 becomes 255; imgviz's label colour map as palette),
+    ``SegmentationClassVisualization/<frame>.jpg`` and ``class_names.txt`` (the names after ``__ignore__``, joined
+    by newlines); no ``ImageSets/``. labels.txt is written beside the export, where the user keeps it."""
+    import imgviz
+
+    rng = np.random.default_rng(3)
+    for d in ("JPEGImages", "SegmentationClass", "SegmentationClassPNG", "SegmentationClassVisualization"):
+        (out / d).mkdir(parents=True, exist_ok=True)
+    for t in range(frames):
+        base = f"frame_{t:06d}"
+        label = road_label(h, w, t)
+        frame = _road_frame(label, rng)
+        Image.fromarray(frame).save(out / "JPEGImages" / f"{base}.jpg")
+        np.save(out / "SegmentationClass" / f"{base}.npy", label)
+        png = Image.fromarray(label.astype(np.uint8), mode="P")
+        png.putpalette(imgviz.label_colormap().flatten())
+        png.save(out / "SegmentationClassPNG" / f"{base}.png")
+        viz = imgviz.label2rgb(label, imgviz.rgb2gray(frame), font_size=15, label_names=ROAD_CLASSES, loc="rb")
+        Image.fromarray(viz).save(out / "SegmentationClassVisualization" / f"{base}.jpg")
+    (out / "class_names.txt").write_text("\n".join(["_background_", "car", "track"]))
+    (out.parent / "labels.txt").write_text(LABELME_LABELS)
+    return out
+
+
+CVAT_COLOURS = {"background": (0, 0, 0), "car": (250, 50, 83), "track": (51, 221, 255)}
+
+
+def cvat_mask_export(out: Path, frames: int = 4, h: int = 60, w: int = 96) -> Path:
+    """What CVAT's "Segmentation mask 1.1" export holds (with images): ``labelmap.txt`` (``# label:color_rgb:parts:
+    actions``, then ``name:r,g,b::``), ``ImageSets/Segmentation/default.txt``, ``JPEGImages/<frame>.jpg``,
+    ``SegmentationClass/<frame>.png`` (RGB, each class in its colour) and ``SegmentationObject/<frame>.png`` (RGB,
+    each object in its own colour). CVAT has no ignore label: the ``__ignore__`` corner is background here."""
+    rng = np.random.default_rng(4)
+    for d in ("JPEGImages", "SegmentationClass", "SegmentationObject", "ImageSets/Segmentation"):
+        (out / d).mkdir(parents=True, exist_ok=True)
+    colours = np.array(list(CVAT_COLOURS.values()), np.uint8)
+    names = []
+    for t in range(frames):
+        base = f"frame_{t:06d}"
+        label = np.clip(road_label(h, w, t), 0, 2)
+        Image.fromarray(_road_frame(label, rng)).save(out / "JPEGImages" / f"{base}.jpg")
+        Image.fromarray(colours[label]).save(out / "SegmentationClass" / f"{base}.png")
+        objects = np.array([[0, 0, 0], [184, 61, 245], [255, 204, 51]], np.uint8)
+        Image.fromarray(objects[label]).save(out / "SegmentationObject" / f"{base}.png")
+        names.append(base)
+    (out / "ImageSets/Segmentation/default.txt").write_text("".join(f"{n}\n" for n in names))
+    (out / "labelmap.txt").write_text("# label:color_rgb:parts:actions\n" + "".join(
+        f"{n}:{r},{g},{b}::\n" for n, (r, g, b) in CVAT_COLOURS.items()))
+    return out
+
+
+def plain_folder(out: Path, frames: int = 3, h: int = 48, w: int = 80) -> Path:
+    """A folder of images and masks with matching stems (``images/<stem>.png``, ``masks/<stem>.png`` grayscale,
+    value = class id, 255 = ignore) and nothing else."""
+    rng = np.random.default_rng(5)
+    for d in ("images", "masks"):
+        (out / d).mkdir(parents=True, exist_ok=True)
+    for t in range(frames):
+        label = road_label(h, w, t)
+        Image.fromarray(_road_frame(label, rng)).save(out / "images" / f"shot{t}.png")
+        Image.fromarray(label.astype(np.uint8), mode="L").save(out / "masks" / f"shot{t}.png")
+    return out

@@ -152,6 +152,22 @@ def test_eval_set_classes_and_splits_are_checked():
         == "shard_eval.sets.v.splits: ['val', 'val'] lists a split twice"
 
 
+def test_the_export_options_of_the_voc_layout_are_checked():
+    base, no_val = {"layout": "voc", "root": "x"}, {"val_set": None}
+    ok = validate_params({"shard_eval": {"sets": {"v": base | {"image_dir": "images", "mask_dir": "masks",
+                                                                "color_map": {"bg": [0, 0, 0], "car": [250, 50, 83]}}}},
+                          "train": no_val})
+    assert ok.shard_eval.sets["v"].color_map == {"bg": (0, 0, 0), "car": (250, 50, 83)}
+    assert _error({"shard_eval": {"sets": {"d": {"layout": "davis", "root": "x", "mask_dir": "masks"}}},
+                   "train": no_val}) == \
+        "shard_eval.sets.d.mask_dir: only the voc layout reads it (this set's layout is davis); remove it"
+    assert _error({"shard_eval": {"sets": {"v": base | {"color_map": {"bg": [0, 0, 0], "car": [0, 0, 0]}}}},
+                   "train": no_val}) == \
+        "shard_eval.sets.v.color_map: ['bg', 'car'] share the colour [0, 0, 0]; each class needs its own colour"
+    assert _error({"shard_eval": {"sets": {"v": base | {"color_map": {"bg": [0, 0, 0], "car": [0, 256, 0]}}}},
+                   "train": no_val}) == "shard_eval.sets.v.color_map.car: [0, 256, 0]: colour channels must be 0-255"
+
+
 def test_propagation_defaults_are_dinos_and_params_yaml_holds_them():
     from timetuning.infra.config import PropagationParams
 

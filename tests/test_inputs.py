@@ -54,7 +54,10 @@ def test_a_stage_run_alone_names_the_stage_to_run(tmp_path, monkeypatch):
 
 def test_inputs_the_user_provides_name_their_key(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "voc").mkdir()
+    for name in ("JPEGImages/a.jpg", "SegmentationClass/a.png", "ImageSets/Segmentation/train.txt",
+                 "ImageSets/Segmentation/val.txt"):  # the layout's files are there (only paths are checked)
+        (tmp_path / "voc" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "voc" / name).write_text("a\n")
     params = validate_params({
         "shard_videos": {"input_dir": "/nonexistent/videos"},
         "shard_eval": {"sets": {"mine": {"layout": "voc", "root": "voc", "classes": "names.txt"}}},
@@ -173,3 +176,60 @@ def test_cli_repro_refuses_before_dvc_starts(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "fit_probes.linear_drop_epoch: 30 must be below linear_epochs (25)" in err
     assert "nothing was run" in err and not Path(tmp_path / ".dvc").exists()
+
+
+def test_preflight_checks_each_sets_layout(tmp_path, monkeypatch, capsys):
+    """Before DVC runs anything, each set's own files are checked against its layout (paths only): the image and
+    mask folders, each split's file or the every-image fallback; each problem one line naming the set key and the
+    fix. A labelme export as it comes and a CVAT export pass."""
+    import yaml
+
+    from pipeline.cli import main
+    from tests.evalsets import cvat_mask_export, davis_set, labelme_voc_export
+
+    monkeypatch.chdir(tmp_path)
+    labelme = labelme_voc_export(tmp_path / "data" / "labelme", frames=1, h=40, w=60)
+    cvat = cvat_mask_export(tmp_path / "data" / "cvat", frames=1)
+    davis_set(tmp_path / "data" / "davis", {"val": [(32, 48)]}, frames=2)
+    good = {"labelme": {"layout": "voc", "root": "data/labelme", "splits": ["val"], "classes": "class_names.txt"},
+            "cvat": {"layout": "voc", "root": "data/cvat", "splits": ["default"]}}
+    params = validate_params({"shard_eval": {"sets": good}, "train": {"val_set": None}})
+    assert preflight(params, ["shard_eval"], single_item=True) == ["shard_eval@labelme", "shard_eval@cvat"]
+    bad = {
+        "two": good["labelme"] | {"splits": ["train", "val"]},  # no split files: only a lone split is every image
+        "cvat_val": good["cvat"] | {"splits": ["val"]},  # CVAT names its split default
+        "masks": good["labelme"] | {"mask_dir": "Masks"},
+        "hd": {"layout": "davis", "root": "data/davis", "resolution": "1080p", "splits": ["val"]},
+        "lists": {"layout": "davis", "root": "data/davis", "splits": ["val"], "video_lists": {"val": "splits/v.txt"}},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"shard_eval": {"sets": good | bad},
+                                                          "train": {"val_set": None}}, sort_keys=False))
+    with pytest.raises(MissingInputError) as err:
+        load_and_preflight(".", ["shard_eval"], single_item=True)
+    split_file = "data/labelme/ImageSets/Segmentation/{0}.txt: split file not found (shard_eval.sets.two.splits): " \
+                 "add it (one ID per line), or list the IDs in shard_eval.sets.two.video_lists: {{{0}: " \
+                 "splits/<file>.txt}}; every image is used only by a set with one split and no split files (this " \
+                 "set has 2 splits: ['train', 'val'])"
+    assert str(err.value).splitlines() == [
+        f"shard_eval@two: {split_file.format('train')}",
+        f"shard_eval@two: {split_file.format('val')}",
+        "shard_eval@cvat_val: data/cvat/ImageSets/Segmentation/val.txt: split file not found "
+        "(shard_eval.sets.cvat_val.splits): add it (one ID per line), or list the IDs in "
+        "shard_eval.sets.cvat_val.video_lists: {val: splits/<file>.txt}; data/cvat/ImageSets/Segmentation has "
+        "default.txt: to use it, set shard_eval.sets.cvat_val.splits to [default]",
+        "shard_eval@masks: data/labelme/Masks: mask folder not found (shard_eval.sets.masks.mask_dir): set "
+        "shard_eval.sets.masks.mask_dir to the folder of masks under data/labelme (default SegmentationClass, or "
+        "labelme's SegmentationClassPNG)",
+        "shard_eval@hd: data/davis/JPEGImages/1080p: folder not found (shard_eval.sets.hd.resolution: 1080p): a davis "
+        "set has JPEGImages/<resolution>/<sequence>/; set resolution to the folder under data/davis/JPEGImages or "
+        "root to the DAVIS folder",
+        "shard_eval@hd: data/davis/Annotations/1080p: folder not found (shard_eval.sets.hd.resolution: 1080p): a "
+        "davis set has Annotations/<resolution>/<sequence>/; set resolution to the folder under "
+        "data/davis/Annotations or root to the DAVIS folder",
+        "shard_eval@lists: shard_eval.sets.lists.video_lists.val: splits/v.txt not found: write the IDs of the split "
+        "there (one per line), or remove val from video_lists to use the layout's own split"]
+    # the CLI refuses before DVC starts, with the same lines
+    assert main(["repro", "shard_eval"]) == 1
+    out = capsys.readouterr().err
+    assert "shard_eval@masks: data/labelme/Masks: mask folder not found" in out and "nothing was run" in out
+    assert labelme.is_dir() and cvat.is_dir()

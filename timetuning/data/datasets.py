@@ -1,10 +1,11 @@
-"""Readers for labeled evaluation sets on disk (DAVIS-2017, YouTube-VOS, Pascal VOC) and their shard samples.
+"""Readers for labeled evaluation sets on disk (DAVIS-2017, YouTube-VOS, Pascal VOC and the VOC-like exports of
+labelme, CVAT and plain folders) and their shard samples.
 
 Each reader lists *sequences*: a video (or a single image) as frame paths with their mask paths, plus the set's
 label map. :func:`sequence_samples` turns a sequence into evaluation clips (frames resized so the short side is
 ``size``, masks resized with nearest neighbour, class ids checked against the label map). Where masks hold
 instance ids (DAVIS-2017 with its semantic files, YouTube-VOS), each frame's instance mask is kept beside its class
-mask, for label-propagation benchmarks.
+mask, for label-propagation benchmarks. Where a set's files lie is :mod:`timetuning.data.layouts`'s part.
 """
 
 from __future__ import annotations
@@ -19,16 +20,33 @@ import numpy as np
 from PIL import Image
 
 from timetuning.data.labels import IGNORE_INDEX
+from timetuning.data.layouts import (
+    DatasetError,
+    color_map_file,
+    image_path,
+    image_stems,
+    layout_problems,
+    set_key,
+    split_source,
+    voc_image_dir,
+    voc_mask_folder,
+)
 from timetuning.data.shards import encode_jpeg, encode_png, sanitize_key
-from timetuning.infra.config import EvalSetParams, check_class_names
+from timetuning.infra.config import EvalSetParams, check_class_names, check_color_map
 
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
                "tvmonitor")
+IGNORE_NAME = "__ignore__"  # labelme's labels.txt: the first line, id -1 (255 in the PNGs labelme writes)
+LABELME_BACKGROUND = "_background_"  # labelme's name of id 0, shown as "background"
 
 
-class DatasetError(ValueError):
-    """A labeled set that does not match its layout; the message names the file and what is wrong."""
+@dataclass(frozen=True)
+class ColorMap:
+    """Colour masks: each (r, g, b) colour's class id, and where the colours were given (for messages)."""
+
+    to_class: dict[tuple[int, int, int], int]
+    source: str
 
 
 @dataclass
@@ -39,6 +57,7 @@ class Sequence:
     # maps raw mask values to class ids (instance ids -> categories); None = values are class ids
     value_to_class: dict[int, int] | None = None
     instances: bool = False  # raw mask values are instance ids: samples keep them as f<t>.inst.png
+    colors: ColorMap | None = None  # masks are colour images: colours map to class ids
 
 
 def open_image(path: Path, what: str = "image") -> Image.Image:
@@ -56,9 +75,9 @@ def open_image(path: Path, what: str = "image") -> Image.Image:
 
 def declared_classes(params: EvalSetParams) -> list[str] | None:
     """The set's ``classes`` option as a list of names (read from its file if it names one); None if not given."""
-    if params.classes is None or isinstance(params.classes, list):
-        return None if params.classes is None else list(params.classes)
     key = f"shard_eval.sets.{params.name}.classes"
+    if params.classes is None or isinstance(params.classes, list):
+        return None if params.classes is None else _labelme_names(list(params.classes), key)
     path = Path(params.root) / params.classes
     if not path.is_file():
         raise DatasetError(f"{key}: {path} not found (a relative path is read from the set's root)")
@@ -70,6 +89,7 @@ def declared_classes(params: EvalSetParams) -> list[str] | None:
         raise DatasetError(f"{key}: {path}: not a class list ({err})") from None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise DatasetError(f"{key}: {path}: expected a JSON list of names, got {type(names).__name__}")
+    names = _labelme_names(names, f"{key} ({path})")
     try:
         check_class_names(names, f"{key} ({path})")
     except ValueError as err:
@@ -77,10 +97,17 @@ def declared_classes(params: EvalSetParams) -> list[str] | None:
     return names
 
 
-def _read_split(path: Path) -> list[str]:
-    if not path.is_file():
-        raise DatasetError(f"{path}: split file not found")
-    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+def _labelme_names(names: list[str], where: str) -> list[str]:
+    """labelme's conventions: a first line ``__ignore__`` (its labels.txt) is id -1, written as 255 = ignore, so it is
+    dropped and ``_background_`` is id 0; ``_background_`` at id 0 is shown as ``background``."""
+    if names and names[0] == IGNORE_NAME:
+        names = names[1:]
+    if IGNORE_NAME in names:
+        raise DatasetError(f"{where}: {IGNORE_NAME} at id {names.index(IGNORE_NAME)}: labelme's ignore label is read "
+                           f"only as the first line (id -1, 255 in masks); move it to the first line or remove it")
+    if names and names[0] == LABELME_BACKGROUND and "background" not in names:
+        names = ["background", *names[1:]]
+    return names
 
 
 def _read_json(path: Path) -> Any:
@@ -90,24 +117,33 @@ def _read_json(path: Path) -> Any:
         raise DatasetError(f"{path}: not valid JSON ({err})") from None
 
 
-def split_names(params: EvalSetParams, split: str, layout_file: Path) -> list[str]:
-    """The video/image IDs of a split: from ``video_lists[split]`` when given, else the layout's own split file."""
-    listed = params.video_lists.get(split)
-    if listed is None:
-        return _read_split(layout_file)
-    path = Path(listed)
-    if not path.is_file():
-        raise DatasetError(f"shard_eval.sets[{params.name}].video_lists.{split}: {path} not found")
-    ids = [ln.split("#", 1)[0].strip() for ln in path.read_text().splitlines()]
+def split_names(params: EvalSetParams, split: str) -> list[str]:
+    """The video/image IDs of a split: from ``video_lists[split]`` when given, else the layout's own split file
+    (for a voc-layout set without split files, every image: :func:`~timetuning.data.layouts.split_source`)."""
+    source = split_source(params, split)
+    if source.kind == "all":
+        return image_stems(source.path)
+    lines = source.path.read_text().splitlines()
+    if source.kind == "file":
+        return [ln.strip() for ln in lines if ln.strip()]
+    ids = [ln.split("#", 1)[0].strip() for ln in lines]
     return list(dict.fromkeys(i for i in ids if i))
+
+
+def split_note(params: EvalSetParams, split: str) -> str:
+    """Where a split's IDs came from, in words (the manifest records it for every split)."""
+    source = split_source(params, split)
+    return {"list": f"video_lists.{split}: {source.path}", "file": str(source.path)}.get(source.kind, source.note)
 
 
 def _paired(video_id: str, frame_dir: Path, mask_dir: Path) -> Sequence:
     if not frame_dir.is_dir():
-        raise DatasetError(f"{frame_dir}: frame folder of sequence {video_id!r} not found")
+        raise DatasetError(f"{frame_dir}: frame folder of sequence {video_id!r} not found: add it, or remove "
+                           f"{video_id} from the split's file")
     frames = sorted(frame_dir.glob("*.jpg"))
     if not frames:
-        raise DatasetError(f"{frame_dir}: no .jpg frames")
+        raise DatasetError(f"{frame_dir}: no .jpg frames (a davis sequence is a folder of .jpg frames): add them, or "
+                           f"remove {video_id} from the split's file")
     masks = [mask_dir / f"{f.stem}.png" for f in frames]
     return Sequence(video_id, frames, masks)
 
@@ -165,7 +201,7 @@ def davis_sequences(params: EvalSetParams, split: str) -> tuple[list[Sequence], 
     ``classes.json`` at the root when present (semantic annotations); otherwise the indices found are the classes.
     """
     root = Path(params.root)
-    names = split_names(params, split, root / "ImageSets" / "2017" / f"{split}.txt")
+    names = split_names(params, split)
     seqs = [_paired(n, root / "JPEGImages" / params.resolution / n, root / "Annotations" / params.resolution / n)
             for n in names]
     declared = declared_classes(params)
@@ -174,7 +210,8 @@ def davis_sequences(params: EvalSetParams, split: str) -> tuple[list[Sequence], 
         classes, maps = semantic
         for s in seqs:
             if s.video_id not in maps:
-                raise DatasetError(f"{root / 'davis_semantics.json'}: no entry for sequence {s.video_id!r}")
+                raise DatasetError(f"{root / 'davis_semantics.json'}: no entry for sequence {s.video_id!r}: add "
+                                   f"its instance id -> category map there")
             s.value_to_class, s.instances = maps[s.video_id], True
         return seqs, classes
     classes_file = root / "classes.json"
@@ -215,18 +252,22 @@ def ytvos_sequences(params: EvalSetParams, split: str) -> tuple[list[Sequence], 
     root = Path(params.root)
     folder = params.video_folder if split in params.video_lists else split
     meta_path = root / folder / "meta.json"
-    if not meta_path.is_file():
-        raise DatasetError(f"{meta_path}: meta.json not found")
+    if split not in params.video_lists:
+        split_source(params, split)  # names the missing folder and the fix
+    elif not meta_path.is_file():
+        raise DatasetError(f"{meta_path}: meta.json not found ({set_key(params, 'video_folder')}: {folder}): set "
+                           "video_folder to the annotated folder under root that the listed videos are in")
     meta = json.loads(meta_path.read_text())
     classes = ytvos_categories(root)
     class_id = {c: i for i, c in enumerate(classes)}
     videos = meta.get("videos", {})
     if split in params.video_lists:
-        vids = split_names(params, split, meta_path)
+        vids = split_names(params, split)
         missing = [v for v in vids if v not in videos]
         if missing:
-            raise DatasetError(f"shard_eval.sets[{params.name}].video_lists.{split}: {len(missing)} listed video(s) "
-                               f"not in {meta_path}, e.g. {missing[:5]}")
+            raise DatasetError(f"{set_key(params, 'video_lists')}.{split}: {len(missing)} listed video(s) not in "
+                               f"{meta_path}, e.g. {missing[:5]}: remove them from {params.video_lists[split]}, or "
+                               f"set {set_key(params, 'video_folder')} to the folder holding them")
     else:
         vids = sorted(videos)
     seqs = []
@@ -236,18 +277,77 @@ def ytvos_sequences(params: EvalSetParams, split: str) -> tuple[list[Sequence], 
         mask_dir = root / folder / "Annotations" / vid
         masks = sorted(mask_dir.glob("*.png"))
         if not masks:
-            raise DatasetError(f"{mask_dir}: no annotated frames for video {vid!r}")
+            raise DatasetError(f"{mask_dir}: no annotated frames for video {vid!r}: add its masks, or leave the video "
+                               f"out of the split (a video list in {set_key(params, 'video_lists')})")
         frames = [root / folder / "JPEGImages" / vid / f"{m.stem}.jpg" for m in masks]
         seqs.append(Sequence(vid, frames, masks, mapping, instances=True))
     return seqs, classes
 
 
+def read_color_map(params: EvalSetParams) -> tuple[dict[str, tuple[int, int, int]], str] | None:
+    """A voc-layout set's colours (class name -> (r, g, b)) and where they were given: ``color_map`` in params,
+    the file it names, or CVAT's ``labelmap.txt`` at root (``name:r,g,b:parts:actions`` lines, ``#`` comments);
+    None when the set has no colours (its masks hold class ids)."""
+    if isinstance(params.color_map, dict):
+        return {n: tuple(int(c) for c in rgb) for n, rgb in params.color_map.items()}, set_key(params, "color_map")
+    path = color_map_file(params)
+    if path is None:
+        return None
+    key = set_key(params, "color_map")
+    if not path.is_file():
+        raise DatasetError(f"{path}: colour map not found ({key}): set {key} to CVAT's labelmap.txt (a relative path "
+                           "is read from root) or to {name: [r, g, b]}")
+    colors: dict[str, tuple[int, int, int]] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, _, rest = line.partition(":")
+        channels = rest.split(":", 1)[0].split(",")
+        try:
+            rgb = tuple(int(c) for c in channels)
+        except ValueError:
+            rgb = ()
+        if not name.strip() or len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+            raise DatasetError(f"{path}:{number}: {line.strip()!r} is not name:r,g,b (CVAT's labelmap.txt has lines "
+                               f"like car:250,50,83::); fix the line, or give the colours in {key}")
+        if name.strip() in colors:
+            raise DatasetError(f"{path}:{number}: class {name.strip()!r} named twice; keep one line per class")
+        colors[name.strip()] = rgb  # type: ignore[assignment]
+    try:
+        check_color_map(colors, f"{key} ({path})")
+    except ValueError as err:
+        raise DatasetError(str(err)) from None
+    return colors, str(path)
+
+
 def voc_sequences(params: EvalSetParams, split: str) -> tuple[list[Sequence], list[str]]:
-    """Pascal VOC: ``JPEGImages/<id>.jpg``, ``SegmentationClass/<id>.png``, ``ImageSets/Segmentation/<split>.txt``."""
-    root = Path(params.root)
-    ids = split_names(params, split, root / "ImageSets" / "Segmentation" / f"{split}.txt")
-    seqs = [Sequence(i, [root / "JPEGImages" / f"{i}.jpg"], [root / "SegmentationClass" / f"{i}.png"]) for i in ids]
-    return seqs, declared_classes(params) or list(VOC_CLASSES)
+    """Pascal VOC: ``JPEGImages/<id>.jpg``, ``SegmentationClass/<id>.png``, ``ImageSets/Segmentation/<split>.txt``.
+
+    Also the exports of annotation tools: ``image_dir``/``mask_dir`` name other folders (images .jpg/.jpeg/.png,
+    masks <stem>.png or labelme's <stem>.npy; labelme's ``SegmentationClassPNG`` is found by itself), a set with one
+    split and no split files uses every image, and colour masks map to classes through a colour map
+    (:func:`read_color_map`): the classes are its names in its order unless ``classes`` orders them.
+    """
+    images, masks = voc_image_dir(params), voc_mask_folder(params)
+    ids = split_names(params, split)
+    declared = declared_classes(params)
+    colors, color_map = read_color_map(params), None
+    if colors is not None:
+        named, source = colors
+        if declared is None:
+            declared = list(named)
+            try:
+                check_class_names(declared, f"{set_key(params, 'classes')} (the names of {source})")
+            except ValueError as err:
+                raise DatasetError(str(err)) from None
+        missing = [n for n in named if n not in declared]
+        if missing:
+            raise DatasetError(f"{source}: classes {missing[:5]} are not in {set_key(params, 'classes')} "
+                               f"{declared}: add them there, or remove classes to take the colour map's names")
+        color_map = ColorMap({rgb: declared.index(n) for n, rgb in named.items()}, source)
+    seqs = [Sequence(i, [image_path(images, i)], [masks.path / f"{i}{masks.suffix}"], colors=color_map)
+            for i in ids]
+    return seqs, declared or list(VOC_CLASSES)
 
 
 READERS = {"davis": davis_sequences, "ytvos": ytvos_sequences, "voc": voc_sequences}
@@ -256,7 +356,11 @@ READERS = {"davis": davis_sequences, "ytvos": ytvos_sequences, "voc": voc_sequen
 def read_sequences(params: EvalSetParams, split: str) -> tuple[list[Sequence], list[str]]:
     """The sequences and class names of one split of a labeled set."""
     if not Path(params.root).is_dir():
-        raise DatasetError(f"shard_eval.sets[{params.name}].root: {params.root} is not a directory")
+        raise DatasetError(f"{set_key(params, 'root')}: {params.root} is not a directory: set it to the folder of "
+                           "the set")
+    problems = layout_problems(params)
+    if problems:
+        raise DatasetError("\n".join(problems))
     return READERS[params.layout](params, split)
 
 
@@ -266,35 +370,94 @@ def _resized(img: Image.Image, size: int, resample: int) -> Image.Image:
     return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), resample)
 
 
-def load_annotated_frame(frame_path: Path, mask_path: Path, size: int, num_classes: int,
-                         value_to_class: dict[int, int] | None, classes_key: str = "classes",
+def _mask_fix(seq: Sequence, params: EvalSetParams) -> str:
+    """Where a frame's mask is looked for, and the option that moves it (for a missing mask)."""
+    if params.layout == "voc":
+        key = set_key(params, "mask_dir")
+        return f"masks are read from {seq.masks[0].parent}: add the mask there, set {key} to the folder holding " \
+               f"the masks, or leave the image out of the split"
+    return "add the mask, or leave the sequence out of the split"
+
+
+def read_mask(path: Path, seq: Sequence, params: EvalSetParams) -> np.ndarray:
+    """A mask's raw values [H, W] int32: palette indices or grey levels, labelme's .npy labels (-1 -> 255 =
+    ignore), or colours mapped to class ids by the sequence's colour map."""
+    key = set_key(params)
+    if path.suffix == ".npy":
+        try:
+            raw = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise DatasetError(f"{path}: not a readable .npy mask ({err})") from None
+        if raw.ndim != 2 or not np.issubdtype(raw.dtype, np.integer):
+            raise DatasetError(f"{path}: a .npy mask must be a 2-D integer array (labelme's labels), got {raw.dtype} "
+                               f"{raw.shape}; point {key}.mask_dir at the PNG masks instead")
+        raw = raw.astype(np.int64)
+        if raw.size and (raw.min() < -1 or raw.max() > IGNORE_INDEX):
+            raise DatasetError(f"{path}: .npy labels {raw.min()}..{raw.max()} outside -1 (ignore)..{IGNORE_INDEX - 1}"
+                               f"; fix the labels, or point {key}.mask_dir at the PNG masks")
+        return np.where(raw == -1, IGNORE_INDEX, raw).astype(np.int32)
+    img = open_image(path, "mask")
+    if seq.colors is not None:
+        rgb = np.asarray(img.convert("RGB"), np.int32)
+        packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        values, inverse, counts = np.unique(packed, return_inverse=True, return_counts=True)
+        known = {(r << 16) | (g << 8) | b: c for (r, g, b), c in seq.colors.to_class.items()}
+        unknown = [(int(v), int(n)) for v, n in zip(values, counts) if int(v) not in known]
+        if unknown:
+            listed = ", ".join(f"({v >> 16}, {(v >> 8) & 255}, {v & 255}) at {n} pixel(s)" for v, n in unknown[:3])
+            first = unknown[0][0]
+            raise DatasetError(f"{path}: colour(s) {listed} not in the colour map {seq.colors.source}: add a class "
+                               f"line for each (e.g. <name>:{first >> 16},{(first >> 8) & 255},{first & 255}:: in "
+                               f"labelmap.txt, or <name>: [{first >> 16}, {(first >> 8) & 255}, {first & 255}] in "
+                               f"{key}.color_map), or repaint those pixels")
+        return np.array([known[int(v)] for v in values], np.int32)[inverse.reshape(packed.shape)]
+    if img.mode in ("P", "L", "I;16", "I;16B", "I;16L", "I"):
+        return np.array(img).astype(np.int32)
+    if params.layout == "voc":
+        fix = (f"set {key}.color_map to the export's labelmap.txt (CVAT writes one; labelmap.txt at the set's root is "
+               f"read by itself) or to {{name: [r, g, b]}}, or export palette/grayscale masks whose values are class "
+               "ids")
+    else:
+        fix = f"a {params.layout} set's masks are palette or grayscale PNGs whose values are ids: convert them"
+    raise DatasetError(f"{path}: mask mode {img.mode!r} (a colour mask), expected a palette or grayscale PNG; {fix}")
+
+
+def load_annotated_frame(seq: Sequence, index: int, params: EvalSetParams, num_classes: int,
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A frame (RGB), its class-id mask and its raw mask (e.g. instance ids) at short side ``size``, validated;
-    raises :class:`DatasetError`."""
+    """Frame ``index`` of a sequence (RGB), its class-id mask and its raw mask (e.g. instance ids) at short side
+    ``params.short_side``, validated; raises :class:`DatasetError` naming the file and the fix."""
+    frame_path, mask_path = seq.frames[index], seq.masks[index]
     if not frame_path.is_file():
-        raise DatasetError(f"{frame_path}: frame not found")
+        raise DatasetError(f"{frame_path}: frame not found: add the image, or leave {seq.video_id!r} out of the split")
     if not mask_path.is_file():
-        raise DatasetError(f"{frame_path}: frame has no mask ({mask_path} not found)")
+        raise DatasetError(f"{frame_path}: frame has no mask ({mask_path} not found): {_mask_fix(seq, params)}")
     frame = open_image(frame_path, "frame").convert("RGB")
-    mask_img = open_image(mask_path, "mask")
-    if mask_img.mode not in ("P", "L"):
-        raise DatasetError(f"{mask_path}: mask mode {mask_img.mode!r}, expected a palette or grayscale PNG")
-    if mask_img.size != frame.size:
-        raise DatasetError(f"{mask_path}: mask size {mask_img.size} differs from frame size {frame.size}")
-    raw = np.array(mask_img)
-    if value_to_class is not None:
+    raw = read_mask(mask_path, seq, params)
+    if raw.shape != (frame.size[1], frame.size[0]):
+        raise DatasetError(f"{mask_path}: mask size {raw.shape[::-1]} differs from frame size {frame.size} "
+                           f"({frame_path.name}): a mask is paired with the image of the same file name and must have "
+                           "its size; re-export the mask at the image's size")
+    if seq.value_to_class is not None:
         lut = np.full(256, -1, np.int32)
         lut[IGNORE_INDEX] = IGNORE_INDEX
-        for value, cls in value_to_class.items():
+        for value, cls in seq.value_to_class.items():
             lut[value] = cls
-        mask = lut[raw]
+        mask = lut[np.clip(raw, 0, 255)]
+        mask[raw > 255] = -1
     else:
-        mask = raw.astype(np.int32)
+        mask = raw
     bad = np.unique(mask[(mask != IGNORE_INDEX) & ((mask < 0) | (mask >= num_classes))])
     if bad.size:
         values = sorted(set(raw[np.isin(mask, bad)].tolist()))[:5]
+        classes_key = set_key(params, "classes")
+        if seq.value_to_class is not None:
+            fix = (f"these instance ids of {seq.video_id!r} have no category in the layout's semantic file "
+                   "(davis_semantics.json, meta.json): add them there, or fix the mask")
+        else:
+            fix = f"name every id in {classes_key} (id 0 first; 255 = ignore), or fix the mask"
         raise DatasetError(f"{mask_path}: unknown class index/palette value(s) {values} (the set has {num_classes} "
-                           f"classes, ids 0-{num_classes - 1}; its class list: {classes_key})")
+                           f"classes, ids 0-{num_classes - 1}; its class list: {classes_key}): {fix}")
+    size = params.short_side
     frame = _resized(frame, size, Image.BILINEAR)
     mask_out = _resized(Image.fromarray(mask.astype(np.uint8)), size, Image.NEAREST)
     raw_out = _resized(Image.fromarray(raw.astype(np.uint8)), size, Image.NEAREST)
@@ -324,12 +487,12 @@ def sequence_samples(seq: Sequence, params: EvalSetParams, split: str, num_class
         sample: dict[str, Any] = {"__key__": base if params.layout == "voc" else f"{base}__c{c:03d}"}
         size = None
         for t, i in enumerate(idx):
-            frame, mask, raw = load_annotated_frame(seq.frames[i], seq.masks[i], params.short_side, num_classes,
-                                                    seq.value_to_class, f"shard_eval.sets.{params.name}.classes")
+            frame, mask, raw = load_annotated_frame(seq, i, params, num_classes)
             if seen is not None:
                 seen |= np.bincount(mask.ravel(), minlength=256).astype(bool)
             if size is not None and size != frame.shape[:2]:
-                raise DatasetError(f"{seq.frames[i]}: frame size differs from the other frames of {seq.video_id!r}")
+                raise DatasetError(f"{seq.frames[i]}: frame size differs from the other frames of {seq.video_id!r}: "
+                                   "a sequence's frames must share one size; re-export it at one size")
             size = frame.shape[:2]
             sample[f"f{t}.jpg"] = encode_jpeg(frame, 95)
             sample[f"f{t}.png"] = encode_png(mask)

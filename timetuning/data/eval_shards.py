@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from timetuning.data.datasets import VOC_CLASSES, DatasetError, read_sequences, sequence_samples
+from timetuning.data.datasets import VOC_CLASSES, DatasetError, read_sequences, sequence_samples, split_note
 from timetuning.data.labels import IGNORE_INDEX
+from timetuning.data.layouts import split_source, voc_mask_folder
 from timetuning.data.shard_index import index_shards, read_sample
 from timetuning.data.shards import ShardWriter, clip_frames, decode_image, decode_mask, iter_shards, list_shards
 from timetuning.infra.config import EvalSetParams
@@ -33,8 +34,10 @@ def shard_eval_set(params: EvalSetParams, output_dir: str | Path, on_error: str 
                    progress: bool = True) -> dict[str, Any]:
     """Write every split of one labeled set as shards; bad sequences raise or are skipped and reported.
 
-    The manifest lists the skipped sequences with the file and reason, and warns about classes that no mask of
-    the sharded frames holds (a class list that does not fit the set, e.g. Pascal's 21 names on a set of your own).
+    The manifest lists the skipped sequences with the file and reason, warns about classes that no mask of the
+    sharded frames holds (a class list that does not fit the set, e.g. Pascal's 21 names on a set of your own),
+    says where each split's IDs came from (``split_sources``) and, in ``notes``, what was chosen for the set
+    rather than named (every image as the split, labelme's mask folder).
     """
     out = Path(output_dir) / params.name
     # every split's listing and class list first: a set that does not fit its layout fails before the previous
@@ -43,7 +46,10 @@ def shard_eval_set(params: EvalSetParams, output_dir: str | Path, on_error: str 
     classes = listed[params.splits[0]][1]
     for split, (_, split_classes) in listed.items():
         if split_classes != classes:
-            raise DatasetError(f"shard_eval.sets[{params.name}]: split {split!r} has different classes")
+            raise DatasetError(f"shard_eval.sets.{params.name}: split {split!r} has classes {split_classes}, split "
+                               f"{params.splits[0]!r} {classes}: give the set's class list in "
+                               f"shard_eval.sets.{params.name}.classes")
+    notes = layout_notes(params)  # the stage logs them
     shutil.rmtree(out, ignore_errors=True)
     split_counts: dict[str, int] = {}
     skipped: list[dict[str, str]] = []
@@ -72,7 +78,7 @@ def shard_eval_set(params: EvalSetParams, output_dir: str | Path, on_error: str 
                     count += 1
         if count == 0:
             example = f"; e.g. {skipped[-1]['reason']}" if skipped else ""
-            raise DatasetError(f"shard_eval.sets[{params.name}]: split {split!r} produced no samples "
+            raise DatasetError(f"shard_eval.sets.{params.name}: split {split!r} produced no samples "
                                f"({len(skipped)} sequence(s) skipped{example})")
         split_counts[split] = count
         shards += [vars(r) | {"split": split} for r in writer.records]
@@ -84,9 +90,24 @@ def shard_eval_set(params: EvalSetParams, output_dir: str | Path, on_error: str 
               "instances": instances}
     write_json_atomic(out / "labels.json", labels)
     manifest = {"set": params.model_dump(mode="json"), "splits": split_counts, "skipped": skipped, "shards": shards,
-                "classes_seen": [i for i in range(len(classes)) if seen[i]], "warnings": warnings}
+                "classes_seen": [i for i in range(len(classes)) if seen[i]], "warnings": warnings,
+                "split_sources": {split: split_note(params, split) for split in params.splits}, "notes": notes}
     write_json_atomic(out / "manifest.json", manifest)
     return manifest
+
+
+def layout_notes(params: EvalSetParams) -> list[str]:
+    """What the set's layout chose by itself, in words: a split made of every image (no split file), labelme's
+    mask folder found beside its .npy labels."""
+    notes = []
+    for split in params.splits:
+        source = split_source(params, split)
+        if source.kind == "all":
+            notes.append(f"split {split!r}: {source.note}; to choose the images, list them in "
+                         f"shard_eval.sets.{params.name}.video_lists.{split}")
+    if params.layout == "voc" and (masks := voc_mask_folder(params)).note:
+        notes.append(f"masks: {masks.note}; set shard_eval.sets.{params.name}.mask_dir to choose another folder")
+    return notes
 
 
 def unseen_class_warnings(params: EvalSetParams, classes: list[str], seen: np.ndarray) -> list[str]:

@@ -175,6 +175,16 @@ class EvalSetParams(Section):
     them under splits/ (a DVC dependency)."""
     video_folder: str = "train"
     """ytvos: the folder under root that listed splits read from (YouTube-VOS's one annotated folder)."""
+    image_dir: str | None = None
+    """voc: the folder of images under root (.jpg, .jpeg or .png, paired with masks by file stem); empty =
+    JPEGImages. A plain folder of images and masks: image_dir: images, mask_dir: masks."""
+    mask_dir: str | None = None
+    """voc: the folder of masks under root (<stem>.png, or labelme's <stem>.npy with -1 = ignore); empty =
+    SegmentationClass, or SegmentationClassPNG when SegmentationClass holds no .png (labelme's VOC export)."""
+    color_map: dict[str, tuple[int, int, int]] | str | None = None
+    """voc: colour masks (RGB PNGs, as CVAT's Segmentation mask export writes): class name -> [r, g, b], or a file
+    of them (CVAT's labelmap.txt, lines name:r,g,b::; a relative path is read from root). Empty: labelmap.txt at
+    root when there is one, else masks are palette or grayscale PNGs whose values are the class ids."""
 
     @property
     def scored_split(self) -> str:
@@ -187,6 +197,13 @@ class EvalSetParams(Section):
             raise ValueError(f"splits: {self.splits} lists a split twice")
         if unknown := sorted(set(self.video_lists) - set(self.splits)):
             raise ValueError(f"video_lists: split(s) {unknown} are not in splits {self.splits}")
+        if self.layout != "voc":
+            for key in ("image_dir", "mask_dir", "color_map"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key}: only the voc layout reads it (this set's layout is {self.layout}); "
+                                     "remove it")
+        if isinstance(self.color_map, dict):
+            check_color_map(self.color_map, "color_map")
         if self.classes is None:
             return self
         if self.layout == "ytvos":
@@ -220,6 +237,24 @@ def check_class_names(names: list[str], where: str) -> None:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ValueError(f"{where}: duplicate name(s) {dupes}")
+
+
+def check_color_map(colors: dict[str, tuple[int, int, int]], where: str) -> None:
+    """A colour map of class names to [r, g, b]: channel values 0-255, each colour for one class only."""
+    if not colors:
+        raise ValueError(f"{where}: empty; give each class's colour as name: [r, g, b]")
+    for name, rgb in colors.items():
+        if not str(name).strip():
+            raise ValueError(f"{where}: empty class name")
+        if any(not 0 <= int(c) <= 255 for c in rgb):
+            raise ValueError(f"{where}.{name}: {list(rgb)}: colour channels must be 0-255")
+    by_colour: dict[tuple[int, ...], list[str]] = {}
+    for name, rgb in colors.items():
+        by_colour.setdefault(tuple(int(c) for c in rgb), []).append(name)
+    shared = {c: n for c, n in by_colour.items() if len(n) > 1}
+    if shared:
+        colour, names = next(iter(shared.items()))
+        raise ValueError(f"{where}: {names} share the colour {list(colour)}; each class needs its own colour")
 
 
 class ShardEvalParams(Section):

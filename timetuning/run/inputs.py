@@ -8,7 +8,8 @@ models/timetuned.safetensors not found: run the `train` stage first``), before i
 validated and every input that no stage of the run will make must already exist, before DVC touches any output
 (DVC removes a stage's outputs before running it, so a stage failing on a typo would lose them).
 
-Only cheap checks live here (paths, installed packages): no torch, no decoding.
+Only cheap checks live here (paths, installed packages): no torch, no decoding. A labeled set's own files (its
+layout's folders, split files, class and colour files) are checked by :func:`timetuning.data.layouts.layout_problems`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from timetuning.data.layouts import layout_problems
 from timetuning.infra.config import Params, load_params
 from timetuning.infra.dvc_yaml import per_set_stages, pipeline_stages
 from timetuning.models.package_weights import PACKAGE_WEIGHTS
@@ -126,9 +128,10 @@ def stage_inputs(params: Params, stage: str) -> list[StageInput]:
         item = params.shard_eval.sets[set_name]
         made_by = "demo_data" if _inside(item.root, demo.davis_dir) else None
         inputs = [StageInput(item.root, f"shard_eval.sets.{set_name}.root", made_by, "dir")]
-        if isinstance(item.classes, str):
-            inputs.append(StageInput(str(Path(item.root) / item.classes), f"shard_eval.sets.{set_name}.classes",
-                                     made_by, "file"))
+        for key in ("classes", "color_map"):
+            if isinstance(getattr(item, key), str):
+                inputs.append(StageInput(str(Path(item.root) / getattr(item, key)), f"shard_eval.sets.{set_name}.{key}",
+                                         made_by, "file"))
         return inputs
     eval_dir = Path(params.shard_eval.output_dir)
     sets = [set_name] if set_name else list(params.shard_eval.sets)
@@ -191,6 +194,12 @@ def missing_inputs(params: Params, stage: str, made_in_this_run: Sequence[str] =
         if len(items) > 1:
             line = line.replace(" not found:", f" (and {len(items) - 1} more) not found:", 1)
         problems.append(line)
+    group, _, set_name = stage.partition("@")
+    if group == "shard_eval":  # the set's own files in its layout: its folders and split files
+        item = params.shard_eval.sets[set_name]
+        root_input = stage_inputs(params, stage)[0]
+        if root_input.made_by not in made_in_this_run and root_input.present(root):
+            problems += [f"{stage}: {line}" for line in layout_problems(item, Path(root))]
     return problems
 
 
