@@ -1,6 +1,7 @@
 """Missing inputs are found before any work and name the stage to run; the pre-flight of a whole run."""
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from timetuning.run.inputs import (
     StageInput,
     check_stage_inputs,
     load_and_preflight,
+    missing_inputs,
     preflight,
     stage_inputs,
     stage_names,
@@ -21,6 +23,11 @@ ALL = ["demo_data", "shard_videos", "shard_eval@davis_demo", "train", "extract_f
        "fit_probes@davis_demo", "evaluate"]
 
 
+def _checkout(path: Path) -> None:
+    """What a clone holds before any stage ran: the list folders of splits/ (each a DVC dependency)."""
+    shutil.copytree(PROJECT / "splits", path / "splits")
+
+
 def _missing(params: Params, stage: str) -> str:
     with pytest.raises(MissingInputError) as err:
         check_stage_inputs(params, stage)
@@ -28,7 +35,8 @@ def _missing(params: Params, stage: str) -> str:
 
 
 def test_a_stage_run_alone_names_the_stage_to_run(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # an empty workspace: nothing made yet
+    monkeypatch.chdir(tmp_path)  # a fresh clone: nothing made yet
+    _checkout(tmp_path)
     params = Params()
     check_stage_inputs(params, "demo_data")  # needs nothing but installed packages
     assert _missing(params, "shard_videos") == \
@@ -54,6 +62,7 @@ def test_a_stage_run_alone_names_the_stage_to_run(tmp_path, monkeypatch):
 
 def test_inputs_the_user_provides_name_their_key(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    _checkout(tmp_path)
     (tmp_path / "voc").mkdir()
     params = validate_params({
         "shard_videos": {"input_dir": "/nonexistent/videos"},
@@ -62,8 +71,10 @@ def test_inputs_the_user_provides_name_their_key(tmp_path, monkeypatch):
     })
     assert _missing(params, "shard_videos") == \
         "shard_videos: /nonexistent/videos not found: set shard_videos.input_dir to an existing folder"
-    assert _missing(params, "shard_eval@mine") == \
-        "shard_eval@mine: voc/names.txt not found: set shard_eval.sets.mine.classes to an existing file"
+    assert _missing(params, "shard_eval@mine").splitlines() == [
+        "shard_eval@mine: voc/names.txt not found: set shard_eval.sets.mine.classes to an existing file",
+        "shard_eval@mine: splits/mine not found: create it, even for a set without lists (dvc.yaml makes it this "
+        "stage's dependency; git keeps no empty folder, so leave a README in it)"]
     assert _missing(params, "train").splitlines() == [
         "train: weights/start.pth not found: set train.backbone.weights to an existing file",
         "train: data/shards/train not found: run the `shard_videos` stage first"]
@@ -74,8 +85,48 @@ def test_inputs_the_user_provides_name_their_key(tmp_path, monkeypatch):
         stage_names(params, ["shard_eval@nope"])
 
 
+def test_lists_must_lie_in_the_folder_dvc_tracks_for_their_stage(tmp_path, monkeypatch):
+    """A list is read only from the one folder of splits/ its stage depends on: a list elsewhere in the repository
+    would change without DVC rerunning the stage, so it is refused naming the key; one outside the repository (like
+    a set's root) is read as given."""
+    monkeypatch.chdir(tmp_path)
+    _checkout(tmp_path)
+    (tmp_path / "splits/davis_demo/val.txt").write_text("v0\n")
+    (tmp_path / "splits/shared.txt").write_text("v0\n")
+    (tmp_path / "splits/shard_videos/train.txt").write_text("v1\n")
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-lists"
+    elsewhere.mkdir()
+    (elsewhere / "val.txt").write_text("v0\n")
+
+    def problems(stage: str, **lists: str) -> list[str]:
+        data = {"shard_eval": {"sets": {"davis_demo": {"layout": "davis", "root": "data/raw/davis_demo",
+                                                       "splits": ["train", "val"], "video_lists": lists}}}}
+        if stage == "shard_videos":
+            data = {"shard_videos": {"video_list": lists["val"]}}
+        return [p for p in missing_inputs(validate_params(data), stage) if "not found: run" not in p]
+
+    assert problems("shard_eval@davis_demo", val="splits/davis_demo/val.txt") == []
+    assert problems("shard_eval@davis_demo", val=str(tmp_path / "splits/davis_demo/val.txt")) == []
+    assert problems("shard_eval@davis_demo", val=str(elsewhere / "val.txt")) == []
+    assert problems("shard_eval@davis_demo", val="splits/shared.txt") == [
+        "shard_eval@davis_demo: shard_eval.sets.davis_demo.video_lists.val: splits/shared.txt is read but not "
+        "tracked: move it into splits/davis_demo/, the one list folder DVC tracks for this stage, and set "
+        "shard_eval.sets.davis_demo.video_lists.val"]
+    assert problems("shard_eval@davis_demo", val="splits/shard_videos/train.txt")[0].startswith(
+        "shard_eval@davis_demo: shard_eval.sets.davis_demo.video_lists.val: splits/shard_videos/train.txt is read "
+        "but not tracked")
+    assert problems("shard_eval@davis_demo", val="splits/davis_demo/gone.txt") == [
+        "shard_eval@davis_demo: splits/davis_demo/gone.txt not found: set "
+        "shard_eval.sets.davis_demo.video_lists.val to an existing file"]
+    assert problems("shard_videos", val="splits/shard_videos/train.txt") == []
+    assert problems("shard_videos", val="splits/davis_demo/val.txt") == [
+        "shard_videos: shard_videos.video_list: splits/davis_demo/val.txt is read but not tracked: move it into "
+        "splits/shard_videos/, the one list folder DVC tracks for this stage, and set shard_videos.video_list"]
+
+
 def test_preflight_counts_what_the_run_itself_makes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    _checkout(tmp_path)
     params = Params()
     # dvc repro evaluate makes everything upstream: nothing needs to exist yet
     assert preflight(params, ["evaluate"]) == ALL
@@ -102,6 +153,7 @@ def test_preflight_counts_what_the_run_itself_makes(tmp_path, monkeypatch):
 
 def test_preflight_finds_links_dvc_cannot_hash(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    _checkout(tmp_path)
     videos = tmp_path / "videos"
     (videos / "sub").mkdir(parents=True)
     (videos / "ok.mp4").write_bytes(b"x")
@@ -134,13 +186,14 @@ def test_stage_entry_points_stop_before_any_work(stage, tmp_path, monkeypatch, c
     import importlib
 
     monkeypatch.chdir(tmp_path)
+    _checkout(tmp_path)
     (tmp_path / "params.yaml").write_text("shard_eval:\n  output_dir: data/shards/eval\n")
     module = importlib.import_module(f"stages.{stage}")
     assert module.main(["--params", "params.yaml"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     upstream = {"shard_videos": "demo_data", "train": "shard_videos"}[stage]
     assert len(err) == 1 and err[0].startswith(f"error: {stage}: ") and f"run the `{upstream}` stage first" in err[0]
-    assert sorted(os.listdir(tmp_path)) == ["params.yaml"]  # nothing written, nothing removed
+    assert sorted(os.listdir(tmp_path)) == ["params.yaml", "splits"]  # nothing written, nothing removed
 
 
 def test_every_input_is_a_dvc_dependency_made_by_the_stage_named():

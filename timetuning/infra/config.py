@@ -27,6 +27,15 @@ RGBTriple = tuple[float, float, float]
 PositiveRGBTriple = tuple[PositiveFloat, PositiveFloat, PositiveFloat]
 
 
+SPLITS_DIR = "splits"  # video-ID lists: one folder per stage that reads them, that stage's only list dependency
+
+
+def list_folder(reader: str) -> str:
+    """The folder of the lists ``reader`` reads (``shard_videos``, or a set name for ``shard_eval@<set>``): dvc.yaml
+    makes it that stage's DVC dependency, and no other list reruns the stage."""
+    return f"{SPLITS_DIR}/{reader}"
+
+
 EXECUTION_ONLY = {"execution_only": True}  # how a job runs, not what it makes: no DVC dependency, no artifact
 
 
@@ -128,7 +137,7 @@ class ShardVideosParams(Section):
     """input_format frames: the frame rate of the frame folders."""
     video_list: str | None = None
     """File of video IDs (one per line: file stem or frame-folder name) to use from input_dir; empty = every video.
-    Keep it under splits/ (a DVC dependency)."""
+    Keep it in splits/shard_videos/, the folder shard_videos depends on (a list elsewhere is not tracked)."""
 
     @model_validator(mode="after")
     def _bounded_geometry(self) -> ShardVideosParams:
@@ -172,7 +181,7 @@ class EvalSetParams(Section):
     root or names the ids found, VOC uses Pascal VOC's 21 classes."""
     video_lists: dict[str, str] = Field(default_factory=dict)
     """Split -> file of video IDs (one per line) forming that split, instead of the layout's own split file; keep
-    them under splits/ (a DVC dependency)."""
+    them in splits/<set name>/, the folder shard_eval@<set name> depends on (a list elsewhere is not tracked)."""
     video_folder: str = "train"
     """ytvos: the folder under root that listed splits read from (YouTube-VOS's one annotated folder)."""
 
@@ -249,6 +258,9 @@ class ShardEvalParams(Section):
         for name, item in self.sets.items():
             if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
                 raise ValueError(f"sets: set name {name!r} must match [A-Za-z0-9_-]+")
+            if list_folder(name) == list_folder("shard_videos"):
+                raise ValueError("sets: 'shard_videos' cannot name a set: splits/shard_videos/ holds "
+                                 "shard_videos.video_list")
             item.name = name
         return self
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from timetuning.infra.config import Params, load_params
+from timetuning.infra.config import Params, list_folder, load_params
 from timetuning.infra.dvc_yaml import per_set_stages, pipeline_stages
 from timetuning.models.package_weights import PACKAGE_WEIGHTS
 
@@ -49,11 +49,14 @@ class StageInput:
     kind: Literal["file", "dir", "module"] = "file"
     pattern: str | None = None
     fix: str | None = None  # what to do when a user-provided input is missing (default: set ``key``)
+    untracked: bool = False  # there, but no DVC dependency of the stage: a problem all the same (says ``fix``)
 
     def present(self, root: str | Path = ".") -> bool:
         """Whether it is there; a relative path is taken from ``root`` (the repository root)."""
         if self.kind == "module":
             return importlib.util.find_spec(self.path) is not None
+        if self.untracked:
+            return False
         p = Path(root) / self.path
         if self.kind == "dir":
             return p.is_dir() and (self.pattern is None or any(p.glob(self.pattern)))
@@ -65,6 +68,8 @@ class StageInput:
             return f"{stage}: the {self.path} package is not installed ({self.key}): {self.fix}"
         what = f"no {self.pattern} in {self.path}" if self.pattern and (Path(root) / self.path).is_dir() \
             else f"{self.path} not found"
+        if self.untracked:
+            what = f"{self.key}: {self.path} is read but not tracked"
         if self.made_by:
             return f"{stage}: {what}: run the `{self.made_by}` stage first"
         kind = "folder" if self.kind == "dir" else "file"
@@ -84,6 +89,21 @@ def _weights(weights: str, key: str, made_by: str | None = None) -> list[StageIn
     if weights in ("hub", "none") or weights.startswith("package:"):
         return []  # the hub is checked when the model is built (it needs the network); unknown packages too
     return [StageInput(weights, key, made_by=made_by)]
+
+
+def _lists(reader: str, lists: dict[str, str]) -> list[StageInput]:
+    """The list folder a stage depends on (dvc.yaml: ``splits/<reader>``) and the list files it reads (param key ->
+    path). A list in this repository but outside that folder would be read and not tracked: refused, naming it."""
+    folder = list_folder(reader)
+    fix = (f"create it{', even for a set without lists' if reader != 'shard_videos' else ''} (dvc.yaml makes it "
+           f"this stage's dependency; git keeps no empty folder, so leave a README in it)")
+    inputs = [StageInput(folder, f"{folder}/ (the list folder of {reader})", kind="dir", fix=fix)]
+    for key, path in lists.items():
+        in_repo = not os.path.isabs(path) or _inside(path, ".")
+        untracked = in_repo and not _inside(path, folder)
+        inputs.append(StageInput(path, key, untracked=untracked, fix=f"move it into {folder}/, the one list folder "
+                                 f"DVC tracks for this stage, and set {key}" if untracked else None))
+    return inputs
 
 
 def stage_names(params: Params, stages: Iterable[str] | None = None) -> list[str]:
@@ -119,7 +139,8 @@ def stage_inputs(params: Params, stage: str) -> list[StageInput]:
     if group == "shard_videos":
         folder = params.shard_videos.input_dir
         made_by = "demo_data" if _inside(folder, demo.videos_dir) else None
-        return [StageInput(folder, "shard_videos.input_dir", made_by, "dir")]
+        lists = {"shard_videos.video_list": params.shard_videos.video_list} if params.shard_videos.video_list else {}
+        return [StageInput(folder, "shard_videos.input_dir", made_by, "dir"), *_lists("shard_videos", lists)]
     if group == "shard_eval":
         if set_name not in params.shard_eval.sets:
             raise ValueError(f"shard_eval.sets: no set named {set_name!r} (have {sorted(params.shard_eval.sets)})")
@@ -129,7 +150,8 @@ def stage_inputs(params: Params, stage: str) -> list[StageInput]:
         if isinstance(item.classes, str):
             inputs.append(StageInput(str(Path(item.root) / item.classes), f"shard_eval.sets.{set_name}.classes",
                                      made_by, "file"))
-        return inputs
+        lists = {f"shard_eval.sets.{set_name}.video_lists.{split}": path for split, path in item.video_lists.items()}
+        return inputs + _lists(set_name, lists)
     eval_dir = Path(params.shard_eval.output_dir)
     sets = [set_name] if set_name else list(params.shard_eval.sets)
     if set_name and set_name not in params.shard_eval.sets:
