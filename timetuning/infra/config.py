@@ -113,6 +113,12 @@ class ShardVideosParams(Section):
     """Frames between clip starts for the dense sampler."""
     clips_per_video: PositiveInt = 8
     """Clips cut from each video."""
+    max_clip_seconds: PositiveFloat | None = 10.0
+    """uniform: the most seconds between a clip's first and last frame; a longer video gives clips from several
+    windows of that span placed across it (not one clip spread over all of it: the Feature-Forwarder's frame-to-frame
+    correspondences mean nothing across a minute). TimeT samples uniformly over YouTube-VOS clips of 3-6 s; 10 s
+    stays in that order and holds every demo video whole (the longest, bikes.mp4, is 10 s), so the demo's clips are
+    the unbounded sampler's. Empty = no bound (clips over the whole video)."""
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 90
     """JPEG quality of the stored frames."""
     maxcount: PositiveInt = 256
@@ -144,6 +150,11 @@ class ShardVideosParams(Section):
         if self.size * self.max_aspect_ratio > JPEG_MAX_SIDE:
             raise ValueError(f"max_aspect_ratio: {self.max_aspect_ratio:g} with size {self.size} allows frames "
                              f"{self.size * self.max_aspect_ratio:.0f} px long, beyond JPEG's {JPEG_MAX_SIDE}")
+        if self.sampler == "uniform" and self.max_clip_seconds is not None and \
+                (self.frames_per_clip - 1) / self.fps > self.max_clip_seconds + 1e-9:
+            raise ValueError(f"max_clip_seconds: {self.max_clip_seconds:g} s cannot hold {self.frames_per_clip} "
+                             f"distinct frames at {self.fps:g} fps (they need "
+                             f"{(self.frames_per_clip - 1) / self.fps:g} s)")
         span = self.frames_per_clip if self.sampler == "uniform" else (self.frames_per_clip - 1) * self.stride + 1
         largest_frame = self.size * self.size * self.max_aspect_ratio * 3
         if span * largest_frame > self.max_decoded_mib * 2**20:
