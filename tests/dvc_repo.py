@@ -30,12 +30,13 @@ def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
 
 
 def make_repo(path: Path, params: dict) -> Path:
-    """Copy the pipeline (dvc.yaml, stages, library) into a fresh git + DVC repo with ``params``."""
+    """Copy the pipeline (dvc.yaml, stages, library, splits/) into a fresh git + DVC repo with ``params`` (files
+    already under ``path``, e.g. lists in splits/, are committed with it)."""
     path.mkdir(parents=True, exist_ok=True)
     for item in ("dvc.yaml", "stages", "timetuning", ".dvcignore", "models/custom", "splits"):
         src = PROJECT / item
         if src.is_dir():
-            shutil.copytree(src, path / item, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(src, path / item, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
         else:
             shutil.copy(src, path / item)
     (path / "models/custom").mkdir(parents=True, exist_ok=True)

@@ -237,3 +237,14 @@ def test_the_reference_model_must_be_one_of_the_models():
            "'timetuned'])" in _error({"fit_probes": {"reference_model": "dino"}})
     params = validate_params({"fit_probes": {"reference_model": "timetuned"}})
     assert params.reference_model() == "timetuned" and validate_params({}).reference_model() == "start"
+
+
+def test_max_clip_seconds_must_hold_one_uniform_clip():
+    """4 distinct frames at 8 fps need 3/8 s: a bound of 0.3 s is refused naming the key; dense ignores it."""
+    from timetuning.infra.config import ShardVideosParams
+
+    assert ShardVideosParams(fps=8, frames_per_clip=4, max_clip_seconds=0.375).max_clip_seconds == 0.375
+    with pytest.raises(ValueError, match=r"max_clip_seconds: 0.3 s cannot hold 4 distinct frames at 8 fps"):
+        ShardVideosParams(fps=8, frames_per_clip=4, max_clip_seconds=0.3)
+    assert ShardVideosParams(fps=8, sampler="dense", max_clip_seconds=0.3).sampler == "dense"
+    assert ShardVideosParams(max_clip_seconds=None).max_clip_seconds is None

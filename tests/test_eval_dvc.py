@@ -97,6 +97,10 @@ def test_per_set_chains_rerun_exactly_what_a_change_affects(tmp_path):
     photo_voc_set(repo / "data/raw/photos")
     davis_set(repo / "data/raw/wide", {"train": [(72, 128), (96, 128)], "val": [(72, 128), (96, 128)]})
 
+    for name in ("photos", "wide"):  # each set's list folder (a DVC dependency of its shard_eval, lists or none)
+        (repo / "splits" / name).mkdir()
+        (repo / "splits" / name / "README.md").write_text(f"{name} uses its layout's own split files\n")
+
     def add_sets(p):
         p["shard_eval"]["sets"]["photos"] = {"layout": "voc", "root": "data/raw/photos", "short_side": 48,
                                             "splits": ["train", "val"]}

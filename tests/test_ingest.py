@@ -240,3 +240,29 @@ def test_extreme_aspect_is_skipped_and_a_long_video_is_shortened_in_bounded_memo
     assert manifest["frames_decoded"] == 14 and manifest["clips_written"] == 2
     for sample in wds.WebDataset([str(p) for p in list_shards(tmp_path / "out", "clips")], shardshuffle=False):
         assert max(json.loads(sample["json"])["frame_indices"]) < 14
+
+
+def test_a_long_video_gives_clips_of_a_few_seconds_from_windows_across_it(tmp_path):
+    """A 30 s video through ffmpeg at 4 fps (120 frames) with clips of at most 5 s: windows of 21 frames,
+    ceil(120 / 21) = 6 of them at 0, 19, 39, 59, 79, 99 (i * 99 // 5); every clip's timestamps lie within 5 s and
+    inside its window, the clips reach the video's end, and the manifest states the bound, the windows and the span.
+    Without the bound the same video's clips spread over far more than 5 s."""
+    make_video(tmp_path / "v" / "long.mp4", size="64x48", rate=10, seconds=30)
+    params = ShardVideosParams(input_dir=str(tmp_path / "v"), output_dir=str(tmp_path / "o"), fps=4, size=32,
+                               clips_per_video=6, max_clip_seconds=5.0, workers=1)
+    manifest = shard_videos(params, seed=0, progress=False)
+    assert manifest["max_clip_seconds"] == 5.0 and manifest["params"]["max_clip_seconds"] == 5.0
+    [entry] = manifest["clip_spans"]
+    assert entry["video_id"] == "long" and entry["seconds"] == 30.0 and entry["windows"] == 6
+    metas = [s["json"] for s in iter_shard(list_shards(tmp_path / "o", "clips")[0])]
+    starts = [0, 19, 39, 59, 79, 99]
+    for meta, start in zip(sorted(metas, key=lambda m: m["clip_index"]), starts):
+        ts, idx = meta["timestamps"], meta["frame_indices"]
+        assert ts[-1] - ts[0] <= 5.0 and start <= idx[0] and idx[-1] <= start + 20
+        assert ts == [round(i / 4, 6) for i in idx]  # 4 fps from 0 s
+    assert max(m["timestamps"][-1] for m in metas) > 24.75  # the last window, 24.75-29.75 s, is used
+    assert entry["span_seconds"] == max(m["timestamps"][-1] - m["timestamps"][0] for m in metas)
+    free = shard_videos(params.model_copy(update={"max_clip_seconds": None, "output_dir": str(tmp_path / "f")}),
+                        seed=0, progress=False)
+    assert free["max_clip_seconds"] is None and free["clip_spans"][0]["windows"] == 1
+    assert free["clip_spans"][0]["span_seconds"] > 10.0  # 4 frames drawn over 30 s

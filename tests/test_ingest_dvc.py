@@ -180,3 +180,56 @@ def test_timetuning_repro_checks_before_dvc_touches_outputs(tmp_path):
     # ... which plain `dvc repro` removes before the stage fails on the same param: why the pre-flight exists
     proc = dvc(repo, "repro", "shard_videos", check=False)
     assert proc.returncode != 0 and not (repo / "data/shards/train/manifest.json").exists()
+
+
+def _out_of_date(repo: Path) -> dict[str, str]:
+    """``dvc status`` of the ingest stages as {stage: what changed}; empty when every one is up to date."""
+    out = dvc(repo, "status", "--json", "shard_videos", "shard_eval@davis_demo", "shard_eval@held").stdout
+    return {stage: json.dumps(changes, sort_keys=True) for stage, changes in json.loads(out or "{}").items()}
+
+
+def test_a_list_reruns_only_the_stage_that_reads_it(tmp_path):
+    """Each list is a dependency of its reader alone (splits/shard_videos/ of shard_videos, splits/<set>/ of
+    shard_eval@<set>): a list added for a set not configured yet, or left anywhere else under splits/, reruns
+    nothing; editing one set's list reruns that set's shard_eval and nothing else."""
+    params = tiny_params()
+    params["shard_videos"]["video_list"] = "splits/shard_videos/train.txt"
+    params["shard_eval"]["sets"]["held"] = {"layout": "davis", "root": "data/raw/davis_demo", "splits": ["val"],
+                                            "video_lists": {"val": "splits/held/val.txt"}, "short_side": 64,
+                                            "frames_per_clip": 2, "max_clips_per_video": 2}
+    repo = tmp_path / "repo"
+    (repo / "splits/shard_videos").mkdir(parents=True)
+    (repo / "splits/shard_videos/train.txt").write_text("synth-train-000\n")
+    (repo / "splits/held").mkdir()
+    (repo / "splits/held/val.txt").write_text("synth-val-000\n")
+    make_repo(repo, params)
+    ran = ran_stages(dvc(repo, "repro", "shard_videos", "shard_eval").stdout)
+    assert set(ran) == {"demo_data", "shard_videos", "shard_eval@davis_demo", "shard_eval@held"}
+    assert json.loads((repo / "data/shards/train/manifest.json").read_text())["video_names"] == ["synth-train-000"]
+    assert json.loads((repo / "data/shards/eval/held/labels.json").read_text())["splits"] == {"val": 2}
+    assert _out_of_date(repo) == {}
+
+    # a list for a set not added yet (in its own folder, or loose under splits/): nothing is out of date
+    (repo / "splits/road").mkdir()
+    (repo / "splits/road/val.txt").write_text("synth-val-000\n")
+    (repo / "splits/road_val.txt").write_text("synth-val-000\n")
+    status = dvc(repo, "status", "shard_videos", "shard_eval")
+    print(f"$ dvc status shard_videos shard_eval  # after adding splits/road/val.txt, splits/road_val.txt\n"
+          f"{status.stdout}")
+    assert status.stdout.strip() == "Data and pipelines are up to date."
+    assert _out_of_date(repo) == {}
+    assert ran_stages(dvc(repo, "repro", "shard_videos", "shard_eval").stdout) == []
+
+    # one set's list edited: that set's shard_eval alone
+    (repo / "splits/held/val.txt").write_text("synth-val-000\nsynth-train-001\n")
+    changed = _out_of_date(repo)
+    assert list(changed) == ["shard_eval@held"] and "splits/held" in changed["shard_eval@held"]
+    assert ran_stages(dvc(repo, "repro", "shard_videos", "shard_eval").stdout) == ["shard_eval@held"]
+    assert json.loads((repo / "data/shards/eval/held/labels.json").read_text())["splits"] == {"val": 4}
+
+    # the time-tuning list edited: shard_videos alone
+    (repo / "splits/shard_videos/train.txt").write_text("synth-train-000\nsynth-train-001\n")
+    assert list(_out_of_date(repo)) == ["shard_videos"]
+    assert ran_stages(dvc(repo, "repro", "shard_videos", "shard_eval").stdout) == ["shard_videos"]
+    assert json.loads((repo / "data/shards/train/manifest.json").read_text())["video_names"] == [
+        "synth-train-000", "synth-train-001"]

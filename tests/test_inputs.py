@@ -1,6 +1,7 @@
 """Missing inputs are found before any work and name the stage to run; the pre-flight of a whole run."""
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from timetuning.run.inputs import (
     StageInput,
     check_stage_inputs,
     load_and_preflight,
+    missing_inputs,
     preflight,
     stage_inputs,
     stage_names,
@@ -21,6 +23,11 @@ ALL = ["demo_data", "shard_videos", "shard_eval@davis_demo", "train", "extract_f
        "fit_probes@davis_demo", "evaluate"]
 
 
+def _checkout(path: Path) -> None:
+    """What a clone holds before any stage ran: the list folders of splits/ (each a DVC dependency)."""
+    shutil.copytree(PROJECT / "splits", path / "splits")
+
+
 def _missing(params: Params, stage: str) -> str:
     with pytest.raises(MissingInputError) as err:
         check_stage_inputs(params, stage)
@@ -28,7 +35,8 @@ def _missing(params: Params, stage: str) -> str:
 
 
 def test_a_stage_run_alone_names_the_stage_to_run(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # an empty workspace: nothing made yet
+    monkeypatch.chdir(tmp_path)  # a fresh clone: nothing made yet
+    _checkout(tmp_path)
     params = Params()
     check_stage_inputs(params, "demo_data")  # needs nothing but installed packages
     assert _missing(params, "shard_videos") == \
@@ -54,6 +62,7 @@ def test_a_stage_run_alone_names_the_stage_to_run(tmp_path, monkeypatch):
 
 def test_inputs_the_user_provides_name_their_key(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    _checkout(tmp_path)
     for name in ("JPEGImages/a.jpg", "SegmentationClass/a.png", "ImageSets/Segmentation/train.txt",
                  "ImageSets/Segmentation/val.txt"):  # the layout's files are there (only paths are checked)
         (tmp_path / "voc" / name).parent.mkdir(parents=True, exist_ok=True)
@@ -65,8 +74,12 @@ def test_inputs_the_user_provides_name_their_key(tmp_path, monkeypatch):
     })
     assert _missing(params, "shard_videos") == \
         "shard_videos: /nonexistent/videos not found: set shard_videos.input_dir to an existing folder"
-    assert _missing(params, "shard_eval@mine") == \
-        "shard_eval@mine: voc/names.txt not found: set shard_eval.sets.mine.classes to an existing file"
+    assert _missing(params, "shard_eval@mine").splitlines() == [  # its list folder only DVC needs: not a problem
+        "shard_eval@mine: voc/names.txt not found: set shard_eval.sets.mine.classes to an existing file"]
+    assert not (tmp_path / "splits/mine").exists()
+    with pytest.raises(MissingInputError, match="names.txt not found"):
+        preflight(params, ["shard_eval@mine"], single_item=True)
+    assert (tmp_path / "splits/mine").is_dir()  # the pre-flight made it, empty, for DVC's dependency
     assert _missing(params, "train").splitlines() == [
         "train: weights/start.pth not found: set train.backbone.weights to an existing file",
         "train: data/shards/train not found: run the `shard_videos` stage first"]
@@ -77,8 +90,48 @@ def test_inputs_the_user_provides_name_their_key(tmp_path, monkeypatch):
         stage_names(params, ["shard_eval@nope"])
 
 
+def test_lists_must_lie_in_the_folder_dvc_tracks_for_their_stage(tmp_path, monkeypatch):
+    """A list is read only from the one folder of splits/ its stage depends on: a list elsewhere in the repository
+    would change without DVC rerunning the stage, so it is refused naming the key; one outside the repository (like
+    a set's root) is read as given."""
+    monkeypatch.chdir(tmp_path)
+    _checkout(tmp_path)
+    (tmp_path / "splits/davis_demo/val.txt").write_text("v0\n")
+    (tmp_path / "splits/shared.txt").write_text("v0\n")
+    (tmp_path / "splits/shard_videos/train.txt").write_text("v1\n")
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-lists"
+    elsewhere.mkdir()
+    (elsewhere / "val.txt").write_text("v0\n")
+
+    def problems(stage: str, **lists: str) -> list[str]:
+        data = {"shard_eval": {"sets": {"davis_demo": {"layout": "davis", "root": "data/raw/davis_demo",
+                                                       "splits": ["train", "val"], "video_lists": lists}}}}
+        if stage == "shard_videos":
+            data = {"shard_videos": {"video_list": lists["val"]}}
+        return [p for p in missing_inputs(validate_params(data), stage) if "not found: run" not in p]
+
+    assert problems("shard_eval@davis_demo", val="splits/davis_demo/val.txt") == []
+    assert problems("shard_eval@davis_demo", val=str(tmp_path / "splits/davis_demo/val.txt")) == []
+    assert problems("shard_eval@davis_demo", val=str(elsewhere / "val.txt")) == []
+    assert problems("shard_eval@davis_demo", val="splits/shared.txt") == [
+        "shard_eval@davis_demo: shard_eval.sets.davis_demo.video_lists.val: splits/shared.txt is read but not "
+        "tracked: move it into splits/davis_demo/, the one list folder DVC tracks for this stage, and set "
+        "shard_eval.sets.davis_demo.video_lists.val"]
+    assert problems("shard_eval@davis_demo", val="splits/shard_videos/train.txt")[0].startswith(
+        "shard_eval@davis_demo: shard_eval.sets.davis_demo.video_lists.val: splits/shard_videos/train.txt is read "
+        "but not tracked")
+    assert problems("shard_eval@davis_demo", val="splits/davis_demo/gone.txt") == [
+        "shard_eval@davis_demo: splits/davis_demo/gone.txt not found: write the IDs there (one per line), or set "
+        "shard_eval.sets.davis_demo.video_lists.val to an existing file"]
+    assert problems("shard_videos", val="splits/shard_videos/train.txt") == []
+    assert problems("shard_videos", val="splits/davis_demo/val.txt") == [
+        "shard_videos: shard_videos.video_list: splits/davis_demo/val.txt is read but not tracked: move it into "
+        "splits/shard_videos/, the one list folder DVC tracks for this stage, and set shard_videos.video_list"]
+
+
 def test_preflight_counts_what_the_run_itself_makes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    _checkout(tmp_path)
     params = Params()
     # dvc repro evaluate makes everything upstream: nothing needs to exist yet
     assert preflight(params, ["evaluate"]) == ALL
@@ -105,6 +158,7 @@ def test_preflight_counts_what_the_run_itself_makes(tmp_path, monkeypatch):
 
 def test_preflight_finds_links_dvc_cannot_hash(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    _checkout(tmp_path)
     videos = tmp_path / "videos"
     (videos / "sub").mkdir(parents=True)
     (videos / "ok.mp4").write_bytes(b"x")
@@ -137,13 +191,14 @@ def test_stage_entry_points_stop_before_any_work(stage, tmp_path, monkeypatch, c
     import importlib
 
     monkeypatch.chdir(tmp_path)
+    _checkout(tmp_path)
     (tmp_path / "params.yaml").write_text("shard_eval:\n  output_dir: data/shards/eval\n")
     module = importlib.import_module(f"stages.{stage}")
     assert module.main(["--params", "params.yaml"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     upstream = {"shard_videos": "demo_data", "train": "shard_videos"}[stage]
     assert len(err) == 1 and err[0].startswith(f"error: {stage}: ") and f"run the `{upstream}` stage first" in err[0]
-    assert sorted(os.listdir(tmp_path)) == ["params.yaml"]  # nothing written, nothing removed
+    assert sorted(os.listdir(tmp_path)) == ["params.yaml", "splits"]  # nothing written, nothing removed
 
 
 def test_every_input_is_a_dvc_dependency_made_by_the_stage_named():
@@ -200,7 +255,8 @@ def test_preflight_checks_each_sets_layout(tmp_path, monkeypatch, capsys):
         "cvat_val": good["cvat"] | {"splits": ["val"]},  # CVAT names its split default
         "masks": good["labelme"] | {"mask_dir": "Masks"},
         "hd": {"layout": "davis", "root": "data/davis", "resolution": "1080p", "splits": ["val"]},
-        "lists": {"layout": "davis", "root": "data/davis", "splits": ["val"], "video_lists": {"val": "splits/v.txt"}},
+        "lists": {"layout": "davis", "root": "data/davis", "splits": ["val"],
+                  "video_lists": {"val": "splits/lists/v.txt"}},
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"shard_eval": {"sets": good | bad},
                                                           "train": {"val_set": None}}, sort_keys=False))
@@ -208,14 +264,14 @@ def test_preflight_checks_each_sets_layout(tmp_path, monkeypatch, capsys):
         load_and_preflight(".", ["shard_eval"], single_item=True)
     split_file = "data/labelme/ImageSets/Segmentation/{0}.txt: split file not found (shard_eval.sets.two.splits): " \
                  "add it (one ID per line), or list the IDs in shard_eval.sets.two.video_lists: {{{0}: " \
-                 "splits/<file>.txt}}; every image is used only by a set with one split and no split files (this " \
+                 "splits/two/<file>.txt}}; every image is used only by a set with one split and no split files (this " \
                  "set has 2 splits: ['train', 'val'])"
     assert str(err.value).splitlines() == [
         f"shard_eval@two: {split_file.format('train')}",
         f"shard_eval@two: {split_file.format('val')}",
         "shard_eval@cvat_val: data/cvat/ImageSets/Segmentation/val.txt: split file not found "
         "(shard_eval.sets.cvat_val.splits): add it (one ID per line), or list the IDs in "
-        "shard_eval.sets.cvat_val.video_lists: {val: splits/<file>.txt}; data/cvat/ImageSets/Segmentation has "
+        "shard_eval.sets.cvat_val.video_lists: {val: splits/cvat_val/<file>.txt}; data/cvat/ImageSets/Segmentation has "
         "default.txt: to use it, set shard_eval.sets.cvat_val.splits to [default]",
         "shard_eval@masks: data/labelme/Masks: mask folder not found (shard_eval.sets.masks.mask_dir): set "
         "shard_eval.sets.masks.mask_dir to the folder of masks under data/labelme (default SegmentationClass, or "
@@ -226,8 +282,8 @@ def test_preflight_checks_each_sets_layout(tmp_path, monkeypatch, capsys):
         "shard_eval@hd: data/davis/Annotations/1080p: folder not found (shard_eval.sets.hd.resolution: 1080p): a "
         "davis set has Annotations/<resolution>/<sequence>/; set resolution to the folder under "
         "data/davis/Annotations or root to the DAVIS folder",
-        "shard_eval@lists: shard_eval.sets.lists.video_lists.val: splits/v.txt not found: write the IDs of the split "
-        "there (one per line), or remove val from video_lists to use the layout's own split"]
+        "shard_eval@lists: splits/lists/v.txt not found: write the IDs there (one per line), or set "
+        "shard_eval.sets.lists.video_lists.val to an existing file"]
     # the CLI refuses before DVC starts, with the same lines
     assert main(["repro", "shard_eval"]) == 1
     out = capsys.readouterr().err

@@ -179,7 +179,7 @@ def test_split_file_errors_name_the_file_and_the_fix(tmp_path):
         read_sequences(_set(labelme, splits=["train", "val"], classes="class_names.txt"), "train")
     assert str(err.value).splitlines() == [
         f"{labelme / 'ImageSets/Segmentation'}/{split}.txt: split file not found (shard_eval.sets.s.splits): add it "
-        f"(one ID per line), or list the IDs in shard_eval.sets.s.video_lists: {{{split}: splits/<file>.txt}}; every "
+        f"(one ID per line), or list the IDs in shard_eval.sets.s.video_lists: {{{split}: splits/s/<file>.txt}}; every "
         "image is used only by a set with one split and no split files (this set has 2 splits: ['train', 'val'])"
         for split in ("train", "val")]
     cvat = cvat_mask_export(tmp_path / "cvat", frames=1)
@@ -187,7 +187,7 @@ def test_split_file_errors_name_the_file_and_the_fix(tmp_path):
         read_sequences(_set(cvat, splits=["val"]), "val")
     assert str(err.value) == (
         f"{cvat / 'ImageSets/Segmentation/val.txt'}: split file not found (shard_eval.sets.s.splits): add it (one ID "
-        "per line), or list the IDs in shard_eval.sets.s.video_lists: {val: splits/<file>.txt}; "
+        "per line), or list the IDs in shard_eval.sets.s.video_lists: {val: splits/s/<file>.txt}; "
         f"{cvat / 'ImageSets/Segmentation'} has default.txt: to use it, set shard_eval.sets.s.splits to [default]")
     with pytest.raises(DatasetError, match=r"video_lists.val: .*nope.txt not found: write the IDs of the split there"):
         read_sequences(_set(cvat, splits=["val"], video_lists={"val": str(tmp_path / "nope.txt")}), "val")

@@ -41,11 +41,12 @@ def test_the_paper_profile_is_the_papers_recipe():
         7, 5, 6, 0.1)
     assert (t.sinkhorn_epsilon, t.sinkhorn_iterations, t.student_temperature, t.num_prototypes) == (0.05, 10, 0.1, 200)
     assert (t.hidden_dim, t.bottleneck_dim, t.projection_dim, tuple(t.crop_scale)) == (1024, 512, 256, (0.4, 1.0))
-    assert p.shard_videos.input_format == "frames" and p.shard_videos.video_list == "splits/ytvos_train.txt"
+    assert p.shard_videos.input_format == "frames"
+    assert p.shard_videos.video_list == "splits/shard_videos/ytvos_train.txt"
     assert p.shard_videos.sampler == "uniform" and p.shard_videos.frames_per_clip == 4
     assert set(p.shard_eval.sets) == {"davis", "ytvos"}  # the demo set is replaced, not kept beside them
     ytvos = p.shard_eval.sets["ytvos"]
-    assert ytvos.scored_split == "val" and ytvos.video_lists == {"val": "splits/ytvos_val.txt"}
+    assert ytvos.scored_split == "val" and ytvos.video_lists == {"val": "splits/ytvos/val.txt"}
     assert (t.val_set, t.val_split) == ("davis", "train") and p.shard_eval.sets["davis"].scored_split == "val"
 
 

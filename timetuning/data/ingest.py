@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from timetuning.data.sampling import min_frames_needed, sample_clips, video_rng
+from timetuning.data.sampling import clip_windows, min_frames_needed, sample_clips, video_rng, window_frames
 from timetuning.data.shards import ShardWriter, encode_jpeg, sanitize_key
 from timetuning.data.video import (
     DecodedVideo,
@@ -55,6 +55,9 @@ class VideoResult:
     frames_decoded: int = 0
     skipped: str | None = None
     shortened: str | None = None  # set when only the first part of the video was used (the memory bound)
+    windows: int = 1  # uniform clips: the windows of at most max_clip_seconds they were drawn from
+    span_seconds: float = 0.0  # the longest first-to-last-frame time of its clips
+    seconds: float = 0.0  # the decoded length (frames over the sampled frame rate)
 
 
 @dataclass
@@ -183,9 +186,13 @@ def video_to_clips(path: str, video_id: str, params: ShardVideosParams, seed: in
     if video.cut_at is not None:
         result.shortened = (f"{path}: only the first {video.cut_at} frames ({video.cut_at / params.fps:.1f} s at "
                             f"{params.fps:g} fps) were used: shard_videos.max_decoded_mib = {params.max_decoded_mib}")
+    window = window_frames(params.max_clip_seconds, video.fps, params.frames_per_clip) \
+        if params.sampler == "uniform" else None
     clips = sample_clips(video.num_frames, sampler=params.sampler, frames_per_clip=params.frames_per_clip,
                          stride=params.stride, clips_per_video=params.clips_per_video,
-                         rng=video_rng(seed, video_id))
+                         rng=video_rng(seed, video_id), window=window)
+    result.windows = len(clip_windows(video.num_frames, window))
+    result.seconds = round(video.num_frames / video.fps, 6)
     if not clips:
         need = min_frames_needed(params.sampler, params.frames_per_clip, params.stride)
         result.skipped = (f"{path}: too short: {video.num_frames} frames at {params.fps:g} fps, "
@@ -208,6 +215,8 @@ def video_to_clips(path: str, video_id: str, params: ShardVideosParams, seed: in
             "fps": video.fps, "source_size": [info.width, info.height], "size": [int(w), int(h)],
         }, sort_keys=True).encode()
         result.samples.append(sample)
+        span = float(video.timestamps[indices[-1]] - video.timestamps[indices[0]])
+        result.span_seconds = max(result.span_seconds, round(span, 6))
     return result
 
 
@@ -289,7 +298,7 @@ def shard_videos(params: ShardVideosParams, seed: int, mapper: Mapper | None = N
     (out_dir / "manifest.json").unlink(missing_ok=True)
     for old in out_dir.glob("clips-*.tar"):
         old.unlink()
-    skipped, shortened, frames_decoded, clips, used = [], [], 0, 0, []
+    skipped, shortened, frames_decoded, clips, used, spans = [], [], 0, 0, [], []
     with ShardWriter(out_dir, prefix="clips", maxcount=params.maxcount, maxsize=params.maxsize) as writer:
         bar = tqdm(mapper(_video_to_clips_star, jobs), total=len(jobs), desc="shard_videos", unit="video",
                    disable=not progress)
@@ -303,6 +312,8 @@ def shard_videos(params: ShardVideosParams, seed: int, mapper: Mapper | None = N
                 shortened.append({"path": result.path, "reason": result.shortened})
             frames_decoded += result.frames_decoded
             used.append(video_name(Path(result.path)))
+            spans.append({"video_id": result.video_id, "seconds": result.seconds,
+                          "windows": result.windows, "span_seconds": result.span_seconds})
             for sample in result.samples:
                 writer.write(sample)
                 clips += 1
@@ -315,6 +326,10 @@ def shard_videos(params: ShardVideosParams, seed: int, mapper: Mapper | None = N
         "video_names": sorted(used),
         "videos_skipped": skipped, "videos_shortened": shortened, "folders_skipped": scan.folders_skipped,
         "clips_written": clips, "frames_decoded": frames_decoded,
+        # uniform clips: the bound on a clip's span, and per video the windows its clips came from and the longest
+        # span one of them has (first to last frame)
+        "max_clip_seconds": params.max_clip_seconds if params.sampler == "uniform" else None,
+        "clip_spans": sorted(spans, key=lambda item: item["video_id"]),
         "shards": [vars(r) for r in writer.records], "params": artifact_params(params), "seed": seed,
     }
     write_json_atomic(out_dir / "manifest.json", manifest)

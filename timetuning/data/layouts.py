@@ -122,7 +122,7 @@ def split_source(params: EvalSetParams, split: str, base: Path = Path(".")) -> S
     path = layout_split_file(params, split, base)
     if path.is_file():
         return SplitSource("file", path)
-    lists = f"video_lists: {{{split}: splits/<file>.txt}}"
+    lists = f"video_lists: {{{split}: splits/{params.name}/<file>.txt}}"
     if params.layout == "ytvos":
         raise DatasetError(f"{path}: meta.json not found ({set_key(params, 'splits')}): a ytvos split is a folder "
                           f"<split>/ holding JPEGImages/, Annotations/ and meta.json; name an existing folder in "

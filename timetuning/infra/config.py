@@ -27,6 +27,15 @@ RGBTriple = tuple[float, float, float]
 PositiveRGBTriple = tuple[PositiveFloat, PositiveFloat, PositiveFloat]
 
 
+SPLITS_DIR = "splits"  # video-ID lists: one folder per stage that reads them, that stage's only list dependency
+
+
+def list_folder(reader: str) -> str:
+    """The folder of the lists ``reader`` reads (``shard_videos``, or a set name for ``shard_eval@<set>``): dvc.yaml
+    makes it that stage's DVC dependency, and no other list reruns the stage."""
+    return f"{SPLITS_DIR}/{reader}"
+
+
 EXECUTION_ONLY = {"execution_only": True}  # how a job runs, not what it makes: no DVC dependency, no artifact
 
 
@@ -104,6 +113,12 @@ class ShardVideosParams(Section):
     """Frames between clip starts for the dense sampler."""
     clips_per_video: PositiveInt = 8
     """Clips cut from each video."""
+    max_clip_seconds: PositiveFloat | None = 10.0
+    """uniform: the most seconds between a clip's first and last frame; a longer video gives clips from several
+    windows of that span placed across it (not one clip spread over all of it: the Feature-Forwarder's frame-to-frame
+    correspondences mean nothing across a minute). TimeT samples uniformly over YouTube-VOS clips of 3-6 s; 10 s
+    stays in that order and holds every demo video whole (the longest, bikes.mp4, is 10 s), so the demo's clips are
+    the unbounded sampler's. Empty = no bound (clips over the whole video)."""
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 90
     """JPEG quality of the stored frames."""
     maxcount: PositiveInt = 256
@@ -128,13 +143,18 @@ class ShardVideosParams(Section):
     """input_format frames: the frame rate of the frame folders."""
     video_list: str | None = None
     """File of video IDs (one per line: file stem or frame-folder name) to use from input_dir; empty = every video.
-    Keep it under splits/ (a DVC dependency)."""
+    Keep it in splits/shard_videos/, the folder shard_videos depends on (a list elsewhere is not tracked)."""
 
     @model_validator(mode="after")
     def _bounded_geometry(self) -> ShardVideosParams:
         if self.size * self.max_aspect_ratio > JPEG_MAX_SIDE:
             raise ValueError(f"max_aspect_ratio: {self.max_aspect_ratio:g} with size {self.size} allows frames "
                              f"{self.size * self.max_aspect_ratio:.0f} px long, beyond JPEG's {JPEG_MAX_SIDE}")
+        if self.sampler == "uniform" and self.max_clip_seconds is not None and \
+                (self.frames_per_clip - 1) / self.fps > self.max_clip_seconds + 1e-9:
+            raise ValueError(f"max_clip_seconds: {self.max_clip_seconds:g} s cannot hold {self.frames_per_clip} "
+                             f"distinct frames at {self.fps:g} fps (they need "
+                             f"{(self.frames_per_clip - 1) / self.fps:g} s)")
         span = self.frames_per_clip if self.sampler == "uniform" else (self.frames_per_clip - 1) * self.stride + 1
         largest_frame = self.size * self.size * self.max_aspect_ratio * 3
         if span * largest_frame > self.max_decoded_mib * 2**20:
@@ -172,7 +192,7 @@ class EvalSetParams(Section):
     root or names the ids found, VOC uses Pascal VOC's 21 classes."""
     video_lists: dict[str, str] = Field(default_factory=dict)
     """Split -> file of video IDs (one per line) forming that split, instead of the layout's own split file; keep
-    them under splits/ (a DVC dependency)."""
+    them in splits/<set name>/, the folder shard_eval@<set name> depends on (a list elsewhere is not tracked)."""
     video_folder: str = "train"
     """ytvos: the folder under root that listed splits read from (YouTube-VOS's one annotated folder)."""
     image_dir: str | None = None
@@ -284,6 +304,9 @@ class ShardEvalParams(Section):
         for name, item in self.sets.items():
             if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
                 raise ValueError(f"sets: set name {name!r} must match [A-Za-z0-9_-]+")
+            if list_folder(name) == list_folder("shard_videos"):
+                raise ValueError("sets: 'shard_videos' cannot name a set: splits/shard_videos/ holds "
+                                 "shard_videos.video_list")
             item.name = name
         return self
 

