@@ -161,7 +161,11 @@ def test_failing_stage_fails_the_run_with_its_message_and_keeps_earlier_outputs(
     state = timetuning(repo=str(tiny_repo), retries=0, return_state=True)
     assert state.is_failed()
     flow_run_id = str(state.state_details.flow_run_id)
-    assert any("refusing num_example_clips=13" in m for m in logs(prefect_api, flow_run_id))
+    # said once in the run's log: the stage's own line, not again in the failure that ends the task and the run
+    assert sum(m.count("refusing num_example_clips=13") for m in logs(prefect_api, flow_run_id)) == 1
+    with pytest.raises(RuntimeError, match=r"failed with exit code \d+; its output, with the stage's error, is in the "
+                                           "log above"):
+        state.result()
     assert (tiny_repo / "out/a.txt").read_text() == "60"  # the earlier stage's output is intact
 
 
