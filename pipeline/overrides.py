@@ -148,5 +148,7 @@ def with_limits_stated(prop: dict[str, Any]) -> dict[str, Any]:
     if words:
         if len(options) == 1 and "anyOf" in prop:
             words = words[:-1] + ", or empty."
-        prop["description"] = f"{prop.get('description', '').rstrip()} {words}".strip()
+        said = prop.get("description", "").rstrip()
+        stop = "" if not said or said.endswith(".") else "."  # some descriptions end without a full stop
+        prop["description"] = f"{said}{stop} {words}".strip()
     return prop
