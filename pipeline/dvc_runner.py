@@ -27,11 +27,15 @@ BUSY_POLL_S = (1.0, 10.0)  # first and longest wait between tries while DVC is b
 
 
 class StageFailed(RuntimeError):
-    """A DVC command failed; the message carries the tail of its output (the stage's own error)."""
+    """A DVC command failed; ``tail`` holds the end of its output (the stage's own error).
 
-    def __init__(self, command: str, code: int, tail: str):
-        super().__init__(f"`{command}` failed with exit code {code}:\n{tail}")
-        self.command, self.code, self.tail = command, code, tail
+    The message carries the tail unless the output was streamed (``streamed``: every line is in the run's log
+    already), so that a flow run's log says the stage's error once, not again in the failure."""
+
+    def __init__(self, command: str, code: int, tail: str, streamed: bool = False):
+        said = "; its output, with the stage's error, is in the log above" if streamed else f":\n{tail}"
+        super().__init__(f"`{command}` failed with exit code {code}{said}")
+        self.command, self.code, self.tail, self.streamed = command, code, tail, streamed
 
     @property
     def busy(self) -> bool:
@@ -96,7 +100,7 @@ def run_dvc(repo: Path, args: list[str], on_line: Callable[[str], None] | None =
                 bucket.append(m.group(1))
     code = proc.wait()
     if code != 0:
-        raise StageFailed("dvc " + " ".join(args), code, "\n".join(result.lines[-40:]))
+        raise StageFailed("dvc " + " ".join(args), code, "\n".join(result.lines[-40:]), streamed=on_line is not None)
     return result
 
 
@@ -113,7 +117,7 @@ def run_dvc_when_free(repo: Path, args: list[str], wait_s: float, on_line: Calla
                 if err.busy:
                     raise StageFailed(err.command, err.code, f"{err.tail}\nDVC stayed busy for {wait_s:g} s (another "
                                       "dvc command holds its lock); let it finish, or raise the flow's "
-                                      "lock_timeout.") from None
+                                      "lock_timeout.") from None  # not all of it was streamed: said in full
                 raise
             if on_line:
                 on_line(f"DVC is busy (another dvc command holds its lock); trying again in {pause:g} s")

@@ -166,7 +166,9 @@ def _publish_reports(repo: Path, params: Params) -> None:
                                  description="reports/report.md")
 
 
-@flow(name="timetuning", log_prints=True)
+# the flow validates its overrides itself, with the project's wording ("train.steps: must be > 0, got -1"), not
+# Prefect's; a run from the deployment's form is checked by the server against the same limits first
+@flow(name="timetuning", log_prints=True, validate_parameters=False)
 def timetuning(overrides: Optional[ParamsOverrides] = None, stages: Optional[list[str]] = None,  # noqa: UP045
                force: bool = False, repo: Optional[str] = None, retries: int = 1,  # noqa: UP045
                lock_timeout: float = 600.0, experiment_name: Optional[str] = None) -> dict[str, Any]:  # noqa: UP045

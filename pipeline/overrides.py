@@ -9,9 +9,9 @@ optional, limits and descriptions kept). The deployment's form shows the whole s
 import re
 from typing import Annotated, Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from timetuning.infra.config import Params, apply_overrides
+from timetuning.infra.config import Params, ParamsError, apply_overrides, format_validation_error, limit_words
 from timetuning.infra.profiles import schema_leaves
 
 
@@ -47,7 +47,10 @@ def dotted_overrides(overrides: BaseModel | dict | None) -> dict[str, Any]:
     if isinstance(overrides, BaseModel):
         data = overrides.model_dump(mode="json", exclude_none=True)
     else:
-        data = ParamsOverrides.model_validate(overrides).model_dump(mode="json", exclude_none=True)
+        try:  # the project's wording for a refused value ("train.lr_head: must be > 0, got 0")
+            data = ParamsOverrides.model_validate(overrides).model_dump(mode="json", exclude_none=True)
+        except ValidationError as err:
+            raise ParamsError(format_validation_error(err, "overrides")) from None
     return dict(schema_leaves(data, "overrides"))
 
 
@@ -99,6 +102,9 @@ def form_schema(flow_schema: dict[str, Any]) -> dict[str, Any]:
         """Form."""
 
     params = parameter_schema(params_form).model_dump(exclude_unset=True)
+    for definition in params["definitions"].values():
+        for prop in definition.get("properties", {}).values():
+            with_limits_stated(prop)
     schema = {**flow_schema, "definitions": {**flow_schema.get("definitions", {}), **params["definitions"]}}
     prop = flow_schema["properties"]["overrides"]
     schema["properties"] = {**flow_schema["properties"],
@@ -106,3 +112,43 @@ def form_schema(flow_schema: dict[str, Any]) -> dict[str, Any]:
                                           **{k: prop[k] for k in ("position", "description") if k in prop},
                                           "title": "overrides"}}
     return schema
+
+
+JSON_LIMITS = {"minimum": "ge", "exclusiveMinimum": "gt", "maximum": "le", "exclusiveMaximum": "lt"}
+
+
+def _limits(schema: dict[str, Any]) -> str | None:
+    """One value's limits in words (numbers, choices), None when it has none. An integer's exclusive bound becomes
+    the inclusive one it means (> 0 is >= 1), so a refusal reads "0 is less than the minimum of 1"."""
+    if "enum" in schema:
+        return "one of " + ", ".join(str(v) for v in schema["enum"])
+    if schema.get("type") == "integer":
+        for exclusive, inclusive, step in (("exclusiveMinimum", "minimum", 1), ("exclusiveMaximum", "maximum", -1)):
+            if exclusive in schema:
+                schema[inclusive] = int(schema.pop(exclusive)) + step
+    bounds = {JSON_LIMITS[k]: v for k, v in schema.items() if k in JSON_LIMITS}
+    return limit_words(**bounds) if bounds else None
+
+
+def with_limits_stated(prop: dict[str, Any]) -> dict[str, Any]:
+    """A form field's schema whose description ends with its limits in words ("Must be > 0.", "Must be between 0
+    and 1.", "Each item must be > 0.", "Must be one of center, none."): Prefect's form shows the description, not
+    the schema's minimum/maximum."""
+    words = None
+    options = [o for o in prop.get("anyOf", [prop]) if o.get("type") != "null"]
+    if len(options) == 1:
+        value = options[0]
+        if value.get("type") == "array":
+            items = value.get("prefixItems") or ([value["items"]] if isinstance(value.get("items"), dict) else [])
+            stated = {_limits(i) for i in items}
+            if len(stated) == 1 and (each := stated.pop()):
+                words = f"Each item must be {each}."
+        elif limits := _limits(value):
+            words = f"Must be {limits}."
+    if words:
+        if len(options) == 1 and "anyOf" in prop:
+            words = words[:-1] + ", or empty."
+        said = prop.get("description", "").rstrip()
+        stop = "" if not said or said.endswith(".") else "."  # some descriptions end without a full stop
+        prop["description"] = f"{said}{stop} {words}".strip()
+    return prop

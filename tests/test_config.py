@@ -127,7 +127,19 @@ def test_impossible_combinations_are_refused_naming_the_key():
     assert _error({"shard_videos": {"size": 1024, "max_decoded_mib": 16}}).startswith(
         "shard_videos.max_decoded_mib: 16 MiB cannot hold one clip (4 frames of up to 1024x4096 px)")
     assert _error({"shard_videos": {"extensions": []}}).startswith("shard_videos.extensions: List should have")
-    assert _error({"demo_data": {"num_classes": 8}}).startswith("demo_data.num_classes: Input should be less than")
+    assert _error({"demo_data": {"num_classes": 8}}) == "demo_data.num_classes: must be <= 6, got 8"
+
+
+def test_a_value_out_of_limits_is_refused_in_words_naming_the_limit():
+    assert _error({"train": {"lr_head": 0}}) == "train.lr_head: must be > 0, got 0"
+    assert _error({"shard_videos": {"jpeg_quality": 0}}) == "shard_videos.jpeg_quality: must be >= 1, got 0"
+    assert _error({"fit_probes": {"confidence": 1.0}}) == "fit_probes.confidence: must be < 1, got 1.0"
+    assert _error({"shard_videos": {"crop": "middle"}}) == \
+        "shard_videos.crop: must be 'center' or 'none', got 'middle'"
+    from timetuning.infra.config import limit_words
+
+    assert [limit_words(gt=0), limit_words(ge=0.0, le=1.0), limit_words(gt=0.5, lt=1.0), limit_words(le=1024)] == [
+        "> 0", "between 0 and 1", "> 0.5 and < 1", "<= 1024"]
 
 
 def test_demo_class_bound_is_the_number_of_synthetic_designs():

@@ -148,8 +148,12 @@ def test_override_run_is_a_dvc_experiment_with_a_task_per_stage(prefect_api, tin
     assert again["reused"] and again["experiment"] == "ui-run" and again["ran"] == []
     assert _experiments(tiny_repo) == ["ui-run"]
 
-    with pytest.raises(Exception, match=r"(?s)train\.steps.*greater than 0"):  # refused before anything runs
+    # refused before anything runs, in the project's words
+    with pytest.raises(ValueError, match=r"invalid overrides: .*\n  train\.steps: must be > 0, got -1$"):
         timetuning(repo=str(tiny_repo), overrides={"train": {"steps": -1}})
+    with pytest.raises(ValueError, match=r"\n  train\.lr_head: must be > 0, got 0\n  shard_videos\.crop: must be "
+                                         r"'center' or 'none', got 'middle'$"):
+        timetuning(repo=str(tiny_repo), overrides={"train": {"lr_head": 0}, "shard_videos": {"crop": "middle"}})
 
 
 def test_failing_stage_fails_the_run_with_its_message_and_keeps_earlier_outputs(prefect_api, tiny_repo):
@@ -161,7 +165,11 @@ def test_failing_stage_fails_the_run_with_its_message_and_keeps_earlier_outputs(
     state = timetuning(repo=str(tiny_repo), retries=0, return_state=True)
     assert state.is_failed()
     flow_run_id = str(state.state_details.flow_run_id)
-    assert any("refusing num_example_clips=13" in m for m in logs(prefect_api, flow_run_id))
+    # said once in the run's log: the stage's own line, not again in the failure that ends the task and the run
+    assert sum(m.count("refusing num_example_clips=13") for m in logs(prefect_api, flow_run_id)) == 1
+    with pytest.raises(RuntimeError, match=r"failed with exit code \d+; its output, with the stage's error, is in the "
+                                           "log above"):
+        state.result()
     assert (tiny_repo / "out/a.txt").read_text() == "60"  # the earlier stage's output is intact
 
 
@@ -297,7 +305,19 @@ def test_served_deployment_has_a_form_and_runs_from_the_api(prefect_api, tiny_re
         assert deployment["parameters"]["overrides"]["train"]["steps"] == 60
         schema = deployment["parameter_openapi_schema"]
         steps = _schema_field(schema, "train", "steps")
-        assert steps["type"] == "integer" and steps["exclusiveMinimum"] == 0 and steps.get("description")
+        # an integer's "> 0" is ">= 1": the server's refusal reads "0 is less than the minimum of 1"
+        assert steps["type"] == "integer" and steps["minimum"] == 1 and "exclusiveMinimum" not in steps
+        assert steps["description"] == "Training steps. Must be >= 1."
+        lr = _schema_field(schema, "train", "lr_head")
+        assert lr["exclusiveMinimum"] == 0 and lr["description"].endswith(" Must be > 0.")
+        assert _schema_field(schema, "fit_probes", "confidence")["description"].endswith(" Must be > 0.5 and < 1.")
+        assert _schema_field(schema, "shard_videos", "jpeg_quality")["description"].endswith(
+            " Must be between 1 and 100.")
+        assert _schema_field(schema, "train", "crop_scale")["description"].endswith(
+            " Each item must be between 0 and 1.")
+        assert _schema_field(schema, "fit_probes", "cluster_eval_size")["description"].endswith(
+            " Must be >= 8, or empty.")
+        assert _schema_field(schema, "shard_videos", "crop")["description"].endswith(" Must be one of center, none.")
         assert sorted(_schema_field(schema, "train", "precision")["enum"]) == ["auto", "bf16", "fp16", "fp32"]
         assert "anyOf" not in steps
         assert "step 0" in schema["properties"]["force"]["description"]

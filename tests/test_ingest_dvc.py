@@ -174,7 +174,7 @@ def test_timetuning_repro_checks_before_dvc_touches_outputs(tmp_path):
     text = (repo / "params.yaml").read_text()
     (repo / "params.yaml").write_text(text.replace("max_aspect_ratio: 4.0", "max_aspect_ratio: 0.5"))
     proc = run(cli, repo, check=False)
-    assert proc.returncode == 1 and "shard_videos.max_aspect_ratio: Input should be greater than or equal to 1" \
+    assert proc.returncode == 1 and "shard_videos.max_aspect_ratio: must be >= 1, got 0.5" \
         in proc.stderr
     assert sorted((repo / "data/shards/train").iterdir()) == shards
     # ... which plain `dvc repro` removes before the stage fails on the same param: why the pre-flight exists

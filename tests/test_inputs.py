@@ -289,3 +289,32 @@ def test_preflight_checks_each_sets_layout(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().err
     assert "shard_eval@masks: data/labelme/Masks: mask folder not found" in out and "nothing was run" in out
     assert labelme.is_dir() and cvat.is_dir()
+
+
+def _cli(args: list[str], cwd: Path):
+    import subprocess
+    import sys
+
+    from tests.dvc_repo import dvc_env
+
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=dvc_env(), capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_a_failing_stage_and_a_refused_run_say_their_error_once(tmp_path):
+    """On the command line each problem is one `error:` line, said once: no log record repeating it (a stage under
+    DVC, `timetuning stage` and a flow's log all show what the stage prints)."""
+    (tmp_path / "params.yaml").write_text("evaluate:\n  num_example_clips: 2\n")
+    stage = _cli(["stage", "evaluate"], tmp_path)
+    assert stage.returncode == 1
+    problem = "evaluate: data/probes/davis_demo/results.json not found: run the `fit_probes@davis_demo` stage first"
+    assert (stage.stdout + stage.stderr).count(problem) == 1, stage.stderr
+    assert stage.stderr.startswith(f"error: {problem}") and "ERROR" not in stage.stderr
+
+    (tmp_path / "params.yaml").write_text("train:\n  lr_head: 0\n")
+    for args in (["stage", "train"], ["repro"]):
+        proc = _cli(args, tmp_path)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 1 and out.count("train.lr_head") == 1, (args, out)
+        assert [line for line in out.splitlines() if "error" in line.lower()] == [
+            "error: params.yaml: 1 invalid parameter(s)"], (args, out)

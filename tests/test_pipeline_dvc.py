@@ -32,8 +32,8 @@ def test_full_pipeline_repro_report_and_metrics(tmp_path):
 
     html = (repo / "reports/report.html").read_text()
     assert html.count("<table>") >= 2 and "Clustering per clip" in html and "Linear probe" in html
-    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    assert len(images) >= 4 and all(len(i) > 1000 for i in images)  # embedded: opens offline
+    images = re.findall(r'src="(figures/[^"]+\.png)"', html)  # the figures next to the page: it opens offline
+    assert len(images) >= 4 and all((repo / "reports" / i).stat().st_size > 1000 for i in images)
     assert "http://" not in html and "https://" not in html
     md = (repo / "reports/report.md").read_text()
     for link in re.findall(r"\]\((figures/[^)]+)\)", md):
@@ -84,3 +84,43 @@ def test_readme_multi_gpu_recipe_works_in_a_script(tmp_path, monkeypatch):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (repo / "dvc.lock").read_text() == lock  # 2 ranks wrote the bytes one process wrote
     assert ran_stages(dvc(repo, "repro").stdout) == []
+
+
+def test_the_report_opens_as_a_page_with_a_symlink_cache(tmp_path):
+    """Under `cache.type symlink` (DVC links every cached output to a cache file without an extension, which
+    Chromium shows as text), reports/report.html is still a real file and opens as the page, its pictures (cached,
+    so links) shown. The evaluate stage alone runs through DVC, on hand-made probe results of the demo set."""
+    from tests.browser import CHROMIUM, sync_playwright_or_skip
+    from tests.dvc_repo import tiny_params
+    from tests.test_report import _doc
+
+    sync_playwright = sync_playwright_or_skip()
+    repo = make_repo(tmp_path / "repo", tiny_params())
+    dvc(repo, "config", "cache.type", "symlink")
+    dvc(repo, "repro", "shard_eval@davis_demo")
+    doc = _doc()
+    doc["set"] = "davis_demo"
+    (repo / "data/probes/davis_demo").mkdir(parents=True)
+    (repo / "data/probes/davis_demo/results.json").write_text(json.dumps(doc))
+    (repo / "models").mkdir(exist_ok=True)
+    (repo / "models/train_log.csv").write_text("step,loss\n1,1.0\n2,0.9\n")
+    (repo / "models/train_summary.json").write_text(json.dumps({"steps": 2, "final_loss": 0.9}))
+    assert ran_stages(dvc(repo, "repro", "--single-item", "evaluate").stdout) == ["evaluate"]
+
+    figures = sorted((repo / "reports/figures").iterdir())
+    assert figures and all(f.is_symlink() and f.suffix == ".png" for f in figures)  # the cache type is in force
+    assert not Path(next(iter(figures)).resolve()).suffix  # ... and links to files without a name to go by
+    page_file = repo / "reports/report.html"
+    assert page_file.is_file() and not page_file.is_symlink()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(page_file.as_uri())
+        assert page.title() == "timetuning evaluation report"
+        assert page.locator("table").count() >= 3 and page.locator("h2").count() >= 3
+        assert page.locator("pre").count() == 0  # not its source as text
+        images = page.locator("img").all()
+        assert len(images) >= 2 and all(i.evaluate("i => i.complete && i.naturalWidth > 0") for i in images)
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert "up to date" in dvc(repo, "status", "evaluate").stdout  # the git-tracked page is what dvc.lock says

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 
 from timetuning.report import figures, report
@@ -80,7 +82,8 @@ def test_report_files_figures_and_captions(tmp_path):
     sections = set_section("d", _doc(), "start", "timetuned", [], {})
     report.write_report(tmp_path, "t", [report.Section("Summary", ["intro"], warning="careful")] + sections)
     html = (tmp_path / "report.html").read_text()
-    assert "data:image/png;base64," in html and html.count("<table>") >= 3 and 'class="warning"' in html
+    assert 'src="figures/d_confusion_linear.png"' in html and "data:image" not in html  # a small page
+    assert html.count("<table>") >= 3 and 'class="warning"' in html
     md = (tmp_path / "report.md").read_text()
     assert "![d: linear-probe confusion matrices" in md and (tmp_path / "figures/d_confusion_linear.png").is_file()
     assert "**Warning:** careful" in md
@@ -221,3 +224,110 @@ def test_the_report_says_which_part_of_each_checkpoint_was_read():
     assert weights_paragraphs(doc) == [
         "Weights: start: models/custom/TimeT.pth, layout timet (detected), the student: 150 tensors from "
         "feature_extractor.backbone.; timetuned: package:efficientnet_lite0."]
+
+
+def _image_set_doc():
+    """A labelme-style VOC set: only a val split of 5 frames of one video (each image its own unit), classes
+    `_background_` and `cup`: clustering ran, the linear probe and retrieval could not (no train split)."""
+    d = {"delta": 0.04, "ci_low": 0.01, "ci_high": 0.07, "confidence": 0.95, "samples": 1000, "seed_std": 0.01}
+    no_train = "the set has no train split to fit on"
+    no_time = "single-frame clips (an image set): no time"
+    na = {"linear": no_train, "hummingbird": no_train, "cluster_per_clip": no_time,
+          "jf_mean": "single-frame clips (an image set): nothing to propagate"}
+    facts = {"videos": 5, "frames": 5, "clips": 5, "all_background_miou": 0.35}
+
+    def model(v):
+        return {"protocols": {"cluster_per_frame": _summary(v),
+                              "cluster_per_dataset": {**_summary(v - 0.05), "per_class_iou": [0.8, v]}},
+                "variants": {}, "not_applicable": na, "facts": facts}
+
+    doc = _doc()
+    doc.update(set="frames", classes=["_background_", "cup"], image_set=True, fitted_on=None,
+               models={"start": model(0.40), "timetuned": model(0.44)})
+    doc["comparisons"] = {"timetuned": {
+        "baseline": "start", "deltas": {"cluster_per_frame": d, "cluster_per_dataset": d},
+        "robustness": {}, "verdicts": {p: {"robust": True, "disagreeing_variants": [], "text": "helps"}
+                                       for p in ("cluster_per_frame", "cluster_per_dataset")},
+        "bootstrap": {"unit": "video", "samples": 1000, "confidence": 0.95, "seed": 0, "videos": 5}}}
+    return doc
+
+
+def _image_clips():
+    from timetuning.data.eval_shards import EvalClip
+
+    frame = np.full((1, 16, 16, 3), 120, np.uint8)
+    mask = np.zeros((1, 16, 16), np.uint8)
+    mask[0, 4:12, 4:12] = 1
+    return [EvalClip(f"frame_{i:05d}", f"frame_{i:05d}", frame, mask) for i in range(2)]
+
+
+def _image_examples():
+    labels = np.zeros((1, 16, 16), np.uint8)
+    labels[0, 5:12, 5:12] = 1
+    return {m: {f"cluster__{i}": labels for i in range(2)} for m in ("start", "timetuned")}
+
+
+def test_an_image_set_without_a_train_split_names_only_what_ran_and_what_was_resampled():
+    from timetuning.report.evaluation_report import per_class_rows
+
+    doc = _image_set_doc()
+    head, details = set_section("frames", doc, "start", "timetuned", _image_clips(), _image_examples())
+    main_caption = head.tables[0][0]
+    assert "95% bootstrap interval over the 5 scored images;" in main_caption
+    assert "The interval resamples the 5 scored images with both models fixed" in main_caption
+    assert "video" not in main_caption.split("training")[0]  # no "over videos" for images
+    text = " ".join(details.paragraphs)
+    assert "Intervals: 1000 resamples of the 5 scored images, paired" in text and "of videos" not in text
+    assert "The linear probe and Hummingbird retrieval: not run (the set has no train split to fit on)." in text
+    assert "Linear probe: l." not in text and "Hummingbird: h." not in text
+    captions = {name: caption for name, _, caption in details.figures}
+    assert set(captions) == {"frames_per_class_iou.png", "frames_clip0.png", "frames_clip1.png"}  # no confusion
+    assert captions["frames_per_class_iou.png"] == ("frames: IoU per class (x100) of each model for per-dataset "
+                                                    "clustering.")
+    assert captions["frames_clip0.png"] == ("frames, image frame_00000: the image, ground truth, per-frame clusters "
+                                            "matched to classes; colours = classes (legend), background unpainted.")
+    assert not any("linear" in c or "retrieval" in c for c in captions.values())
+    per_class = details.tables[0][1]
+    assert [r[0] for r in per_class[1:]] == ["background", "cup"]
+    assert [r[3] for r in per_class_rows("frames", doc)[1:]] == ["background", "cup", "background", "cup"]
+
+
+def test_a_video_set_says_videos_and_names_the_linear_probe_where_it_ran():
+    from timetuning.report.evaluation_report import interval_statement, resampled_units
+
+    doc = _doc()
+    doc["comparisons"]["timetuned"]["bootstrap"] = {"unit": "video", "samples": 100, "confidence": 0.9,
+                                                    "videos": 3}
+    assert resampled_units(doc) == "the 3 scored videos"
+    assert interval_statement(doc).startswith("100 resamples of the 3 scored videos, paired")
+    ex = {"timetuned": {"cluster__0": np.zeros((1, 16, 16), np.uint8), "linear__0": np.zeros((1, 16, 16), np.uint8)}}
+    clip = _image_clips()[:1]
+    _, details = set_section("d", doc, "start", "timetuned", clip, ex)
+    caption = next(c for name, _, c in details.figures if name == "d_clip0.png")
+    assert "per-clip clusters matched to classes and the linear probe's prediction" in caption
+    assert "Linear probe: l." in " ".join(details.paragraphs)
+
+
+def test_an_image_set_report_reads_in_a_real_browser(tmp_path):
+    """The image-set report as a reader opens it: `background` in the legend's table, no probe or retrieval
+    promised in a caption. The screenshot stays in the test's folder."""
+    from tests.browser import CHROMIUM, sync_playwright_or_skip
+
+    sync_playwright = sync_playwright_or_skip()
+    sections = set_section("frames", _image_set_doc(), "start", "timetuned", _image_clips(), _image_examples())
+    report.write_report(tmp_path, "image set", [report.Section("Summary", ["intro"])] + sections)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto((tmp_path / "report.html").as_uri())
+        body = page.locator("body").inner_text()
+        assert "_background_" not in body and "resamples of videos" not in body
+        per_class = page.locator("xpath=//p[em[starts-with(., 'IoU per class')]]/following-sibling::div[1]")
+        assert per_class.locator("td:first-child").all_inner_texts() == ["background", "cup"]
+        captions = page.locator("figcaption").all_inner_texts()
+        assert captions and not any("linear probe" in c or "retrieval" in c for c in captions)
+        assert all(img.evaluate("i => i.complete && i.naturalWidth > 0") for img in page.locator("img").all())
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        if os.environ.get("TIMETUNING_SCREENSHOTS"):
+            page.screenshot(path=os.environ["TIMETUNING_SCREENSHOTS"] + "/image_set_report.png", full_page=True)
+        browser.close()

@@ -102,6 +102,43 @@ def test_a_run_from_the_form_in_a_real_browser(served):
     assert "num_example_clips: 4" in (served["repo"] / "params.yaml").read_text()  # a DVC experiment's params
 
 
+def test_the_form_states_each_limit_and_refuses_a_value_out_of_it(served):
+    """The run form as a person meets it: a field's description ends with its limits in words (Prefect's form
+    shows descriptions, not the schema's minimum), and a value out of them is refused before any run exists.
+    Screenshots: the test's folder (and $TIMETUNING_SCREENSHOTS when set)."""
+    sync_playwright = sync_playwright_or_skip()
+    base = f"http://127.0.0.1:{served['port']}"
+    deployment = served["deployment"]
+    shots = [served["tmp"], *([Path(os.environ["TIMETUNING_SCREENSHOTS"])] if "TIMETUNING_SCREENSHOTS" in os.environ
+                              else [])]
+    before = api(served["url"], "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}})
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        page.goto(f"{base}/deployments/deployment/{deployment['id']}/run")
+        field = page.locator("xpath=//*[contains(text(), 'Lr Head')]/ancestor::*[.//input][1]")
+        field.locator("input").first.wait_for(timeout=60_000)
+        assert "Learning rate of the head and prototypes. Must be > 0." in field.inner_text()
+        quality = page.locator("xpath=//*[contains(text(), 'Jpeg Quality')]/ancestor::*[.//input][1]")
+        assert "Must be between 1 and 100." in quality.inner_text()
+        field.locator("input").first.fill("0")
+        field.scroll_into_view_if_needed()
+        for folder in shots:
+            page.screenshot(path=str(folder / "form_limits.png"))
+        page.get_by_role("button", name="Submit").click()
+        toast = page.get_by_text("Error creating flow run").first
+        toast.wait_for(timeout=60_000)
+        field.scroll_into_view_if_needed()
+        for folder in shots:
+            page.screenshot(path=str(folder / "form_refused.png"))
+        refusal = toast.inner_text()
+        browser.close()
+    after = api(served["url"], "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}})
+    assert len(after) == len(before)  # refused: no run was created
+    # the server's words (JSON Schema's), naming the field whose description states the limit in ours
+    assert "overrides.train.lr_head" in refusal and "minimum of 0" in refusal
+
+
 def test_serve_refuses_a_port_in_use(served, tmp_path):
     proc = subprocess.run(_serve_cmd(served["port"], served["repo"]), cwd=PROJECT, capture_output=True, text=True,
                           timeout=120)

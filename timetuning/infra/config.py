@@ -740,11 +740,35 @@ class ParamsError(ValueError):
     """params.yaml (or an override) is invalid; the message names every bad key and value."""
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def _number(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def limit_words(ge: Any = None, gt: Any = None, le: Any = None, lt: Any = None) -> str:
+    """A field's numeric limits in words: "> 0", ">= 1", "between 0 and 1", "> 0.5 and < 1" (the run form's
+    descriptions and the messages refusing a value say them alike)."""
+    if ge is not None and le is not None:
+        return f"between {_number(ge)} and {_number(le)}"
+    low = f"> {_number(gt)}" if gt is not None else f">= {_number(ge)}" if ge is not None else None
+    high = f"< {_number(lt)}" if lt is not None else f"<= {_number(le)}" if le is not None else None
+    return " and ".join(w for w in (low, high) if w)
+
+
+LIMIT_ERRORS = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt", "less_than_equal": "le"}
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per bad value, naming its key: ``train.lr_head: must be > 0, got 0``."""
     lines = [f"{source}: {err.error_count()} invalid parameter(s)"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "value_error":  # a cross-field check: its message starts with the key it is about
+        ctx = e.get("ctx") or {}
+        if e["type"] in LIMIT_ERRORS and LIMIT_ERRORS[e["type"]] in ctx:
+            bound = LIMIT_ERRORS[e["type"]]
+            lines.append(f"  {key or '<root>'}: must be {limit_words(**{bound: ctx[bound]})}, got {e['input']!r}")
+        elif e["type"] == "literal_error" and "expected" in ctx:
+            lines.append(f"  {key or '<root>'}: must be {ctx['expected']}, got {e['input']!r}")
+        elif e["type"] == "value_error":  # a cross-field check: its message starts with the key it is about
             msg = str(e["msg"]).removeprefix("Value error, ")
             named = re.match(r"[A-Za-z_][\w.]*: ", msg)
             lines.append(f"  {key}.{msg}" if key and named else f"  {key}: {msg}" if key else f"  {msg}")
@@ -760,7 +784,7 @@ def validate_params(data: dict[str, Any] | None, source: str = "params") -> Para
     try:
         return Params.model_validate(data or {})
     except ValidationError as err:
-        raise ParamsError(_format_errors(err, source)) from None
+        raise ParamsError(format_validation_error(err, source)) from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

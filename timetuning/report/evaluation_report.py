@@ -23,6 +23,37 @@ from timetuning.report.report import (
     x100,
 )
 
+# class names as a set's tools write them -> as the report shows them (labelme's background class is `_background_`)
+DISPLAY_NAMES = {"_background_": "background"}
+PROBE_PROTOCOLS = {"linear": "the linear probe", "cluster_per_dataset": "per-dataset clustering",
+                   "hummingbird": "retrieval"}
+
+
+def display_classes(classes: list[str]) -> list[str]:
+    """The class names as the report shows them: ``_background_`` (labelme's convention) as ``background``."""
+    return [DISPLAY_NAMES.get(c, c) for c in classes]
+
+
+def resampled_units(doc: dict[str, Any]) -> str:
+    """What the bootstrap resampled, in words: "the 8 scored videos", or "the 5 scored images" for an image set,
+    whose every image is its own unit (timetuning.eval.bootstrap resamples the scored split's video ids)."""
+    facts = next(iter(doc["models"].values()))["facts"] if doc["models"] else {}
+    boot = next((c["bootstrap"] for c in doc.get("comparisons", {}).values() if "bootstrap" in c), {})
+    n = boot.get("videos", facts.get("videos"))
+    if n is None:
+        return "the scored images" if doc.get("image_set") else "the scored videos"
+    noun = "image" if doc.get("image_set") and n == facts.get("frames") else "video"
+    return f"the {n} scored {noun}{'' if n == 1 else 's'}"
+
+
+def _ran(doc: dict[str, Any], protocol: str) -> bool:
+    """Whether ``protocol`` ran for the set's models (it is not n/a, as the probes are without a train split)."""
+    return any(protocol in m["protocols"] for m in doc["models"].values())
+
+
+def _listed(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
 
 def starting_model_warning(summary: dict[str, Any]) -> str | None:
     """A warning when the exported "time-tuned" model is in fact the starting model."""
@@ -76,8 +107,8 @@ def protocol_paragraphs(doc: dict[str, Any]) -> list[str]:
         f"k-means: {proto['kmeans']['backend']}; {proto['kmeans']['iterations']} iterations, "
         f"{proto['kmeans']['restarts']} restarts, at most {proto['kmeans']['points_per_centroid']} training points per "
         f"cluster; {proto['kmeans']['switches']}. Seeds {proto['seeds']}: every seeded protocol is the mean over them.",
-        f"Linear probe: {proto['linear']}. Hummingbird: {proto['hummingbird']}.",
-        f"Intervals: {proto['bootstrap']}. Robustness variants: "
+        probe_paragraph(doc),
+        f"Intervals: {interval_statement(doc)}. Robustness variants: "
         + "; ".join(f"{k}: {v}" for k, v in proto["variants"].items() if k != "timet") + ".",
     ] + search_paragraphs(doc) + weights_paragraphs(doc)
 
@@ -89,6 +120,32 @@ def search_paragraphs(doc: dict[str, Any]) -> list[str]:
         return []
     return [f"Retrieval neighbours (hummingbird_search: {doc['protocol'].get('hummingbird_search', 'exact')}): "
             + "; ".join(used) + "."]
+
+
+def probe_paragraph(doc: dict[str, Any]) -> str:
+    """The supervised read-outs as run, or why they were not (no train split to fit them on)."""
+    proto, parts = doc["protocol"], []
+    if _ran(doc, "linear"):
+        parts.append(f"Linear probe: {proto['linear']}.")
+    if _ran(doc, "hummingbird"):
+        parts.append(f"Hummingbird: {proto['hummingbird']}.")
+    missing = [p for p in ("linear", "hummingbird") if not _ran(doc, p)]
+    if missing:
+        why = next((m["not_applicable"][p] for m in doc["models"].values() for p in missing
+                    if p in m["not_applicable"]), "not run")
+        names = {"linear": "the linear probe", "hummingbird": "Hummingbird retrieval"}
+        text = _listed([names[p] for p in missing])
+        parts.append(f"{text[0].upper()}{text[1:]}: not run ({why}).")
+    return " ".join(parts)
+
+
+def interval_statement(doc: dict[str, Any]) -> str:
+    """How the intervals were made, naming the unit the bootstrap resampled (videos, or an image set's images)."""
+    boot = next((c["bootstrap"] for c in doc.get("comparisons", {}).values() if "bootstrap" in c), None)
+    if boot is None:
+        return "none (no model to compare with)"
+    return (f"{boot['samples']} resamples of {resampled_units(doc)}, paired (both models scored on each resample), "
+            f"{round(100 * boot['confidence'])}% percentile interval")
 
 
 def weights_paragraphs(doc: dict[str, Any]) -> list[str]:
@@ -114,7 +171,7 @@ def example_figures(set_name: str, doc: dict[str, Any], clips: list[EvalClip],
     """One overlay figure per example clip: ground truth, then each model's per-clip clusters (per-frame ones for
     image sets) and linear probe, over time."""
     out = []
-    classes = doc["classes"]
+    classes = display_classes(doc["classes"])
     for i, clip in enumerate(clips):
         propagated = {f"{m}: propagated": ex[f"propagation__{i}"] for m, ex in examples.items()
                       if f"propagation__{i}" in ex}
@@ -134,9 +191,12 @@ def example_figures(set_name: str, doc: dict[str, Any], clips: list[EvalClip],
         if not preds:
             continue
         kind = "per-frame" if doc["image_set"] else "per-clip"
-        caption = (f"{set_name}, clip {clip.clip_id} (video {clip.video_id}): frames over time (t = frame index in "
-                   f"the clip), ground truth, {kind} clusters matched to classes, and the linear probe's prediction; "
-                   "colours = classes (legend), background unpainted.")
+        shown = [f"{kind} clusters matched to classes"] + (
+            ["the linear probe's prediction"] if any(k.endswith(": linear") for k in preds) else [])
+        where = (f"image {clip.clip_id}: the image, ground truth, " if doc["image_set"] else
+                 f"clip {clip.clip_id} (video {clip.video_id}): frames over time (t = frame index in the clip), "
+                 "ground truth, ")
+        caption = (f"{set_name}, {where}{_listed(shown)}; colours = classes (legend), background unpainted.")
         image = figures.segmentation_png(clip.frames, clip.masks, preds, classes, f"{set_name}: {clip.clip_id}")
         out.append((f"{set_name}_clip{i}.png", image, caption))
     return out
@@ -145,7 +205,7 @@ def example_figures(set_name: str, doc: dict[str, Any], clips: list[EvalClip],
 def set_section(set_name: str, doc: dict[str, Any], baseline: str | None, tuned: str | None,
                 clips: list[EvalClip], examples: dict[str, dict[str, np.ndarray]]) -> list[Section]:
     """The sections of one evaluation set."""
-    classes = doc["classes"]
+    classes = display_classes(doc["classes"])
     facts = next(iter(doc["models"].values()))["facts"]
     size = f"{facts['frames']} images" if doc["image_set"] else f"{facts['videos']} videos, {facts['frames']} frames"
     head = Section(f"{set_name}: results ({doc['scored_on']} split, {size}{', image set' if doc['image_set'] else ''})")
@@ -161,15 +221,15 @@ def set_section(set_name: str, doc: dict[str, Any], baseline: str | None, tuned:
                     f"{x100(abs(margin))} points {'above' if margin >= 0 else 'BELOW'} it.")
         who = "time-tuned minus start" if (baseline, tuned) == ("start", "timetuned") else f"{tuned} minus {baseline}"
         head.tables.append((f"All numbers x100 (mIoU; stability in %). Delta = {who} with its 95% "
-                            "bootstrap interval over videos; seed std = standard deviation over the k-means/probe "
-                            "seeds. " + TRAINING_RANDOMNESS,
+                            f"bootstrap interval over {resampled_units(doc)}; seed std = standard deviation over the "
+                            "k-means/probe seeds. " + training_randomness(doc),
                             main_table(doc, baseline, tuned)))
     compared = sorted(doc["comparisons"], key=lambda m: (m != tuned, list(doc["models"]).index(m)))
     reference = baseline if compared else None  # the stage read it from the results (fit_probes.reference_model)
     if reference and (len(compared) > 1 or tuned not in compared):
         head.tables.append((f"Every model side by side (x100): each model's value, its delta against {reference} "
-                            "with its 95% bootstrap interval over videos, * = robust (interval excludes zero and "
-                            "every protocol variant agrees in sign).", models_table(doc, reference)))
+                            f"with its 95% bootstrap interval over {resampled_units(doc)}, * = robust (interval "
+                            "excludes zero and every protocol variant agrees in sign).", models_table(doc, reference)))
     for model in compared:
         robust = robustness_table(doc, model)
         if robust:
@@ -191,9 +251,9 @@ def set_section(set_name: str, doc: dict[str, Any], baseline: str | None, tuned:
     details.tables.append(("IoU per class (x100).", per_class_table(doc, classes)))
     values = figures.per_class_values(doc)
     if values:
+        kinds = [PROBE_PROTOCOLS[k] for k in PROBE_PROTOCOLS if any(k in v for v in values.values())]
         details.figures.append((f"{set_name}_per_class_iou.png", figures.per_class_png(values, classes),
-                                f"{set_name}: IoU per class (x100) of each model for the linear probe, per-dataset "
-                                "clustering and retrieval."))
+                                f"{set_name}: IoU per class (x100) of each model for {_listed(kinds)}."))
     confusions = {m: d["protocols"]["linear"]["confusion"] for m, d in doc["models"].items()
                   if "confusion" in d["protocols"].get("linear", {})}
     if confusions:
@@ -228,10 +288,12 @@ def report_sections(results: dict[str, dict[str, Any]], clips: dict[str, list[Ev
     return sections + [training]
 
 
-TRAINING_RANDOMNESS = (
-    "The interval resamples the scored videos with both models fixed: it does not contain the randomness of "
-    "training (another training seed gives another time-tuned model); benchmarks/training_seeds.py measures the "
-    "spread over training seeds, and a delta inside that spread is not a gain.")
+def training_randomness(doc: dict[str, Any]) -> str:
+    """What the interval leaves out: the randomness of training."""
+    return (f"The interval resamples {resampled_units(doc)} with both models fixed: it does not contain the "
+            "randomness of training (another training seed gives another time-tuned model); "
+            "benchmarks/training_seeds.py measures the spread over training seeds, and a delta inside that spread is "
+            "not a gain.")
 
 TRAINING_CURVES_CAPTION = (
     "Top: per step (faint) and over 10 steps (solid), the loss, how many prototypes are the target of at least one "
@@ -322,5 +384,5 @@ def per_class_rows(set_name: str, doc: dict[str, Any]) -> list[list[str]]:
     for model, values in figures.per_class_values(doc).items():
         for kind, iou in values.items():
             rows += [[set_name, model, kind, c, "" if v is None else f"{100 * v:.4f}"]
-                     for c, v in zip(doc["classes"], iou)]
+                     for c, v in zip(display_classes(doc["classes"]), iou)]
     return rows

@@ -50,8 +50,8 @@ def run_stage(main: Callable[[Params, argparse.Namespace], Any], description: st
         seed_everything(params.seed)
         main(params, args)
     # OSError: what the environment refuses (permissions, a full disk) is told in one line, not a traceback
+    # said once, as one `error:` line (no log record of it besides: DVC, the CLI and a flow's log show it once)
     except (ParamsError, OSError, ValueError, RuntimeError, FloatingPointError) as err:
-        log.error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr, flush=True)
         return 1
     return 0
