@@ -79,10 +79,18 @@ def test_no_dict_valued_dvc_param_holds_a_key_named_size_or_nfiles():
                 yield from keys(v, f"{path}[{i}]")
         yield path
 
+    models = params["extract_features"]["models"]
+
+    def expand(entry):  # a foreach over the sets, a matrix over sets x models
+        names = [entry.replace("${key}", k) for k in sets] if "${key}" in entry else [entry]
+        names = [n.replace("${item.set}", k) for n in names for k in sets] if "${item.set}" in entry else names
+        return [n.replace("${item.model}", m) for n in names for m in models] if "${item.model}" in entry else names
+
     bad = []
+    assert any("${item.model}" in e for s in stages.values() for e in s.get("do", s).get("params", []))
     for stage in stages.values():
         for entry in stage.get("do", stage).get("params", []):
-            for name in ([entry.replace("${key}", k) for k in sets] if "${key}" in entry else [entry]):
+            for name in expand(entry):
                 value = params
                 for part in name.split("."):
                     value = value[part]

@@ -17,8 +17,9 @@ from timetuning.run.inputs import (
     stage_names,
 )
 
-ALL = ["demo_data", "shard_videos", "shard_eval@davis_demo", "train", "extract_features@davis_demo",
-       "fit_probes@davis_demo", "evaluate"]
+ALL = ["demo_data", "shard_videos", "shard_eval@davis_demo", "train", "model_weights",
+       "extract_features@davis_demo-start", "extract_features@davis_demo-timetuned", "fit_probes@davis_demo-start",
+       "fit_probes@davis_demo-timetuned", "compare@davis_demo", "evaluate"]
 
 
 def _missing(params: Params, stage: str) -> str:
@@ -36,15 +37,20 @@ def test_a_stage_run_alone_names_the_stage_to_run(tmp_path, monkeypatch):
     assert _missing(params, "shard_eval@davis_demo") == \
         "shard_eval@davis_demo: data/raw/davis_demo not found: run the `demo_data` stage first"
     assert _missing(params, "train") == "train: data/shards/train not found: run the `shard_videos` stage first"
-    assert _missing(params, "extract_features@davis_demo").splitlines() == [
-        "extract_features@davis_demo: data/shards/eval/davis_demo/labels.json not found: run the "
+    assert _missing(params, "model_weights") == \
+        "model_weights: models/timetuned.safetensors not found: run the `train` stage first"
+    assert _missing(params, "extract_features@davis_demo-start").splitlines() == [
+        "extract_features@davis_demo-start: data/shards/eval/davis_demo/labels.json not found: run the "
         "`shard_eval@davis_demo` stage first",
-        "extract_features@davis_demo: models/timetuned.safetensors not found: run the `train` stage first"]
-    assert _missing(params, "fit_probes@davis_demo").splitlines()[1] == \
-        "fit_probes@davis_demo: data/features/davis_demo/start/train.parquet (and 3 more) not found: run the " \
-        "`extract_features@davis_demo` stage first"
+        "extract_features@davis_demo-start: data/weights/start.json not found: run the `model_weights` stage first"]
+    assert _missing(params, "fit_probes@davis_demo-timetuned").splitlines()[1] == \
+        "fit_probes@davis_demo-timetuned: data/features/davis_demo/timetuned/train.parquet (and 1 more) not found: " \
+        "run the `extract_features@davis_demo-timetuned` stage first"
+    assert _missing(params, "compare@davis_demo").splitlines() == [
+        f"compare@davis_demo: data/probes/davis_demo/models/{m}/result.json not found: run the "
+        f"`fit_probes@davis_demo-{m}` stage first" for m in ("start", "timetuned")]
     assert _missing(params, "evaluate").splitlines()[0] == \
-        "evaluate: data/probes/davis_demo/results.json not found: run the `fit_probes@davis_demo` stage first"
+        "evaluate: data/probes/davis_demo/results.json not found: run the `compare@davis_demo` stage first"
     # a folder that exists but holds no shards is as good as missing
     (tmp_path / "data/shards/train").mkdir(parents=True)
     assert _missing(params, "train") == "train: no clips-*.tar in data/shards/train: run the `shard_videos` stage first"
@@ -85,18 +91,17 @@ def test_preflight_counts_what_the_run_itself_makes(tmp_path, monkeypatch):
     assert preflight(params, ["evaluate"], root=tmp_path) == ALL
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "timetuned.safetensors").write_bytes(b"x")
-    with pytest.raises(MissingInputError) as err:
-        preflight(params, ["extract_features"], single_item=True, root=tmp_path)
-    assert "timetuned" not in str(err.value)  # found under root, not under the working directory
+    # found under root, not under the working directory
+    assert preflight(params, ["model_weights"], single_item=True, root=tmp_path) == ["model_weights"]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models" / "timetuned.safetensors").unlink()
     # a single stage (dvc repro --single-item, the flow's stage tasks) needs its inputs on disk
-    labels = r"^extract_features@davis_demo: data/shards/eval/davis_demo/labels.json"
+    labels = r"^extract_features@davis_demo-start: data/shards/eval/davis_demo/labels.json"
     with pytest.raises(MissingInputError, match=labels):
         preflight(params, ["extract_features"], single_item=True)
     # ... unless an earlier stage of the same run makes them: then only the first stages' own inputs are missing
     with pytest.raises(MissingInputError) as err:
-        preflight(params, ["shard_eval", "train", "extract_features"], single_item=True)
+        preflight(params, ["shard_eval", "train", "model_weights", "extract_features"], single_item=True)
     assert [ln.split(":")[0] for ln in str(err.value).splitlines()] == ["shard_eval@davis_demo", "train"]
 
 
