@@ -242,7 +242,7 @@ def test_missing_inputs_stop_the_run_before_dvc_touches_anything(prefect_api, tm
 
     repo = make_repo(tmp_path / "repo", tiny_params())
     state = timetuning(stages=["extract_features", "fit_probes"], repo=str(repo), return_state=True)
-    with pytest.raises(ValueError, match=r"nothing was run: extract_features@davis_demo: data/shards/eval/"
+    with pytest.raises(ValueError, match=r"nothing was run: extract_features@davis_demo-start: data/shards/eval/"
                                          r"davis_demo/labels.json not found: run the `shard_eval@davis_demo` stage"):
         state.result()
     assert not (repo / "data").exists() and not (repo / "dvc.lock").exists()
