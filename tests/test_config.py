@@ -229,3 +229,33 @@ def test_the_reference_model_must_be_one_of_the_models():
            "'timetuned'])" in _error({"fit_probes": {"reference_model": "dino"}})
     params = validate_params({"fit_probes": {"reference_model": "timetuned"}})
     assert params.reference_model() == "timetuned" and validate_params({}).reference_model() == "start"
+
+
+def test_models_are_a_mapping_by_name_and_their_names_make_stage_names():
+    """DVC names the per-model stages extract_features@<set>-<model> from the mapping's keys: the list form of
+    earlier versions (DVC would name stages by index) and a name with '-' are refused, saying what to write."""
+    listed = _error({"extract_features": {"models": [{"name": "start", "source": "train_start"}]}})
+    assert listed.startswith("extract_features.models: a mapping of model name -> {source, backbone}")
+    assert "write it as {'start': {'source': 'train_start'}}" in listed
+    assert "model name 'my-model' must match [A-Za-z0-9_]+" in _error(
+        {"extract_features": {"models": {"my-model": {"source": "train_start"}}}})
+    params = validate_params({"extract_features": {"models": {"a": {"source": "train_start"},
+                                                              "b": {"source": "train_result"}}}})
+    assert [m.name for m in params.extract_features.models.values()] == ["a", "b"]
+    assert params.reference_model() == "a" and "name" not in params.model_dump()["extract_features"]["models"]["a"]
+
+
+def test_the_report_shows_at_most_the_example_clips_fit_probes_keeps():
+    from timetuning.infra.config import EXAMPLE_CLIPS
+
+    assert validate_params({"evaluate": {"num_example_clips": EXAMPLE_CLIPS}}).evaluate.num_example_clips == 8
+    assert _error({"evaluate": {"num_example_clips": 9}}) == (
+        "evaluate.num_example_clips: 9 is more than the 8 clips whose predictions fit_probes keeps (EXAMPLE_CLIPS in "
+        "timetuning/infra/config.py)")
+
+
+def test_fit_probes_progress_seconds_is_execution_only():
+    from timetuning.infra.config import FitProbesParams, artifact_fields
+
+    assert "progress_seconds" not in artifact_fields(FitProbesParams)
+    assert "fit_probes.progress_seconds" not in (PROJECT / "dvc.yaml").read_text()
