@@ -178,3 +178,28 @@ def test_cli_repro_refuses_before_dvc_starts(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "fit_probes.linear_drop_epoch: 30 must be below linear_epochs (25)" in err
     assert "nothing was run" in err and not Path(tmp_path / ".dvc").exists()
+
+
+def test_per_model_stage_names_are_typed_by_set_and_model():
+    """``<group>@<set>-<model>`` names one model on one set, ``<group>@<set>`` all models on it (handed to DVC as
+    their own names), the group every set and model; a name that is neither says what the stages are."""
+    from timetuning.run.inputs import dvc_targets, split_stage
+
+    params = validate_params({"shard_eval": {"sets": {"a-b": {"layout": "davis", "root": "x"},
+                                                      "a": {"layout": "davis", "root": "y"}}, },
+                              "train": {"val_set": None},
+                              "extract_features": {"models": {"b_c": {"source": "train_start"},
+                                                              "d": {"source": "train_result"}}}})
+    assert split_stage(params, "fit_probes@a-b-d") == ("fit_probes", "a-b", "d")
+    assert split_stage(params, "fit_probes@a-b_c") == ("fit_probes", "a", "b_c")
+    assert split_stage(params, "compare@a-b") == ("compare", "a-b", "")
+    assert stage_names(params, ["fit_probes@a", "compare"]) == ["fit_probes@a-b_c", "fit_probes@a-d", "compare@a-b",
+                                                                "compare@a"]
+    assert stage_names(params, ["extract_features"]) == [f"extract_features@{s}-{m}" for s in ("a-b", "a")
+                                                        for m in ("b_c", "d")]
+    assert dvc_targets(params, ["fit_probes@a", "fit_probes", "compare@a", "evaluate"]) == [
+        "fit_probes@a-b_c", "fit_probes@a-d", "fit_probes", "compare@a", "evaluate"]
+    with pytest.raises(ValueError, match=r"unknown stage 'fit_probes@a-e': fit_probes@<set>-<model> needs a set"):
+        stage_names(params, ["fit_probes@a-e"])
+    with pytest.raises(ValueError, match=r"unknown stage 'compare@a-d'"):
+        stage_names(params, ["compare@a-d"])

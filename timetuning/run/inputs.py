@@ -141,6 +141,16 @@ def _model_weights(params: Params, name: str) -> list[StageInput]:
     return _weights(model.resolve(params.train).weights, key, "train" if model.source == "train_result" else None)
 
 
+def dvc_targets(params: Params, stages: Iterable[str]) -> list[str]:
+    """What to hand ``dvc repro``: the names as typed, but a per-model group on one set (``fit_probes@davis``, no
+    DVC stage of that name) as that set's per-model stages (``fit_probes@davis-start``, ...)."""
+    out: list[str] = []
+    for name in stages:
+        group, set_name, model = split_stage(params, name)
+        out += stage_names(params, [name]) if group in PER_MODEL and set_name and not model else [name]
+    return out
+
+
 def stage_inputs(params: Params, stage: str) -> list[StageInput]:
     """The inputs ``stage`` reads (a DVC stage name: ``shard_eval@<set>`` for one set, ``fit_probes@<set>-<model>``
     for one model on one set)."""
