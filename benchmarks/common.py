@@ -45,3 +45,13 @@ def run_stage(module: str, params: Path, log: Path, *extra: str) -> None:
                               stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise SystemExit(f"error: {module} failed (exit {proc.returncode}); see {log}")
+
+
+def run_evaluation(params: Path, log: Path, eval_set: str, models: list[str]) -> None:
+    """The evaluation stages of one set as dvc.yaml chains them: model_weights, each model's extract_features and
+    fit_probes, then compare (results.json)."""
+    run_stage("stages.model_weights", params, log)
+    for model in models:
+        run_stage("stages.extract_features", params, log, "--set", eval_set, "--model", model)
+        run_stage("stages.fit_probes", params, log, "--set", eval_set, "--model", model)
+    run_stage("stages.compare", params, log, "--set", eval_set)

@@ -28,7 +28,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import run_stage  # noqa: E402
+from benchmarks.common import run_evaluation, run_stage  # noqa: E402
 from timetuning.infra.config import load_params  # noqa: E402
 from timetuning.models.backbones import build_backbone  # noqa: E402
 
@@ -78,13 +78,14 @@ def comparison_params(base: Path, files: dict[str, Path], workdir: Path) -> Path
     ex = params["extract_features"]
     ex["custom_weights_dir"] = str(workdir / "custom")
     ex["output_dir"] = str(workdir / "features")
-    ex["models"] = [m for m in ex["models"] if m["source"] in ("train_start", "train_result")] + [
-        {"name": name, "source": "custom",
-         # the stand-ins hold EfficientNet-Lite0's weights, trained with mean = std = 0.5 (the layouts' own
-         # normalisation is ImageNet's, as the real ViT-S/16 files: the loader refuses the mix unless it is said)
-         "backbone": backbone | {"weights": str(path), "checkpoint_layout": name if name == "neco" else "auto",
-                                 "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}
-        for name, path in files.items()]
+    ex["weights_dir"] = str(workdir / "weights")
+    ex["models"] = {n: m for n, m in ex["models"].items() if m["source"] in ("train_start", "train_result")} | {
+        name: {"source": "custom",
+               # the stand-ins hold EfficientNet-Lite0's weights, trained with mean = std = 0.5 (the layouts' own
+               # normalisation is ImageNet's, as the real ViT-S/16 files: the loader refuses the mix unless it is said)
+               "backbone": backbone | {"weights": str(path), "checkpoint_layout": name if name == "neco" else "auto",
+                                       "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}
+        for name, path in files.items()}
     params["fit_probes"]["output_dir"] = str(workdir / "probes")
     params["evaluate"]["output_dir"] = str(workdir / "reports")
     path = workdir / "params.yaml"
@@ -110,10 +111,11 @@ def main() -> None:
     log = workdir / "stages.log"
     log.write_text("")
     started = time.perf_counter()
-    for module, extra in (("stages.extract_features", ("--set", args.eval_set)),
-                          ("stages.fit_probes", ("--set", args.eval_set)), ("stages.evaluate", ())):
-        run_stage(module, params, log, *extra)
-        print(f"{module}: done at {time.perf_counter() - started:.0f} s", flush=True)
+    run_evaluation(params, log, args.eval_set, list(load_params(params).extract_features.models))
+    print(f"model_weights, extract_features, fit_probes, compare: done at {time.perf_counter() - started:.0f} s",
+          flush=True)
+    run_stage("stages.evaluate", params, log)
+    print(f"stages.evaluate: done at {time.perf_counter() - started:.0f} s", flush=True)
     for line in log.read_text().splitlines():
         if "weights" in line and ("layout" in line or "dropped" in line):
             print(line)

@@ -5,10 +5,11 @@ intervals per seed, and the spread over seeds.
     .venv/bin/python benchmarks/training_seeds.py --seeds 0 1 2 3 --set train.steps=300 --workdir /tmp/seeds
 
 For every seed it runs the real stages in fresh processes, each with its own output folders: ``train`` (with
-``train.seed``), ``extract_features@davis_demo`` (the start model and the seed's time-tuned model) and
-``fit_probes@davis_demo``, on the demo shards that ``dvc repro shard_videos shard_eval@davis_demo`` made. It
-prints each seed's selection (which step was exported) and, per protocol, each seed's delta (time-tuned minus
-start, x100) with its 95% paired-bootstrap interval over videos, the mean and standard deviation of the deltas
+``train.seed``), ``model_weights``, ``extract_features@davis_demo-<model>`` and ``fit_probes@davis_demo-<model>``
+(the start model and the seed's time-tuned model) and ``compare@davis_demo``, on the demo shards that
+``dvc repro shard_videos shard_eval@davis_demo`` made. It prints each seed's selection (which step was exported)
+and, per protocol, each seed's delta (time-tuned minus start, x100) with its 95% paired-bootstrap interval over
+videos, the mean and standard deviation of the deltas
 over seeds, and whether they agree.
 
 The bootstrap resamples videos with both models fixed: it says how much the delta depends on which videos are
@@ -32,7 +33,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import run_stage  # noqa: E402
+from benchmarks.common import run_evaluation, run_stage  # noqa: E402
 
 PROTOCOLS = ("cluster_per_frame", "cluster_per_clip", "cluster_per_dataset", "overcluster_k20", "overcluster_k40",
              "linear", "hummingbird", "jf_mean", "temporal_stability_per_frame", "temporal_stability_per_clip")
@@ -53,6 +54,7 @@ def seed_params(base: Path, seed: int, overrides: dict[str, Any], out: Path) -> 
     set_key(params, "train.seed", seed)
     set_key(params, "train.output_dir", str(out / "models"))
     set_key(params, "extract_features.output_dir", str(out / "features"))
+    set_key(params, "extract_features.weights_dir", str(out / "weights"))
     set_key(params, "fit_probes.output_dir", str(out / "probes"))
     out.mkdir(parents=True, exist_ok=True)
     path = out / "params.yaml"
@@ -68,8 +70,7 @@ def seed_run(base: Path, seed: int, overrides: dict[str, Any], workdir: Path, ev
     if not (out / "probes" / eval_set / "results.json").is_file():  # a finished seed is not run again
         log.write_text("")
         run_stage("stages.train", params, log)
-        run_stage("stages.extract_features", params, log, "--set", eval_set)
-        run_stage("stages.fit_probes", params, log, "--set", eval_set)
+        run_evaluation(params, log, eval_set, list(yaml.safe_load(params.read_text())["extract_features"]["models"]))
     summary = json.loads((out / "models" / "train_summary.json").read_text())
     results = json.loads((out / "probes" / eval_set / "results.json").read_text())
     return {"seconds": time.perf_counter() - started, "summary": summary,

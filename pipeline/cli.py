@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("name", choices=STAGES)
     st.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the stage")
     rp = sub.add_parser("repro", help="run the pipeline through DVC (dvc repro), after checking params and inputs")
-    rp.add_argument("stages", nargs="*", help="stages to run (default: all; shard_eval or shard_eval@<set>)")
+    rp.add_argument("stages", nargs="*", help="stages to run (default: all; shard_eval or shard_eval@<set>; "
+                    "fit_probes, fit_probes@<set> or fit_probes@<set>-<model>)")
     rp.add_argument("-s", "--single-item", action="store_true", help="run only these stages, not what they need")
     rp.add_argument("-f", "--force", action="store_true", help="rerun even if DVC says the stages are up to date")
     pr = sub.add_parser("profile", help="merge a params profile (profiles/<name>.yaml or a file) into params.yaml")
@@ -67,16 +68,16 @@ def repro(stages: list[str], single_item: bool = False, force: bool = False) -> 
     input never costs the results already made.
     """
     from timetuning.infra.config import ParamsError
-    from timetuning.run.inputs import MissingInputError, load_and_preflight
+    from timetuning.run.inputs import MissingInputError, dvc_targets, load_and_preflight
 
     try:
-        load_and_preflight(".", stages or None, single_item)
+        params, _ = load_and_preflight(".", stages or None, single_item)
     except (ParamsError, MissingInputError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         print("nothing was run (dvc repro not started)", file=sys.stderr)
         return 1
     flags = [*(["--single-item"] if single_item else []), *(["--force"] if force else [])]
-    return subprocess.call([sys.executable, "-m", "dvc", "repro", *flags, *stages])
+    return subprocess.call([sys.executable, "-m", "dvc", "repro", *flags, *dvc_targets(params, stages)])
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from pipeline.overrides import ParamsOverrides, changed_overrides, dotted_overri
 from pipeline.workspace import check_tools, default_remote, resolve_repo, set_aside
 from timetuning.infra.config import Params, ParamsError, apply_overrides, load_params
 from timetuning.infra.dvc_yaml import pipeline_stages
-from timetuning.run.inputs import PIPELINE, MissingInputError, preflight
+from timetuning.run.inputs import PIPELINE, MissingInputError, dvc_targets, preflight
 
 RETRY_DELAY_S = 5.0  # a transient failure (a signal, a resource limit) gets a moment to pass
 MAX_EMBEDDED_FIGURE = 2 << 20  # bytes; larger pictures stay links in the report artifact
@@ -216,6 +216,8 @@ def timetuning(overrides: Optional[ParamsOverrides] = None, stages: Optional[lis
             if same := identical_experiment(root):
                 logger.info("experiment %r has exactly these params: reusing its results", same)
                 apply_experiment(root, same)
+        if set(known) == set(PIPELINE):  # `fit_probes@<set>`: that set's per-model stages (DVC has no such name)
+            chosen = dvc_targets(params, chosen)
         stage_task = run_stage_task.with_options(retries=retries, retry_delay_seconds=RETRY_DELAY_S)
         results = [stage_task(str(root), stage, force, lock_timeout, remote,
                               str(state[stage.split("@")[0]]) if force and stage.split("@")[0] in state else None)

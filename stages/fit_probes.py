@@ -1,5 +1,6 @@
-"""DVC stage `fit_probes@<set>`: every evaluation protocol for every model on one set, and the comparison of each
-model with the starting model (deltas, bootstrap intervals, robustness, verdicts) -> ``<output_dir>/<set>/``."""
+"""DVC stage `fit_probes@<set>-<model>`: every evaluation protocol for one model on one set -> its summary and
+per-video statistics (``<output_dir>/<set>/models/<model>/result.json``, ``scores.npz``, from which compare@<set>
+recomputes every comparison) and the example predictions of the first EXAMPLE_CLIPS clips (``examples.npz``)."""
 
 from __future__ import annotations
 
@@ -8,37 +9,37 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from timetuning.data.eval_shards import read_labels
-from timetuning.eval.results import evaluate_set
-from timetuning.infra.config import Params
-from timetuning.infra.files import atomic_path, write_json_atomic
+from timetuning.eval.progress import EvalProgress
+from timetuning.eval.result_store import save_arrays, save_scores
+from timetuning.eval.results import evaluate_set_model
+from timetuning.infra.config import EXAMPLE_CLIPS, Params
 from timetuning.run.inputs import check_stage_inputs
-from timetuning.run.stage import run_stage, set_parser
+from timetuning.run.stage import run_stage, set_model_parser
 
 log = logging.getLogger("timetuning.stages.fit_probes")
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    check_stage_inputs(params, f"fit_probes@{args.set}")  # before any work, naming the stage to run
+    stage = f"fit_probes@{args.set}-{args.model}"
+    check_stage_inputs(params, stage)  # before any work, naming the stage to run
     eval_set, feats = params.shard_eval.set(args.set), params.extract_features
-    set_dir, out = Path(params.shard_eval.output_dir) / args.set, Path(params.fit_probes.output_dir) / args.set
+    feats.model(args.model)
+    set_dir, out = (Path(params.shard_eval.output_dir) / args.set,
+                    Path(params.fit_probes.output_dir) / args.set / "models" / args.model)
     classes = [c["name"] for c in read_labels(set_dir)["classes"]]
-    doc, examples = evaluate_set(args.set, set_dir, Path(feats.output_dir) / args.set, eval_set.splits,
-                                 [m.name for m in feats.models], params.reference_model(), classes, params.fit_probes,
-                                 params.evaluate.num_example_clips)
-    for model, arrays in examples.items():
-        with atomic_path(out / model / "examples.npz") as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, **{k.replace("/", "__"): v for k, v in arrays.items()})
-    write_json_atomic(out / "results.json", doc)
-    for model, comparison in doc["comparisons"].items():
-        for name, v in comparison["verdicts"].items():
-            log.info("%s vs %s, %s: %s", model, comparison["baseline"], name, v["text"])
+    with EvalProgress(stage, params.fit_probes.progress_seconds) as progress:
+        doc, ev = evaluate_set_model(args.set, set_dir, Path(feats.output_dir) / args.set / args.model,
+                                     eval_set.splits, args.model, classes, params.fit_probes, EXAMPLE_CLIPS, progress)
+    save_arrays(out / "examples.npz", {k.replace("/", "__"): v for k, v in ev.examples.items()})
+    save_scores(out, ev.scores, ev.variant_scores, doc)
+    for name in ("linear", "cluster_per_clip", "jf_mean"):
+        if (mean := doc["protocols"].get(name, {}).get("mean")) is not None:
+            log.info("%s, %s: %.1f", stage, name, 100 * mean)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(run, __doc__, parser=set_parser(__doc__), argv=argv)
+    return run_stage(run, __doc__, parser=set_model_parser(__doc__), argv=argv)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,24 @@ def test_a_params_key_left_out_of_a_stage_is_named():
         "shard_videos: params list shard_videos.workers, which is not an artifact field of shard_videos"]
 
 
+def test_the_per_model_probes_leave_the_comparison_keys_to_compare():
+    """fit_probes@<set>-<model> lists every fit_probes key but the comparison's, which compare@<set> must list: a
+    bootstrap or reference change reruns the comparison, never the probes; progress_seconds is in neither."""
+    import yaml
+
+    from timetuning.infra.dvc_yaml import param_problems
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    stages["fit_probes"]["params"] += ["fit_probes.confidence", "fit_probes.progress_seconds"]
+    stages["compare"]["do"]["params"].remove("fit_probes.bootstrap_samples")
+    stages["extract_features"]["params"].remove("extract_features.models.${item.model}")
+    assert param_problems(stages) == [
+        "extract_features: params do not list extract_features.models",
+        "fit_probes: params list fit_probes.progress_seconds, which is not an artifact field of fit_probes",
+        "fit_probes: params list fit_probes.confidence, which compare reads instead",
+        "compare: params do not list fit_probes.bootstrap_samples (a key fit_probes leaves to compare)"]
+
+
 def test_a_key_dvc_yaml_tracks_but_params_yaml_lacks_is_named(tmp_path):
     """DVC refuses to run a stage whose tracked key is missing from params.yaml, whatever the schema's default."""
     import yaml

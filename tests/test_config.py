@@ -79,10 +79,18 @@ def test_no_dict_valued_dvc_param_holds_a_key_named_size_or_nfiles():
                 yield from keys(v, f"{path}[{i}]")
         yield path
 
+    models = params["extract_features"]["models"]
+
+    def expand(entry):  # a foreach over the sets, a matrix over sets x models
+        names = [entry.replace("${key}", k) for k in sets] if "${key}" in entry else [entry]
+        names = [n.replace("${item.set}", k) for n in names for k in sets] if "${item.set}" in entry else names
+        return [n.replace("${item.model}", m) for n in names for m in models] if "${item.model}" in entry else names
+
     bad = []
+    assert any("${item.model}" in e for s in stages.values() for e in s.get("do", s).get("params", []))
     for stage in stages.values():
         for entry in stage.get("do", stage).get("params", []):
-            for name in ([entry.replace("${key}", k) for k in sets] if "${key}" in entry else [entry]):
+            for name in expand(entry):
                 value = params
                 for part in name.split("."):
                     value = value[part]
@@ -260,3 +268,33 @@ def test_max_clip_seconds_must_hold_one_uniform_clip():
         ShardVideosParams(fps=8, frames_per_clip=4, max_clip_seconds=0.3)
     assert ShardVideosParams(fps=8, sampler="dense", max_clip_seconds=0.3).sampler == "dense"
     assert ShardVideosParams(max_clip_seconds=None).max_clip_seconds is None
+
+
+def test_models_are_a_mapping_by_name_and_their_names_make_stage_names():
+    """DVC names the per-model stages extract_features@<set>-<model> from the mapping's keys: the list form of
+    earlier versions (DVC would name stages by index) and a name with '-' are refused, saying what to write."""
+    listed = _error({"extract_features": {"models": [{"name": "start", "source": "train_start"}]}})
+    assert listed.startswith("extract_features.models: a mapping of model name -> {source, backbone}")
+    assert "write it as {'start': {'source': 'train_start'}}" in listed
+    assert "model name 'my-model' must match [A-Za-z0-9_]+" in _error(
+        {"extract_features": {"models": {"my-model": {"source": "train_start"}}}})
+    params = validate_params({"extract_features": {"models": {"a": {"source": "train_start"},
+                                                              "b": {"source": "train_result"}}}})
+    assert [m.name for m in params.extract_features.models.values()] == ["a", "b"]
+    assert params.reference_model() == "a" and "name" not in params.model_dump()["extract_features"]["models"]["a"]
+
+
+def test_the_report_shows_at_most_the_example_clips_fit_probes_keeps():
+    from timetuning.infra.config import EXAMPLE_CLIPS
+
+    assert validate_params({"evaluate": {"num_example_clips": EXAMPLE_CLIPS}}).evaluate.num_example_clips == 8
+    assert _error({"evaluate": {"num_example_clips": 9}}) == (
+        "evaluate.num_example_clips: 9 is more than the 8 clips whose predictions fit_probes keeps (EXAMPLE_CLIPS in "
+        "timetuning/infra/config.py)")
+
+
+def test_fit_probes_progress_seconds_is_execution_only():
+    from timetuning.infra.config import FitProbesParams, artifact_fields
+
+    assert "progress_seconds" not in artifact_fields(FitProbesParams)
+    assert "fit_probes.progress_seconds" not in (PROJECT / "dvc.yaml").read_text()

@@ -22,7 +22,13 @@ from tests.evalsets import davis_set, photo_voc_set
 
 pytestmark = pytest.mark.slow
 
-DEMO_CHAIN = ["extract_features@davis_demo", "fit_probes@davis_demo", "evaluate"]
+MODELS = ("start", "timetuned")
+
+
+def chain(*sets: str, models=MODELS) -> set[str]:
+    """The per-set, per-model evaluation stages of ``sets`` (and what follows them: the comparison per set)."""
+    return {f"{stage}@{s}-{m}" for s in sets for m in models for stage in ("extract_features", "fit_probes")} | \
+        {f"compare@{s}" for s in sets}
 
 
 def _eval_params() -> dict:
@@ -71,7 +77,9 @@ def test_per_set_chains_rerun_exactly_what_a_change_affects(tmp_path):
     dvc(repo, "repro", "demo_data", "shard_videos", "shard_eval@davis_demo")
     _write_training_outputs(repo)
     dvc(repo, "commit", "-f", "train")
-    assert ran_stages(dvc(repo, "repro").stdout) == DEMO_CHAIN
+    ran = ran_stages(dvc(repo, "repro").stdout)
+    assert set(ran) == {"model_weights", *chain("davis_demo"), "evaluate"} and len(ran) == 8
+    assert ran[0] == "model_weights" and ran[-2:] == ["compare@davis_demo", "evaluate"]
 
     import pyarrow.parquet as pq
 
@@ -107,7 +115,7 @@ def test_per_set_chains_rerun_exactly_what_a_change_affects(tmp_path):
         p["shard_eval"]["sets"]["wide"] = {"layout": "davis", "root": "data/raw/wide", "short_side": 48,
                                           "frames_per_clip": 2, "max_clips_per_video": 2, "splits": ["train", "val"]}
     _edit(repo, add_sets)
-    new = {f"{stage}@{s}" for stage in ("shard_eval", "extract_features", "fit_probes") for s in ("photos", "wide")}
+    new = {"shard_eval@photos", "shard_eval@wide", *chain("photos", "wide")}
     assert set(ran_stages(dvc(repo, "repro").stdout)) == new | {"evaluate"}  # not train, not davis_demo's chain
 
     metrics = json.loads((repo / "reports/metrics.json").read_text())
@@ -128,15 +136,99 @@ def test_per_set_chains_rerun_exactly_what_a_change_affects(tmp_path):
     # edit one set: only its chain and the report run
     _edit(repo, lambda p: p["shard_eval"]["sets"]["photos"].update(short_side=40))
     assert _would_run(repo) == {"shard_eval@photos", "evaluate"}  # what the edit touches directly
-    assert ran_stages(dvc(repo, "repro").stdout) == ["shard_eval@photos", "extract_features@photos",
-                                                     "fit_probes@photos", "evaluate"]
+    ran = ran_stages(dvc(repo, "repro").stdout)
+    assert set(ran) == {"shard_eval@photos", *chain("photos"), "evaluate"} and ran[0] == "shard_eval@photos"
     # `--dry` lists the stages a change touches directly; their descendants follow when their outputs change
     _edit(repo, lambda p: p["fit_probes"].update(overclustering_k=[5]))  # a probe param: every set's probes
-    assert _would_run(repo) == {f"fit_probes@{s}" for s in ("davis_demo", "photos", "wide")}
-    _edit(repo, lambda p: p["fit_probes"].update(overclustering_k=[6]))
+    assert _would_run(repo) == {f"fit_probes@{s}-{m}" for s in ("davis_demo", "photos", "wide") for m in MODELS}
+    _edit(repo, lambda p: p["fit_probes"].update(overclustering_k=[6], bootstrap_samples=200))  # the comparison's
+    assert _would_run(repo) == {f"compare@{s}" for s in ("davis_demo", "photos", "wide")}
+    _edit(repo, lambda p: p["fit_probes"].update(bootstrap_samples=100))
     lr_head = yaml.safe_load((repo / "params.yaml").read_text())["train"]["lr_head"]
     _edit(repo, lambda p: p["train"].update(lr_head=lr_head / 2))  # a train param: training (then the models' chains)
     assert _would_run(repo) == {"train"}
     _edit(repo, lambda p: p["train"].update(lr_head=lr_head, num_workers=0, log_every=3, checkpoint_every=7))
     _edit(repo, lambda p: p["shard_videos"].update(workers=2, executor="dask"))
+    _edit(repo, lambda p: p["fit_probes"].update(progress_seconds=0.5))
     assert _would_run(repo) == set()  # execution-only params change no artifact
+
+
+def _status(repo) -> dict:
+    return json.loads(dvc(repo, "status", "--json").stdout or "{}")
+
+
+def test_a_changed_or_added_model_reruns_only_its_own_stages_and_the_comparison(tmp_path):
+    """Changing the time-tuned weights, adding a model, changing a param only that model reads: the other models'
+    extraction and probes stay up to date (dvc status) and are not rerun; results.json is recomputed from the
+    saved statistics. A report-only param reruns only the report."""
+    params = _eval_params()
+    params["fit_probes"]["progress_seconds"] = 0.2  # execution only: a progress line in the log every 0.2 s
+    repo = make_repo(tmp_path / "repo", params)
+    dvc(repo, "repro", "demo_data", "shard_videos", "shard_eval@davis_demo")
+    _write_training_outputs(repo)
+    dvc(repo, "commit", "-f", "train")
+    dvc(repo, "repro")
+    before = json.loads((repo / "data/probes/davis_demo/results.json").read_text())
+    start_files = {p: p.read_bytes() for p in (repo / "data/probes/davis_demo/models/start").iterdir()}
+    assert _status(repo) == {}
+
+    # another time-tuned export: only model_weights sees it; start's stages stay up to date
+    tuned = {k: v * 1.1 if v.is_floating_point() else v for k, v in
+             __import__("safetensors.torch", fromlist=["load_file"]).load_file(
+                 str(repo / "models/timetuned.safetensors")).items()}
+    save_file(tuned, str(repo / "models/timetuned.safetensors"))
+    dvc(repo, "commit", "-f", "train")
+    status = dvc(repo, "status").stdout
+    print("dvc status after a new time-tuned export:\n" + status)
+    assert set(_status(repo)) == {"model_weights"}
+    proc = dvc(repo, "repro")
+    assert ran_stages(proc.stdout) == ["model_weights", "extract_features@davis_demo-timetuned",
+                                       "fit_probes@davis_demo-timetuned", "compare@davis_demo", "evaluate"]
+    progress = re.findall(r"timetuning\.eval\.progress: (.*)", proc.stdout + proc.stderr)
+    print("progress lines:\n" + "\n".join(progress))
+    assert progress[0] == "fit_probes@davis_demo-timetuned: standardise + PCA (step 1 of 6), 0 s elapsed"
+    for epoch in (1, 4):  # the epochs counted from the clips the probe's training reads
+        assert any(re.fullmatch(rf"fit_probes@davis_demo-timetuned: linear probe, epoch {epoch}/4 \(step 4 of 6\), "
+                                r"\d+ s elapsed", line) for line in progress), progress
+    assert all(re.fullmatch(r"fit_probes@davis_demo-timetuned: [a-zA-Z +/()]+(, (epoch [1-4]/4|clip \d+/\d+))? "
+                            r"\(step [1-6] of 6\), \d+ s elapsed", line) for line in progress), progress
+    after = json.loads((repo / "data/probes/davis_demo/results.json").read_text())
+    assert after["models"]["start"] == before["models"]["start"]  # reused, not recomputed
+    assert after["models"]["timetuned"] != before["models"]["timetuned"]
+    assert {p: p.read_bytes() for p in (repo / "data/probes/davis_demo/models/start").iterdir()} == start_files
+
+    # a third model (a custom checkpoint): only its own stages, the comparison and the report
+    torch.manual_seed(1)
+    third = {k: v + 0.1 * torch.randn_like(v) if v.is_floating_point() else v for k, v in tuned.items()}
+    save_file({k: v.contiguous() for k, v in third.items()}, str(repo / "models/custom/third.safetensors"))
+    custom = {"source": "custom", "backbone": {"name": "test_vit", "weights": "models/custom/third.safetensors",
+                                               "mean": [0.5] * 3, "std": [0.5] * 3}}
+    _edit(repo, lambda p: p["extract_features"]["models"].update(third=custom))
+    assert set(_status(repo)) == {"model_weights", "compare@davis_demo", "evaluate"} | {
+        f"{stage}@davis_demo-third" for stage in ("extract_features", "fit_probes")}  # new stages: never run
+    ran = ran_stages(dvc(repo, "repro").stdout)
+    assert set(ran) == {"model_weights", "extract_features@davis_demo-third", "fit_probes@davis_demo-third",
+                        "compare@davis_demo", "evaluate"}
+    results = json.loads((repo / "data/probes/davis_demo/results.json").read_text())
+    assert list(results["models"]) == ["start", "timetuned", "third"] and set(results["comparisons"]) == {
+        "timetuned", "third"}
+    assert results["comparisons"]["timetuned"] == after["comparisons"]["timetuned"]  # the same bootstrap draws
+
+    # a param only the third model reads
+    _edit(repo, lambda p: p["extract_features"]["models"]["third"]["backbone"].update(std=[0.25] * 3))
+    changed = _status(repo)
+    assert set(changed) == {"model_weights", "extract_features@davis_demo-third", "compare@davis_demo", "evaluate"}
+    assert set(ran_stages(dvc(repo, "repro").stdout)) == {
+        "model_weights", "extract_features@davis_demo-third", "fit_probes@davis_demo-third", "compare@davis_demo",
+        "evaluate"}
+
+    # which clips the report pictures: the report alone (fit_probes kept the predictions of the first clips)
+    figures = sorted(p.name for p in (repo / "reports/figures").glob("davis_demo_clip*.png"))
+    assert figures == ["davis_demo_clip0.png", "davis_demo_clip1.png"]
+    _edit(repo, lambda p: p["evaluate"].update(num_example_clips=3))
+    status = dvc(repo, "status").stdout
+    print("dvc status after evaluate.num_example_clips 2 -> 3:\n" + status)
+    assert set(_status(repo)) == {"evaluate"}
+    assert ran_stages(dvc(repo, "repro").stdout) == ["evaluate"]
+    figures = sorted(p.name for p in (repo / "reports/figures").glob("davis_demo_clip*.png"))
+    assert figures == ["davis_demo_clip0.png", "davis_demo_clip1.png", "davis_demo_clip2.png"]

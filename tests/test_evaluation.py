@@ -2,6 +2,7 @@
 separate the classes, sets of mixed sizes, image sets, and the protocol choices themselves."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -129,3 +130,78 @@ def test_an_image_set_of_mixed_sizes_reports_time_protocols_as_not_applicable(tm
     assert m["protocols"]["linear"]["mean"] > 0.8 and m["protocols"]["cluster_per_frame"]["mean"] > 0.8
     json.dumps(doc, allow_nan=False)  # valid JSON: no NaN anywhere
     assert {a.shape for k, a in examples["m"].items() if k.startswith("linear/")} >= {(1, 40, 53), (1, 53, 40)}
+
+
+class Grey(MeanColour):
+    """Patch brightness only (the colour channels averaged): a worse model than MeanColour."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        feats = super().forward(images)
+        return torch.cat([feats[:, :3].mean(1, keepdim=True).expand(-1, 3, -1, -1), feats[:, 3:]], 1)
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    """One small video set embedded by two models: ``feats/<model>/<split>.parquet``."""
+    tmp = tmp_path_factory.mktemp("two")
+    root = davis_set(tmp / "davis", {"train": [(48, 64)] * 2, "val": [(48, 64)] * 3})
+    params = EvalSetParams(name="d", layout="davis", root=str(root), short_side=48, frames_per_clip=2,
+                           max_clips_per_video=2)
+    shard_eval_set(params, tmp / "shards", progress=False)
+    for name, model in (("a", MeanColour()), ("b", Grey())):
+        for split in ("train", "val"):
+            extract_split(model, tmp / "shards/d", split, tmp / "feats" / name / f"{split}.parquet", input_size=64,
+                          dtype="float32", progress=False)
+    return tmp, tmp / "shards/d", ["background", "red", "green", "blue"]
+
+
+def test_results_json_from_the_saved_per_model_statistics_is_the_one_of_one_process(two_models, tmp_path):
+    """fit_probes@<set>-<model> saves each model's statistics; compare@<set> recomputes every comparison from them:
+    results.json is the same document as evaluating and comparing both models in one process."""
+    from timetuning.eval.result_store import load_scores, save_scores
+    from timetuning.eval.results import compare_set, evaluate_set_model
+
+    tmp, set_dir, classes = two_models
+    p = FitProbesParams(**FAST)
+    whole, examples = evaluate_set("d", set_dir, tmp / "feats", ["train", "val"], ["a", "b"], "a", classes, p)
+    saved = {}
+    for m in ("a", "b"):
+        doc, ev = evaluate_set_model("d", set_dir, tmp / "feats" / m, ["train", "val"], m, classes, p)
+        save_scores(tmp_path / m, ev.scores, ev.variant_scores, doc)
+        first = (tmp_path / m / "scores.npz").read_bytes()
+        save_scores(tmp_path / m, ev.scores, ev.variant_scores, doc)
+        assert (tmp_path / m / "scores.npz").read_bytes() == first  # no clock in the bytes: DVC stops there
+        scores, variants, loaded = load_scores(tmp_path / m)
+        assert set(scores) == set(ev.scores) and set(variants) == set(ev.variant_scores)
+        saved[m] = (loaded, scores, variants)
+    doc = compare_set(saved, "a", samples=p.bootstrap_samples, confidence=p.confidence, seed=p.seeds[0])
+    assert json.dumps(doc, sort_keys=True) == json.dumps(whole, sort_keys=True)
+    assert set(doc["comparisons"]) == {"b"} and doc["comparisons"]["b"]["deltas"]["linear"]["delta"] < 0
+    assert {k for k in examples["a"] if k.startswith("linear/")} == {f"linear/{i}" for i in range(6)}  # every
+    # val clip up to EXAMPLE_CLIPS: 3 videos x 2 clips
+    stale = {**saved, "b": ({**saved["b"][0], "videos": ["x"]}, *saved["b"][1:])}
+    with pytest.raises(ValueError, match=r"differ in videos: rerun fit_probes@d-b"):
+        compare_set(stale, "a", samples=100, confidence=0.9, seed=0)
+
+
+def test_fit_probes_logs_where_it_is_every_progress_seconds(two_models, caplog):
+    from timetuning.eval.progress import EvalProgress, format_elapsed
+    from timetuning.eval.results import evaluate_set_model
+
+    assert [format_elapsed(s) for s in (0.4, 40, 359, 3900)] == ["0 s", "40 s", "6 min", "1 h 05 min"]
+    tmp, set_dir, classes = two_models
+    caplog.set_level("INFO", logger="timetuning.eval.progress")
+    with EvalProgress("fit_probes@d-a", every=0.05) as progress:
+        evaluate_set_model("d", set_dir, tmp / "feats/a", ["train", "val"], "a", classes, FitProbesParams(**FAST),
+                           progress=progress)
+    lines = [r.getMessage() for r in caplog.records if r.name == "timetuning.eval.progress"]
+    names = [re.match(r"fit_probes@d-a: ([^,]+?)(,| \(step)", line).group(1) for line in lines]
+    assert list(dict.fromkeys(names)) == ["standardise + PCA", "clustering per frame/clip", "clustering per dataset",
+                                          "linear probe", "retrieval (Hummingbird)", "label propagation"]
+    assert "fit_probes@d-a: clustering per frame/clip, clip 0/6 (step 2 of 6), 0 s elapsed" in lines
+    assert any(re.fullmatch(r"fit_probes@d-a: linear probe, epoch 1/30 \(step 4 of 6\), \d+ s elapsed", line)
+               for line in lines)
+    assert len(lines) > 6  # the timer's lines between the protocols' first ones
+    for line in lines:
+        assert re.fullmatch(r"fit_probes@d-a: [a-zA-Z +/()]+(, (epoch ([1-9]|[12][0-9]|30)/30|clip \d+/\d+))? "
+                            r"\(step [1-6] of 6\), \d+ s elapsed", line), line

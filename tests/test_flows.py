@@ -160,13 +160,13 @@ def test_failing_stage_fails_the_run_with_its_message_and_keeps_earlier_outputs(
     from pipeline.flows import timetuning
 
     timetuning(repo=str(tiny_repo))
-    text = (tiny_repo / "params.yaml").read_text().replace("num_example_clips: 3", "num_example_clips: 13")
+    text = (tiny_repo / "params.yaml").read_text().replace("num_example_clips: 3", "num_example_clips: 7")
     (tiny_repo / "params.yaml").write_text(text)
     state = timetuning(repo=str(tiny_repo), retries=0, return_state=True)
     assert state.is_failed()
     flow_run_id = str(state.state_details.flow_run_id)
     # said once in the run's log: the stage's own line, not again in the failure that ends the task and the run
-    assert sum(m.count("refusing num_example_clips=13") for m in logs(prefect_api, flow_run_id)) == 1
+    assert sum(m.count("refusing num_example_clips=7") for m in logs(prefect_api, flow_run_id)) == 1
     with pytest.raises(RuntimeError, match=r"failed with exit code \d+; its output, with the stage's error, is in the "
                                            "log above"):
         state.result()
@@ -250,7 +250,7 @@ def test_missing_inputs_stop_the_run_before_dvc_touches_anything(prefect_api, tm
 
     repo = make_repo(tmp_path / "repo", tiny_params())
     state = timetuning(stages=["extract_features", "fit_probes"], repo=str(repo), return_state=True)
-    with pytest.raises(ValueError, match=r"nothing was run: extract_features@davis_demo: data/shards/eval/"
+    with pytest.raises(ValueError, match=r"nothing was run: extract_features@davis_demo-start: data/shards/eval/"
                                          r"davis_demo/labels.json not found: run the `shard_eval@davis_demo` stage"):
         state.result()
     assert not (repo / "data").exists() and not (repo / "dvc.lock").exists()

@@ -19,8 +19,9 @@ from timetuning.run.inputs import (
     stage_names,
 )
 
-ALL = ["demo_data", "shard_videos", "shard_eval@davis_demo", "train", "extract_features@davis_demo",
-       "fit_probes@davis_demo", "evaluate"]
+ALL = ["demo_data", "shard_videos", "shard_eval@davis_demo", "train", "model_weights",
+       "extract_features@davis_demo-start", "extract_features@davis_demo-timetuned", "fit_probes@davis_demo-start",
+       "fit_probes@davis_demo-timetuned", "compare@davis_demo", "evaluate"]
 
 
 def _checkout(path: Path) -> None:
@@ -44,15 +45,20 @@ def test_a_stage_run_alone_names_the_stage_to_run(tmp_path, monkeypatch):
     assert _missing(params, "shard_eval@davis_demo") == \
         "shard_eval@davis_demo: data/raw/davis_demo not found: run the `demo_data` stage first"
     assert _missing(params, "train") == "train: data/shards/train not found: run the `shard_videos` stage first"
-    assert _missing(params, "extract_features@davis_demo").splitlines() == [
-        "extract_features@davis_demo: data/shards/eval/davis_demo/labels.json not found: run the "
+    assert _missing(params, "model_weights") == \
+        "model_weights: models/timetuned.safetensors not found: run the `train` stage first"
+    assert _missing(params, "extract_features@davis_demo-start").splitlines() == [
+        "extract_features@davis_demo-start: data/shards/eval/davis_demo/labels.json not found: run the "
         "`shard_eval@davis_demo` stage first",
-        "extract_features@davis_demo: models/timetuned.safetensors not found: run the `train` stage first"]
-    assert _missing(params, "fit_probes@davis_demo").splitlines()[1] == \
-        "fit_probes@davis_demo: data/features/davis_demo/start/train.parquet (and 3 more) not found: run the " \
-        "`extract_features@davis_demo` stage first"
+        "extract_features@davis_demo-start: data/weights/start.json not found: run the `model_weights` stage first"]
+    assert _missing(params, "fit_probes@davis_demo-timetuned").splitlines()[1] == \
+        "fit_probes@davis_demo-timetuned: data/features/davis_demo/timetuned/train.parquet (and 1 more) not found: " \
+        "run the `extract_features@davis_demo-timetuned` stage first"
+    assert _missing(params, "compare@davis_demo").splitlines() == [
+        f"compare@davis_demo: data/probes/davis_demo/models/{m}/result.json not found: run the "
+        f"`fit_probes@davis_demo-{m}` stage first" for m in ("start", "timetuned")]
     assert _missing(params, "evaluate").splitlines()[0] == \
-        "evaluate: data/probes/davis_demo/results.json not found: run the `fit_probes@davis_demo` stage first"
+        "evaluate: data/probes/davis_demo/results.json not found: run the `compare@davis_demo` stage first"
     # a folder that exists but holds no shards is as good as missing
     (tmp_path / "data/shards/train").mkdir(parents=True)
     assert _missing(params, "train") == "train: no clips-*.tar in data/shards/train: run the `shard_videos` stage first"
@@ -141,18 +147,17 @@ def test_preflight_counts_what_the_run_itself_makes(tmp_path, monkeypatch):
     assert preflight(params, ["evaluate"], root=tmp_path) == ALL
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "timetuned.safetensors").write_bytes(b"x")
-    with pytest.raises(MissingInputError) as err:
-        preflight(params, ["extract_features"], single_item=True, root=tmp_path)
-    assert "timetuned" not in str(err.value)  # found under root, not under the working directory
+    # found under root, not under the working directory
+    assert preflight(params, ["model_weights"], single_item=True, root=tmp_path) == ["model_weights"]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models" / "timetuned.safetensors").unlink()
     # a single stage (dvc repro --single-item, the flow's stage tasks) needs its inputs on disk
-    labels = r"^extract_features@davis_demo: data/shards/eval/davis_demo/labels.json"
+    labels = r"^extract_features@davis_demo-start: data/shards/eval/davis_demo/labels.json"
     with pytest.raises(MissingInputError, match=labels):
         preflight(params, ["extract_features"], single_item=True)
     # ... unless an earlier stage of the same run makes them: then only the first stages' own inputs are missing
     with pytest.raises(MissingInputError) as err:
-        preflight(params, ["shard_eval", "train", "extract_features"], single_item=True)
+        preflight(params, ["shard_eval", "train", "model_weights", "extract_features"], single_item=True)
     assert [ln.split(":")[0] for ln in str(err.value).splitlines()] == ["shard_eval@davis_demo", "train"]
 
 
@@ -307,7 +312,7 @@ def test_a_failing_stage_and_a_refused_run_say_their_error_once(tmp_path):
     (tmp_path / "params.yaml").write_text("evaluate:\n  num_example_clips: 2\n")
     stage = _cli(["stage", "evaluate"], tmp_path)
     assert stage.returncode == 1
-    problem = "evaluate: data/probes/davis_demo/results.json not found: run the `fit_probes@davis_demo` stage first"
+    problem = "evaluate: data/probes/davis_demo/results.json not found: run the `compare@davis_demo` stage first"
     assert (stage.stdout + stage.stderr).count(problem) == 1, stage.stderr
     assert stage.stderr.startswith(f"error: {problem}") and "ERROR" not in stage.stderr
 
@@ -318,3 +323,28 @@ def test_a_failing_stage_and_a_refused_run_say_their_error_once(tmp_path):
         assert proc.returncode == 1 and out.count("train.lr_head") == 1, (args, out)
         assert [line for line in out.splitlines() if "error" in line.lower()] == [
             "error: params.yaml: 1 invalid parameter(s)"], (args, out)
+
+
+def test_per_model_stage_names_are_typed_by_set_and_model():
+    """``<group>@<set>-<model>`` names one model on one set, ``<group>@<set>`` all models on it (handed to DVC as
+    their own names), the group every set and model; a name that is neither says what the stages are."""
+    from timetuning.run.inputs import dvc_targets, split_stage
+
+    params = validate_params({"shard_eval": {"sets": {"a-b": {"layout": "davis", "root": "x"},
+                                                      "a": {"layout": "davis", "root": "y"}}, },
+                              "train": {"val_set": None},
+                              "extract_features": {"models": {"b_c": {"source": "train_start"},
+                                                              "d": {"source": "train_result"}}}})
+    assert split_stage(params, "fit_probes@a-b-d") == ("fit_probes", "a-b", "d")
+    assert split_stage(params, "fit_probes@a-b_c") == ("fit_probes", "a", "b_c")
+    assert split_stage(params, "compare@a-b") == ("compare", "a-b", "")
+    assert stage_names(params, ["fit_probes@a", "compare"]) == ["fit_probes@a-b_c", "fit_probes@a-d", "compare@a-b",
+                                                                "compare@a"]
+    assert stage_names(params, ["extract_features"]) == [f"extract_features@{s}-{m}" for s in ("a-b", "a")
+                                                        for m in ("b_c", "d")]
+    assert dvc_targets(params, ["fit_probes@a", "fit_probes", "compare@a", "evaluate"]) == [
+        "fit_probes@a-b_c", "fit_probes@a-d", "fit_probes", "compare@a", "evaluate"]
+    with pytest.raises(ValueError, match=r"unknown stage 'fit_probes@a-e': fit_probes@<set>-<model> needs a set"):
+        stage_names(params, ["fit_probes@a-e"])
+    with pytest.raises(ValueError, match=r"unknown stage 'compare@a-d'"):
+        stage_names(params, ["compare@a-d"])

@@ -14,12 +14,16 @@ from tests.dvc_repo import dvc, dvc_env, make_repo, ran_stages, tiny_full_params
 
 pytestmark = pytest.mark.slow
 
+# what follows train: the per-model evaluation stages, the comparison and the report
+EVALUATION = {f"{stage}@davis_demo-{m}" for stage in ("extract_features", "fit_probes") for m in ("start", "timetuned")
+              } | {"compare@davis_demo", "evaluate"}
+
 
 def test_full_pipeline_repro_report_and_metrics(tmp_path):
     repo = make_repo(tmp_path / "repo", tiny_full_params())
     first = dvc(repo, "repro")
     assert set(ran_stages(first.stdout)) == {"demo_data", "shard_videos", "shard_eval@davis_demo", "train",
-                                             "extract_features@davis_demo", "fit_probes@davis_demo", "evaluate"}
+                                             "model_weights", *EVALUATION}
 
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     for model in ("start", "timetuned"):
@@ -46,7 +50,9 @@ def test_full_pipeline_repro_report_and_metrics(tmp_path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["fit_probes"]["overclustering_k"] = [6]
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    assert ran_stages(dvc(repo, "repro").stdout) == ["fit_probes@davis_demo", "evaluate"]
+    ran = ran_stages(dvc(repo, "repro").stdout)
+    assert set(ran[:2]) == {"fit_probes@davis_demo-start", "fit_probes@davis_demo-timetuned"}
+    assert ran[2:] == ["compare@davis_demo", "evaluate"]
     assert "overcluster_k6" in json.loads((repo / "reports/metrics.json").read_text())["start"]["davis_demo"]
 
 
@@ -74,7 +80,7 @@ def test_readme_multi_gpu_recipe_works_in_a_script(tmp_path, monkeypatch):
                           text=True, stdin=subprocess.DEVNULL)  # no terminal: DVC cannot ask for confirmation
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads((repo / "models/train_summary.json").read_text())["world_size"] == 2
-    assert set(ran_stages(proc.stdout)) == {"extract_features@davis_demo", "fit_probes@davis_demo", "evaluate"}
+    assert set(ran_stages(proc.stdout)) == {"model_weights", *EVALUATION}
     assert (repo / "reports/metrics.json").is_file()
     assert ran_stages(dvc(repo, "repro").stdout) == []  # train's DDP outputs are what dvc.lock records
 

@@ -142,8 +142,9 @@ def test_the_compare_profile_names_five_models_their_layouts_and_the_reference()
     compare = read_profile(PROJECT / "profiles" / "compare.yaml")
     for base in (yaml.safe_load((PROJECT / "params.yaml").read_text()), _paper_params()):
         p = profiled_params(base, compare)
-        models = {m.name: m for m in p.extract_features.models}
+        models = p.extract_features.models
         assert list(models) == ["dino", "timetuned", "timet", "leopart", "neco"]
+        assert [m.name for m in models.values()] == list(models)
         assert p.reference_model() == "dino" and p.train.backbone.name == "vit_small_patch16_224.dino"
         layouts = {n: m.backbone.checkpoint_layout for n, m in models.items() if m.source == "custom"}
         assert layouts == {"timet": "timet", "leopart": "leopart", "neco": "neco"}

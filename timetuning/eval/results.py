@@ -1,5 +1,6 @@
-"""One evaluation set, all models: which splits are scored and fitted, every protocol per model, the comparison
-of each model with the starting model, and the ``results.json`` document of the fit_probes stage."""
+"""One evaluation set: which splits are scored and fitted, every protocol for one model (a ``fit_probes@<set>-<model>``
+stage), and the comparison of each model with the reference model in the ``results.json`` document of the set
+(the ``compare@<set>`` stage, from the models' saved statistics)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import numpy as np
 from timetuning.eval.clustering import TIMET, VARIANTS
 from timetuning.eval.comparison import compare_models
 from timetuning.eval.evaluation import evaluate_model
+from timetuning.eval.progress import EvalProgress
 from timetuning.eval.protocol_result import ProtocolResult
-from timetuning.eval.scores import summary
+from timetuning.eval.scores import Scores, summary
 from timetuning.eval.split_source import SplitSource
-from timetuning.infra.config import FitProbesParams, scoring_splits  # one rule for evaluation and selection
+from timetuning.infra.config import EXAMPLE_CLIPS, FitProbesParams, scoring_splits  # scoring_splits: one rule
 
 KMEANS_BACKEND = "timetuning.eval.kmeans: batched torch Lloyd, faiss-style sampling and restarts"
 
@@ -54,38 +56,65 @@ def _model_document(ev: ProtocolResult) -> dict[str, Any]:
             "not_applicable": ev.not_applicable, "facts": ev.facts}
 
 
-def evaluate_set(set_name: str, set_dir: Path, features_dir: Path, splits: list[str], models: list[str],
-                 baseline: str | None, classes: list[str], p: FitProbesParams, num_examples: int = 3
-                 ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
-    """results.json of one set and the example predictions per model (for the report's pictures)."""
-    if not models:
-        raise ValueError(f"{set_name}: extract_features.models is empty: no model to evaluate")
+def evaluate_set_model(set_name: str, set_dir: Path, features_dir: Path, splits: list[str], model: str,
+                       classes: list[str], p: FitProbesParams, num_examples: int = EXAMPLE_CLIPS,
+                       progress: EvalProgress | None = None) -> tuple[dict[str, Any], ProtocolResult]:
+    """One model on one set (its features in ``features_dir/<split>.parquet``): what results.json will say of it
+    (the set's facts, the protocol, the model's summary, its scored videos) and its per-video statistics."""
     scored, fitted = scoring_splits(splits)
-    evaluations: dict[str, ProtocolResult] = {}
-    videos: list[str] = []
-    for model in models:
-        val = SplitSource(features_dir / model / f"{scored}.parquet", set_dir, scored)
-        train = SplitSource(features_dir / model / f"{fitted}.parquet", set_dir, fitted) if fitted else None
-        try:
-            evaluations[model] = evaluate_model(val, train, len(classes), p, num_examples)
-        finally:  # the decoded copies of this model's features are not needed by the next
-            for source in (val, train):
-                if source is not None:
-                    source.close()
-        videos = val.videos
+    val = SplitSource(features_dir / f"{scored}.parquet", set_dir, scored)
+    train = SplitSource(features_dir / f"{fitted}.parquet", set_dir, fitted) if fitted else None
+    try:
+        ev = evaluate_model(val, train, len(classes), p, num_examples, progress)
+    finally:  # the decoded copies of the features (timetuning.eval.feature_store.FeatureSpool) are done with
+        for source in (val, train):
+            if source is not None:
+                source.close()
+    doc = {"set": set_name, "model": model, "classes": classes, "scored_on": scored, "fitted_on": fitted,
+           "image_set": "cluster_per_clip" in ev.not_applicable,
+           "protocol": protocol_statement(p, ev.facts["input_size"]), "videos": list(val.videos),
+           **_model_document(ev)}
+    return doc, ev
+
+
+def compare_set(models: dict[str, tuple[dict[str, Any], dict[str, Scores], dict[str, dict[str, Scores]]]],
+                baseline: str | None, *, samples: int, confidence: float, seed: int) -> dict[str, Any]:
+    """results.json of one set from every model's evaluation (``name -> (its document, its statistics per protocol,
+    per variant)``, in the order of extract_features.models): the models, and each compared with ``baseline``."""
+    if not models:
+        raise ValueError("extract_features.models is empty: no model to evaluate")
+    first_name, (first, _, _) = next(iter(models.items()))
+    for name, (doc, _, _) in models.items():  # one set, one protocol, the same videos: or a result is stale
+        for key in ("set", "classes", "scored_on", "fitted_on", "protocol", "videos"):
+            if doc[key] != first[key]:
+                raise ValueError(f"{first['set']}: the probe results of {name} and {first_name} differ in {key}: "
+                                 f"rerun fit_probes@{first['set']}-{name}")
     doc: dict[str, Any] = {
-        "set": set_name, "classes": classes, "scored_on": scored, "fitted_on": fitted,
-        "image_set": bool(evaluations) and "cluster_per_clip" in next(iter(evaluations.values())).not_applicable,
-        "protocol": protocol_statement(p, next(iter(evaluations.values())).facts["input_size"]),
-        "models": {m: _model_document(ev) for m, ev in evaluations.items()},
+        "set": first["set"], "classes": first["classes"], "scored_on": first["scored_on"],
+        "fitted_on": first["fitted_on"], "image_set": first["image_set"], "protocol": first["protocol"],
+        "models": {m: {k: d[k] for k in ("protocols", "variants", "not_applicable", "facts")}
+                   for m, (d, _, _) in models.items()},
         "comparisons": {},
     }
-    if baseline in evaluations:
-        base = evaluations[baseline]
-        for model, ev in evaluations.items():
+    if baseline in models:
+        _, base, base_variants = models[baseline]
+        for model, (_, scores, variants) in models.items():
             if model != baseline:
                 doc["comparisons"][model] = {"baseline": baseline, **compare_models(
-                    base.scores, ev.scores, base.variant_scores, ev.variant_scores, len(videos),
-                    samples=p.bootstrap_samples, confidence=p.confidence, seed=p.seeds[0])}
-    examples = {m: ev.examples for m, ev in evaluations.items()}
-    return doc, examples
+                    base, scores, base_variants, variants, len(first["videos"]),
+                    samples=samples, confidence=confidence, seed=seed)}
+    return doc
+
+
+def evaluate_set(set_name: str, set_dir: Path, features_dir: Path, splits: list[str], models: list[str],
+                 baseline: str | None, classes: list[str], p: FitProbesParams, num_examples: int = EXAMPLE_CLIPS
+                 ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
+    """results.json of one set and the example predictions per model, all models in one process (what the
+    per-model stages and compare@<set> make in steps; benchmarks and tests call this)."""
+    if not models:
+        raise ValueError(f"{set_name}: extract_features.models is empty: no model to evaluate")
+    evaluated = {m: evaluate_set_model(set_name, set_dir, features_dir / m, splits, m, classes, p, num_examples)
+                 for m in models}
+    doc = compare_set({m: (d, ev.scores, ev.variant_scores) for m, (d, ev) in evaluated.items()}, baseline,
+                      samples=p.bootstrap_samples, confidence=p.confidence, seed=p.seeds[0])
+    return doc, {m: ev.examples for m, (_, ev) in evaluated.items()}

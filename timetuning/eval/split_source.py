@@ -4,7 +4,7 @@ one chunk of clips at a time (the memory of every protocol is bounded by a chunk
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import zip_longest
 from pathlib import Path
@@ -31,6 +31,7 @@ class SplitSource:
     clip_video: list[int] = field(default_factory=list)  # video index of each clip
     clip_frames: list[int] = field(default_factory=list)  # frames of each clip
     batch_rows: int = STREAM_ROWS  # Parquet rows read at a time
+    on_clip: Callable[[], None] | None = field(default=None, repr=False)  # told of every clip read (progress)
 
     def __post_init__(self) -> None:
         self.spool = FeatureSpool(self.features, self.batch_rows)
@@ -70,6 +71,8 @@ class SplitSource:
         if feats is None or clip_id is None or (feats.clip_id, feats.features.shape[0]) != (clip_id, frames):
             raise ValueError(f"{self.features} does not match the shards of {self.set_dir}/{self.split} "
                              f"(clip {getattr(feats, 'clip_id', None)} vs {clip_id}): rerun extract_features")
+        if self.on_clip is not None:  # every protocol checks each clip it reads: where a progress line counts them
+            self.on_clip()
 
     def chunks(self, desc: str, frames: bool = False) -> Iterator[list[tuple[int, FeatureClip, EvalClip]]]:
         """Consecutive clips (with their clip index) of about ``CHUNK_FRAMES`` frames."""

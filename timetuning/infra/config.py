@@ -504,14 +504,13 @@ def feature_stride(backbone: BackboneParams) -> int | None:
 
 # --------------------------------------------------------------------------- stage 3: features
 class ModelParams(Section):
-    """A model to evaluate.
+    """A model to evaluate (its name is its key in ``extract_features.models``).
 
     ``source``: ``train_start`` = the training stage's starting backbone (``train.backbone``), ``train_result`` =
     the time-tuned export of the training stage, ``custom`` = the ``backbone`` given here.
     """
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")]
-    """Name of the model in features, reports and metrics."""
+    name: str = Field(default="", exclude=True)  # its key in extract_features.models
     source: Literal["train_start", "train_result", "custom"] = "custom"
     """train_start, train_result (the time-tuned export) or custom."""
     backbone: BackboneParams | None = None  # only for source: custom
@@ -541,17 +540,20 @@ class ModelParams(Section):
 class ExtractFeaturesParams(Section):
     output_dir: str = "data/features"
     """Where the per-patch features go (Parquet)."""
-    models: list[ModelParams] = Field(
-        default_factory=lambda: [
-            ModelParams(name="start", source="train_start"),
-            ModelParams(name="timetuned", source="train_result"),
-        ]
-    )
-    """Models to embed the evaluation sets with."""
+    # name -> model; DVC runs one extraction and one probe stage per set and model:
+    # `dvc repro extract_features@<set>-<model>`, so a model's results are reused when only another one changes
+    models: dict[str, ModelParams] = Field(
+        default_factory=lambda: {"start": ModelParams(source="train_start"),
+                                 "timetuned": ModelParams(source="train_result")})
+    """Models to embed the evaluation sets with, by name; DVC runs one stage per set and model
+    (extract_features@<set>-<model>, fit_probes@<set>-<model>)."""
     input_size: Annotated[int, Field(ge=16)] = 160
     """Frames are resized to this square size in pixels."""
     custom_weights_dir: str = "models/custom"
-    """Local checkpoints of `source: custom` models must live here: the extraction stages depend on this folder."""
+    """Local checkpoints of `source: custom` models must live here: the model_weights stage depends on this folder."""
+    weights_dir: str = "data/weights"
+    """Where model_weights writes one small file per model (its backbone and the SHA-256 of its weights file): each
+    model's extraction depends on its own file only."""
     dtype: Literal["float16", "float32"] = "float16"
     """Stored feature precision."""
     batch_size: PositiveInt = 16
@@ -561,21 +563,40 @@ class ExtractFeaturesParams(Section):
 
     def baseline_model(self) -> str | None:
         """The model every other is compared with: the training stage's starting backbone."""
-        return next((m.name for m in self.models if m.source == "train_start"), None)
+        return next((name for name, m in self.models.items() if m.source == "train_start"), None)
+
+    def model(self, name: str) -> ModelParams:
+        """The model called ``name``; a clear error when params.yaml has no such model."""
+        if name not in self.models:
+            raise ValueError(f"extract_features.models: no model named {name!r} (have {list(self.models)})")
+        return self.models[name]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _models_by_name(cls, data: Any) -> Any:
+        models = data.get("models") if isinstance(data, dict) else None
+        if isinstance(models, list):  # the list form of earlier versions: DVC would name its stages by index
+            named = {m.get("name", f"<entry {i}>") if isinstance(m, dict) else f"<entry {i}>":
+                     {k: v for k, v in m.items() if k != "name"} if isinstance(m, dict) else m
+                     for i, m in enumerate(models)}
+            raise ValueError("models: a mapping of model name -> {source, backbone} (DVC names the stages "
+                             f"extract_features@<set>-<model> from the names), not a list; write it as {named}")
+        return data
 
     @model_validator(mode="after")
     def _unique_models(self) -> ExtractFeaturesParams:
-        for m in self.models:
+        for name, m in self.models.items():
+            if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+                raise ValueError(f"models: model name {name!r} must match [A-Za-z0-9_]+ (DVC joins set and model "
+                                 "with '-' in the stage names: extract_features@<set>-<model>)")
+            m.name = name
+        for m in self.models.values():
             weights = m.backbone.weights if m.backbone is not None else ""
             local = m.source == "custom" and weights not in ("hub", "none") and not weights.startswith("package:")
             if local and Path(self.custom_weights_dir).resolve() not in Path(weights).resolve().parents:
                 raise ValueError(f"extract_features.models[{m.name}].backbone.weights: {weights} must be inside "
                                  f"extract_features.custom_weights_dir ({self.custom_weights_dir}), so that DVC "
                                  "sees when the checkpoint changes")
-        names = [m.name for m in self.models]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"models: duplicate model name(s) {dupes}")
         return self
 
 
@@ -662,6 +683,8 @@ class FitProbesParams(Section):
     reference_model: str | None = None
     """The model every other is compared with (deltas, intervals, verdicts): a name in extract_features.models;
     null = the one with source train_start."""
+    progress_seconds: PositiveFloat = Field(60.0, json_schema_extra=EXECUTION_ONLY)
+    """Seconds between the rounded progress lines in the stage's log: model, protocol, how far (execution only)."""
 
     @model_validator(mode="after")
     def _possible_combinations(self) -> FitProbesParams:
@@ -678,12 +701,28 @@ class FitProbesParams(Section):
     """Video object segmentation by label propagation (J&F)"""
 
 
+# what only the per-set comparison reads (compare@<set>): the per-model probe stages do not depend on these
+COMPARISON_FIELDS = ("reference_model", "bootstrap_samples", "confidence")
+
 # --------------------------------------------------------------------------- stage 5: reports
+# fit_probes keeps the example predictions of the first EXAMPLE_CLIPS clips of the scored split, whatever the report
+# shows: evaluate.num_example_clips (up to this) picks from them, so changing it reruns only the report
+EXAMPLE_CLIPS = 8
+
+
 class EvaluateParams(Section):
     output_dir: str = "reports"
     """Where metrics.json, the reports and plots go."""
     num_example_clips: PositiveInt = 3
-    """Example clips drawn in the report."""
+    """Example clips drawn in the report: the first ones of each set's scored split, at most EXAMPLE_CLIPS (8),
+    the clips whose predictions fit_probes keeps."""
+
+    @model_validator(mode="after")
+    def _examples_kept(self) -> EvaluateParams:
+        if self.num_example_clips > EXAMPLE_CLIPS:
+            raise ValueError(f"num_example_clips: {self.num_example_clips} is more than the {EXAMPLE_CLIPS} clips "
+                             "whose predictions fit_probes keeps (EXAMPLE_CLIPS in timetuning/infra/config.py)")
+        return self
 
 
 class Params(Section):
@@ -722,7 +761,7 @@ class Params(Section):
                                  f"shard_eval.sets.{name}; model selection on it would leak. Select on another split "
                                  f"(e.g. a held-out video list in shard_eval.sets.{name}.video_lists)")
         reference = self.fit_probes.reference_model
-        names = [m.name for m in self.extract_features.models]
+        names = list(self.extract_features.models)
         if reference is not None and reference not in names:
             raise ValueError(f"fit_probes.reference_model: no model named {reference!r} in extract_features.models "
                              f"(have {names})")

@@ -83,6 +83,13 @@ def per_set_stages(dvc_yaml: Path = ROOT / "dvc.yaml") -> list[str]:
     return [name for name, stage in _stages(dvc_yaml).items() if stage.get("foreach") == "${shard_eval.sets}"]
 
 
+def per_model_stages(dvc_yaml: Path = ROOT / "dvc.yaml") -> list[str]:
+    """The groups run once per evaluation set and model (``matrix: {set: ${shard_eval.sets}, model:
+    ${extract_features.models}}``): ``<group>@<set>-<model>``."""
+    return [name for name, stage in _stages(dvc_yaml).items()
+            if stage.get("matrix") == {"set": "${shard_eval.sets}", "model": "${extract_features.models}"}]
+
+
 def stage_modules(dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, str]:
     """``{stage name: entry module}`` of every ``python -m <module>`` stage command in dvc.yaml."""
     import yaml
@@ -138,22 +145,41 @@ def missing_params(stages: dict, params_yaml: Path) -> list[str]:
     return problems
 
 
+def delegated_fields() -> dict[str, dict[str, str]]:
+    """Fields of a stage's own params section that another stage reads instead: ``section -> {field: stage}``
+    (the per-model probes leave the comparison's keys to compare@<set>; the model fingerprints read the custom
+    checkpoints' folder for the extractions)."""
+    from timetuning.infra.config import COMPARISON_FIELDS
+
+    return {"extract_features": {"custom_weights_dir": "model_weights"},
+            "fit_probes": dict.fromkeys(COMPARISON_FIELDS, "compare")}
+
+
 def param_problems(stages: dict) -> list[str]:
     """Where a stage lists its own section's params key by key, the keys must be exactly the section's artifact
-    fields (a new field left out would change the stage's output without DVC rerunning it)."""
+    fields (a new field left out would change the stage's output without DVC rerunning it), but those another stage
+    reads instead (:func:`delegated_fields`), which that stage must list."""
     from timetuning.infra.config import Params, artifact_fields
 
     problems = []
-    for name, stage in stages.items():
-        listed = [p for p in stage.get("do", stage).get("params", []) if isinstance(p, str)]
+    listed_by = {name: [p for p in stage.get("do", stage).get("params", []) if isinstance(p, str)]
+                 for name, stage in stages.items()}
+    for name, listed in listed_by.items():
         section = Params.model_fields.get(name)
         if section is None or name in listed:  # no section of its own, or the whole section is tracked
             continue
+        delegated = delegated_fields().get(name, {})
         own = {p.split(".")[1] for p in listed if p.startswith(f"{name}.")}
-        fields = set(artifact_fields(section.annotation))
+        fields = set(artifact_fields(section.annotation)) - set(delegated)
         problems += [f"{name}: params do not list {name}.{f}" for f in sorted(fields - own)]
         problems += [f"{name}: params list {name}.{f}, which is not an artifact field of {name}"
-                     for f in sorted(own - fields)]
+                     for f in sorted(own - fields - set(delegated))]
+        problems += [f"{name}: params list {name}.{f}, which {delegated[f]} reads instead"
+                     for f in sorted(own & set(delegated))]
+        for field, other in sorted(delegated.items()):
+            theirs = listed_by.get(other, [])
+            if f"{name}.{field}" not in theirs and name not in theirs:
+                problems.append(f"{other}: params do not list {name}.{field} (a key {name} leaves to {other})")
     return problems
 
 

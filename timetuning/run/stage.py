@@ -39,6 +39,13 @@ def set_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def set_model_parser(description: str) -> argparse.ArgumentParser:
+    """The parser of a per-set, per-model stage (``stage@<set>-<model>``): ``--set`` and ``--model`` are required."""
+    parser = set_parser(description)
+    parser.add_argument("--model", required=True, help="the model (a key of extract_features.models)")
+    return parser
+
+
 def run_stage(main: Callable[[Params, argparse.Namespace], Any], description: str,
               parser: argparse.ArgumentParser | None = None, argv: list[str] | None = None) -> int:
     """Parse args, load + validate params, seed, run ``main``; turn known errors into a clean exit 1."""
