@@ -162,7 +162,7 @@ class FeatureSpool:
     """A features file decoded once into an anonymous temporary file of raw values (the file's own dtype, already
     laid out ``[T, D, g, g]``), read back clip by clip as often as the protocols need: the same clips as
     :func:`iter_feature_clips`, without decompressing, decoding and transposing the Parquet again on every pass
-    (the protocols read the train split 31 times and the val split ~8 times per model; see docs/benchmarks.md for
+    (the protocols read the train split 28 times and the val split ~8 times per model; see docs/benchmarks.md for
     what a pass costs either way).
 
     Memory stays one clip: reads are positioned (``os.preadv``), so passes may interleave; the values live in the
