@@ -151,8 +151,8 @@ def test_override_run_is_a_dvc_experiment_with_a_task_per_stage(prefect_api, tin
     # refused before anything runs, in the project's words
     with pytest.raises(ValueError, match=r"invalid overrides: .*\n  train\.steps: must be > 0, got -1$"):
         timetuning(repo=str(tiny_repo), overrides={"train": {"steps": -1}})
-    with pytest.raises(ValueError, match=r"\n  train\.lr_head: must be > 0, got 0\n  shard_videos\.crop: must be "
-                                         r"'center' or 'none', got 'middle'$"):
+    with pytest.raises(ValueError, match=r"\n  shard_videos\.crop: must be 'center' or 'none', got 'middle'\n  "
+                                         r"train\.lr_head: must be > 0, got 0$"):
         timetuning(repo=str(tiny_repo), overrides={"train": {"lr_head": 0}, "shard_videos": {"crop": "middle"}})
 
 
