@@ -78,7 +78,7 @@ def test_per_set_chains_rerun_exactly_what_a_change_affects(tmp_path):
     _write_training_outputs(repo)
     dvc(repo, "commit", "-f", "train")
     ran = ran_stages(dvc(repo, "repro").stdout)
-    assert set(ran) == {"model_weights", *chain("davis_demo"), "evaluate"} and len(ran) == 8
+    assert set(ran) == {"model_weights", *chain("davis_demo"), "evaluate"} and len(ran) == len(set(ran))
     assert ran[0] == "model_weights" and ran[-2:] == ["compare@davis_demo", "evaluate"]
 
     import pyarrow.parquet as pq
