@@ -115,7 +115,6 @@ class ScannSearch(BankSearch):
             raise RuntimeError("ScaNN's config has no partitioning block to seed")
         config = config.replace("partitioning {", f"partitioning {{\n        clustering_seed: {seed}", 1)
         self.searcher = scann_ops_pybind.create_searcher(data, config)
-        self.k = k
         self.description = setting.describe()
 
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
